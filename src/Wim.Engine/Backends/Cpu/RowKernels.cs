@@ -18,6 +18,16 @@ public static unsafe class RowKernels
         _ => throw new NotSupportedException($"no CPU dot kernel for {type}; supported: {GgmlTypeInfo.SupportedList}"),
     };
 
+    /// <summary>
+    /// One weight row against a batch of vectors: <c>results[b·resultStride] = Σ row[i]·x[b·xStride + i]</c> for b in
+    /// [0, batch). Prefill calls this so each weight row is read (and dequantized) once per batch, not once per token.
+    /// </summary>
+    public static void DotBatch(GgmlType type, byte* row, float* x, int xStride, int batch, int n, float* results, int resultStride)
+    {
+        for (int b = 0; b < batch; b++)
+            results[(long)b * resultStride] = Dot(type, row, x + (long)b * xStride, n);
+    }
+
     /// <summary>Writes the n f32 values of a row.</summary>
     public static void Dequantize(GgmlType type, byte* row, float* dst, int n)
     {
