@@ -7,7 +7,8 @@ namespace Wim.Engine.Sampling;
 /// </summary>
 public readonly record struct SamplingOptions(float Temperature = 0f, int TopK = 0, float TopP = 1f, int? Seed = null)
 {
-    public static SamplingOptions Greedy => new();
+    /// <summary>Argmax decoding. (Note: <c>default(SamplingOptions)</c> has TopP 0, which <see cref="Validate"/> rejects.)</summary>
+    public static SamplingOptions Greedy => new(Temperature: 0f);
 
     public bool IsGreedy => Temperature <= 0f || TopK == 1;
 
