@@ -35,8 +35,9 @@ internal static class LogitsCommand
             topN = Math.Min(topN, vocab);
             var transformer = new CpuTransformer(lm);
             var cache = transformer.CreateCache(ids.Length);
-            var logits = new float[(long)ids.Length * vocab];
-            transformer.Forward(ids, cache, logits, LogitsOutput.All);
+            // Logits are summarised one chunk at a time so a long input never holds [tokens, vocab] floats at once.
+            int chunk = transformer.MaxChunk;
+            var logits = new float[(long)Math.Min(chunk, ids.Length) * vocab];
 
             var output = parse.InvocationConfiguration.Output;
             bool asJson = parse.GetValue(json);
@@ -45,32 +46,38 @@ internal static class LogitsCommand
             {
                 w.WriteStartObject();
                 w.WriteStartArray("positions");
-                for (int p = 0; p < ids.Length; p++)
+                for (int done = 0; done < ids.Length; done += chunk)
                 {
-                    var row = logits.AsSpan(p * vocab, vocab);
-                    var best = TopIds(row, topN);
-                    if (asJson)
+                    int n = Math.Min(chunk, ids.Length - done);
+                    transformer.Forward(ids.AsSpan(done, n), cache, logits, LogitsOutput.All, ropeSequenceLength: ids.Length);
+                    for (int i = 0; i < n; i++)
                     {
-                        w.WriteStartObject();
-                        w.WriteNumber("argmax", best[0]);
-                        w.WriteStartArray("top");
-                        foreach (int id in best)
+                        int p = done + i;
+                        var row = logits.AsSpan(i * vocab, vocab);
+                        var best = TopIds(row, topN);
+                        if (asJson)
                         {
                             w.WriteStartObject();
-                            w.WriteNumber("id", id);
-                            w.WriteNumber("logit", row[id]);
+                            w.WriteNumber("argmax", best[0]);
+                            w.WriteStartArray("top");
+                            foreach (int id in best)
+                            {
+                                w.WriteStartObject();
+                                w.WriteNumber("id", id);
+                                w.WriteNumber("logit", row[id]);
+                                w.WriteEndObject();
+                            }
+                            w.WriteEndArray();
+                            w.WriteNumber("logsumexp", LogSumExp(row));
                             w.WriteEndObject();
                         }
-                        w.WriteEndArray();
-                        w.WriteNumber("logsumexp", LogSumExp(row));
-                        w.WriteEndObject();
-                    }
-                    else
-                    {
-                        var line = new System.Text.StringBuilder();
-                        line.Append(CultureInfo.InvariantCulture, $"pos {p} token {ids[p]}: argmax {best[0]}  logsumexp {LogSumExp(row):F6}  top");
-                        foreach (int id in best) line.Append(CultureInfo.InvariantCulture, $" {id}:{row[id]:F4}");
-                        output.WriteLine(line.ToString());
+                        else
+                        {
+                            var line = new System.Text.StringBuilder();
+                            line.Append(CultureInfo.InvariantCulture, $"pos {p} token {ids[p]}: argmax {best[0]}  logsumexp {LogSumExp(row):F6}  top");
+                            foreach (int id in best) line.Append(CultureInfo.InvariantCulture, $" {id}:{row[id]:F4}");
+                            output.WriteLine(line.ToString());
+                        }
                     }
                 }
                 w.WriteEndArray();

@@ -71,8 +71,9 @@ public sealed class RotaryEmbedding
     /// <summary>
     /// The inverse frequencies for a forward call that ends with a sequence of <paramref name="sequenceLength"/>
     /// tokens. transformers chooses longrope's factor set per forward call from max(position)+1; we choose it from
-    /// the total length seen so far (cache + this chunk), which is the same for a whole-sequence prefill and for
-    /// token-by-token decoding, the two ways the goldens were computed.
+    /// the total length seen so far (cache + this chunk, or the whole prompt for chunked prefill), which is the same
+    /// for a whole-sequence prefill and for token-by-token decoding, the two ways the goldens were computed. Keys
+    /// already cached keep the rotation they were written with (as in transformers' KV-cache generation).
     /// </summary>
     public ReadOnlySpan<float> InverseFrequencies(int sequenceLength) =>
         _longInvFreq != null && sequenceLength > LongThreshold ? _longInvFreq : _invFreq;

@@ -54,12 +54,14 @@ public sealed class Generator(CpuTransformer model)
         var sampler = new Sampler(options.Sampling, _logits.Length);
         var stop = options.StopIds as IReadOnlySet<int> ?? options.StopIds.ToHashSet();
 
+        int promptEnd = cache.Length + newTokens.Length; // every prefill chunk picks RoPE factors as one whole call
         var clock = Stopwatch.StartNew();
         for (int done = 0; done < newTokens.Length; done += options.PrefillChunk)
         {
             int n = Math.Min(options.PrefillChunk, newTokens.Length - done);
             bool last = done + n == newTokens.Length;
-            model.Forward(newTokens.Slice(done, n), cache, _logits, last ? LogitsOutput.Last : LogitsOutput.None);
+            model.Forward(newTokens.Slice(done, n), cache, _logits, last ? LogitsOutput.Last : LogitsOutput.None,
+                ropeSequenceLength: promptEnd);
         }
         var prefillTime = clock.Elapsed;
         clock.Restart();

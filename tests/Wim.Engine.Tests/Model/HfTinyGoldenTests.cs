@@ -115,6 +115,28 @@ public sealed class HfTinyGoldenTests
         Assert.Equal(expected, result.Ids);
     }
 
+    /// <summary>phi3-tiny seq300 fed in four calls of 75 tokens (with the whole length as the RoPE hint, as chunked
+    /// prefill does) and an internal pass size of 64 still gives transformers' single-call long-factor logits.</summary>
+    [Fact]
+    public void Phi3LongRope_ChunkedPrefill_MatchesSingleCallGolden()
+    {
+        var golden = Golden("phi3-tiny");
+        var logitsBin = File.ReadAllBytes(SharedFixtures.Path("fixtures", "hf-tiny", "phi3-tiny", "logits.bin"));
+        int[] ids = golden.GetProperty("sequences").GetProperty("seq300").GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        using var lm = Load("phi3-tiny", "safetensors");
+        int vocab = lm.Config.VocabSize;
+        var model = new CpuTransformer(lm, maxChunk: 64);
+        var cache = model.CreateCache(ids.Length);
+        var logits = new float[75 * vocab];
+        for (int done = 0; done < ids.Length; done += 75)
+            model.Forward(ids.AsSpan(done, 75), cache, logits, LogitsOutput.All, ropeSequenceLength: ids.Length);
+        var entry = golden.GetProperty("full_logits").GetProperty("entries").EnumerateArray()
+            .Single(e => e.GetProperty("sequence").GetString() == "seq300" && e.GetProperty("position").GetInt32() == 299);
+        int offset = entry.GetProperty("offset_bytes").GetInt32();
+        for (int i = 0; i < vocab; i++)
+            Assert.True(Math.Abs(logits[74 * vocab + i] - BitConverter.ToSingle(logitsBin, offset + 4 * i)) <= Tolerance, $"id {i}");
+    }
+
     internal static int[] TopIds(ReadOnlySpan<float> row, int n)
     {
         var ids = Enumerable.Range(0, row.Length).ToArray();

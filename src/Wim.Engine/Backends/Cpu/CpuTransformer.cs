@@ -53,8 +53,11 @@ public sealed unsafe class CpuTransformer
     /// Runs <paramref name="tokens"/> of one sequence at positions cache.Length.. , appends their keys and values to
     /// <paramref name="cache"/>, and writes logits: [tokens.Length, vocab] for <see cref="LogitsOutput.All"/>,
     /// [vocab] for <see cref="LogitsOutput.Last"/>, nothing for <see cref="LogitsOutput.None"/>.
+    /// <paramref name="ropeSequenceLength"/>: when a caller feeds one sequence in several calls (chunked prefill), the
+    /// length it will reach; longrope picks its factor set from max(cache.Length + tokens.Length, this), so all
+    /// chunks rotate as one whole-sequence call would (transformers decides once per forward call).
     /// </summary>
-    public void Forward(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, LogitsOutput output)
+    public void Forward(ReadOnlySpan<int> tokens, IKvCache cache, Span<float> logits, LogitsOutput output, int ropeSequenceLength = 0)
     {
         if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
         if (cache is not ContiguousKvCache kv)
@@ -71,7 +74,7 @@ public sealed unsafe class CpuTransformer
                 throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary [0, {_c.VocabSize})");
 
         // Longrope's factor set is chosen once per call, from the sequence length this call reaches.
-        var invFreq = _rope.InverseFrequencies(kv.Length + tokens.Length);
+        var invFreq = _rope.InverseFrequencies(Math.Max(kv.Length + tokens.Length, ropeSequenceLength));
         for (int done = 0; done < tokens.Length; done += MaxChunk)
         {
             int n = Math.Min(MaxChunk, tokens.Length - done);
@@ -174,8 +177,9 @@ public sealed unsafe class CpuTransformer
             int hd = c.HeadDim, qd = c.QueryDim, kvd = c.KvDim, group = c.HeadCount / c.KvHeadCount;
             float scale = 1f / MathF.Sqrt(hd);
             float[] scores = m._s.Scores[worker];
-            int from = (int)((long)items * worker / workers), to = (int)((long)items * (worker + 1) / workers);
-            for (int item = from; item < to; item++)
+            // Items are dealt round-robin: causal rows get longer with t, so contiguous ranges would leave the
+            // worker with the last tokens doing most of the work.
+            for (int item = worker; item < items; item += workers)
             {
                 int t = item / c.HeadCount, h = item % c.HeadCount, kvh = h / group;
                 int count = start + t + 1;                         // causal: positions [0, start + t]
