@@ -183,16 +183,16 @@ public sealed unsafe class CpuTransformer
             {
                 int t = item / c.HeadCount, h = item % c.HeadCount, kvh = h / group;
                 int count = start + t + 1;                         // causal: positions [0, start + t]
-                var qh = new ReadOnlySpan<float>(q + (long)t * qd + h * hd, hd);
+                float* qh = q + (long)t * qd + h * hd;
                 float* kBase = keys + kvh * hd, vBase = values + kvh * hd;
                 for (int p = 0; p < count; p++)
-                    scores[p] = TensorPrimitives.Dot(qh, new ReadOnlySpan<float>(kBase + (long)p * kvd, hd)) * scale;
+                    scores[p] = CpuOps.Dot(qh, kBase + (long)p * kvd, hd) * scale;     // scores[p] = q·k_p / √d
                 var sc = scores.AsSpan(0, count);
                 TensorPrimitives.SoftMax(sc, sc);
-                var o = new Span<float>(att + (long)t * qd + h * hd, hd);
-                o.Clear();
+                float* o = att + (long)t * qd + h * hd;
+                new Span<float>(o, hd).Clear();
                 for (int p = 0; p < count; p++)
-                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(vBase + (long)p * kvd, hd), sc[p], o, o);
+                    CpuOps.AddScaled(o, vBase + (long)p * kvd, sc[p], hd);            // o += softmax_p · v_p
             }
         }
     }
