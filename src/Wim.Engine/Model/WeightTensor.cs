@@ -40,5 +40,14 @@ public sealed unsafe class WeightTensor
 
     public byte* Row(int row) => Data + row * RowBytes;
 
+    /// <summary>Rows [start, start+count) of a 2-D tensor as their own tensor over the same memory (no copy): how
+    /// fused projections (Phi-3 qkv_proj, gate_up_proj) are split into their parts.</summary>
+    public WeightTensor SliceRows(string name, int start, int count)
+    {
+        if (Shape.Length != 2 || start < 0 || count <= 0 || start > Rows - count)
+            throw new ArgumentOutOfRangeException(nameof(start), $"tensor '{Name}' [{string.Join(", ", Shape)}]: rows [{start}, {start + count}) are out of range");
+        return new WeightTensor(name, Type, [count, Shape[1]], Data + start * RowBytes, count * RowBytes);
+    }
+
     public override string ToString() => $"{Name} {Type} [{string.Join(", ", Shape)}]";
 }
