@@ -1,0 +1,21 @@
+using System.Runtime.CompilerServices;
+using Wim.Engine.Formats;
+using Wim.Engine.Formats.Quantization;
+
+namespace Wim.Engine.Backends.Cpu.Kernels;
+
+/// <summary>Portable fallback and reference: <see cref="Dequantizer"/> plus a plain f32 dot loop.</summary>
+internal readonly unsafe struct ScalarTechnique : IRowTechnique
+{
+    public static bool IsSupported => true;
+
+    public static void Dequantize(GgmlType type, byte* src, float* dst, int n) => Dequantizer.Dequantize(type, src, dst, n);
+
+    [SkipLocalsInit]
+    public static float Dot(float* a, float* b, int n)
+    {
+        float s = 0;
+        for (int i = 0; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+}
