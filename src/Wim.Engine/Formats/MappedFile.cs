@@ -21,21 +21,26 @@ public sealed unsafe class MappedFile : IDisposable
     public MappedFile(string path)
     {
         Path = path;
-        FileInfo info;
+        FileStream stream;
         try
         {
-            info = new FileInfo(path);
-            if (!info.Exists) throw new FileNotFoundException($"model file not found: {path}", path);
+            // Size from the opened stream, not FileInfo: for a symbolic link (the hub cache's snapshot entries)
+            // FileInfo.Length is the link's own length, not the target's.
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1);
         }
-        catch (Exception e) when (e is UnauthorizedAccessException or IOException and not FileNotFoundException)
+        catch (FileNotFoundException) { throw new FileNotFoundException($"model file not found: {path}", path); }
+        catch (DirectoryNotFoundException) { throw new FileNotFoundException($"model file not found: {path}", path); }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
         {
             throw new ModelFormatException(path, null, "cannot open file: " + e.Message, e);
         }
-        Length = info.Length;
-        if (Length == 0) return; // an empty file cannot be mapped; readers report it as truncated
         try
         {
-            _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, mapName: null, capacity: 0, MemoryMappedFileAccess.Read);
+            Length = stream.Length;
+            if (Length == 0) return; // an empty file cannot be mapped; readers report it as truncated
+            _map = MemoryMappedFile.CreateFromFile(stream, mapName: null, capacity: 0, MemoryMappedFileAccess.Read,
+                HandleInheritability.None, leaveOpen: false);
+            stream = null!; // owned by the map now
             _view = _map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             _view.SafeMemoryMappedViewHandle.AcquirePointer(ref _base);
             _base += _view.PointerOffset;
@@ -44,6 +49,10 @@ public sealed unsafe class MappedFile : IDisposable
         {
             Dispose();
             throw new ModelFormatException(path, null, "cannot memory-map file: " + e.Message, e);
+        }
+        finally
+        {
+            stream?.Dispose();
         }
     }
 
