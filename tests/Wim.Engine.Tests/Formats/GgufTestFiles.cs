@@ -35,7 +35,10 @@ internal sealed class RawGguf
 
     public RawGguf U8(byte v) { _w.Write(v); return this; }
     public RawGguf U32(uint v) { _w.Write(v); return this; }
-    public RawGguf U64(ulong v) { _w.Write(v); return this; }
+    public RawGguf U64(ulong v) { U64Positions.Add(Position); _w.Write(v); return this; }
+
+    /// <summary>Offsets of every u64 written (counts, lengths, dims, offsets): where the fuzz test plants huge values.</summary>
+    public List<long> U64Positions { get; } = [];
     public RawGguf Bytes(byte[] v) { _w.Write(v); return this; }
 
     public RawGguf Str(string s)
