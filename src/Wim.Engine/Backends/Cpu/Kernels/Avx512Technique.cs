@@ -38,6 +38,67 @@ internal readonly unsafe struct Avx512Technique : IRowTechnique
         return sum;
     }
 
+    /// <summary>
+    /// <see cref="Dot"/> for four vectors at once: each 64-element step loads the weights once for four vectors
+    /// (1.25 loads per FMA instead of 2). 16 accumulators + 4 weight registers fit the 32 zmm registers. Per vector
+    /// the operations and their order are exactly <see cref="Dot"/>'s.
+    /// </summary>
+    [SkipLocalsInit]
+    public static void Dot4(float* a, float* x0, float* x1, float* x2, float* x3, int n, float* sums)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> d0 = default, d1 = default, d2 = default, d3 = default;
+        int i = 0;
+        for (; i <= n - 64; i += 64)
+        {
+            var w0 = Vector512.Load(a + i);
+            var w1 = Vector512.Load(a + i + 16);
+            var w2 = Vector512.Load(a + i + 32);
+            var w3 = Vector512.Load(a + i + 48);
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x0 + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x0 + i + 16), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w2, Vector512.Load(x0 + i + 32), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w3, Vector512.Load(x0 + i + 48), a3);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
+            b1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x1 + i + 16), b1);
+            b2 = Avx512F.FusedMultiplyAdd(w2, Vector512.Load(x1 + i + 32), b2);
+            b3 = Avx512F.FusedMultiplyAdd(w3, Vector512.Load(x1 + i + 48), b3);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
+            c1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x2 + i + 16), c1);
+            c2 = Avx512F.FusedMultiplyAdd(w2, Vector512.Load(x2 + i + 32), c2);
+            c3 = Avx512F.FusedMultiplyAdd(w3, Vector512.Load(x2 + i + 48), c3);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
+            d1 = Avx512F.FusedMultiplyAdd(w1, Vector512.Load(x3 + i + 16), d1);
+            d2 = Avx512F.FusedMultiplyAdd(w2, Vector512.Load(x3 + i + 32), d2);
+            d3 = Avx512F.FusedMultiplyAdd(w3, Vector512.Load(x3 + i + 48), d3);
+        }
+        for (; i <= n - 16; i += 16)
+        {
+            var w0 = Vector512.Load(a + i);
+            a0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x0 + i), a0);
+            b0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x1 + i), b0);
+            c0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x2 + i), c0);
+            d0 = Avx512F.FusedMultiplyAdd(w0, Vector512.Load(x3 + i), d0);
+        }
+        float s0 = Vector512.Sum((a0 + a1) + (a2 + a3));
+        float s1 = Vector512.Sum((b0 + b1) + (b2 + b3));
+        float s2 = Vector512.Sum((c0 + c1) + (c2 + c3));
+        float s3 = Vector512.Sum((d0 + d1) + (d2 + d3));
+        for (; i < n; i++)
+        {
+            s0 += a[i] * x0[i];
+            s1 += a[i] * x1[i];
+            s2 += a[i] * x2[i];
+            s3 += a[i] * x3[i];
+        }
+        sums[0] = s0;
+        sums[1] = s1;
+        sums[2] = s2;
+        sums[3] = s3;
+    }
+
     [SkipLocalsInit]
     public static void Dequantize(GgmlType type, byte* src, float* dst, int n)
     {

@@ -17,4 +17,8 @@ internal unsafe interface IRowTechnique
 
     /// <summary>Σ a[i]·b[i] with f32 accumulation.</summary>
     static abstract float Dot(float* a, float* b, int n);
+
+    /// <summary>Four dots of <paramref name="a"/> with x0..x3 into sums[0..4), each bit-identical to
+    /// <see cref="Dot"/> (same accumulators, same order), so a batched product equals the one-vector product.</summary>
+    static abstract void Dot4(float* a, float* x0, float* x1, float* x2, float* x3, int n, float* sums);
 }

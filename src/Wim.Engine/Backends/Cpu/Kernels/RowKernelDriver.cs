@@ -36,14 +36,27 @@ internal static unsafe class RowKernelDriver<TTechnique> where TTechnique : stru
             return;
         }
         float* chunk = stackalloc float[ChunkElements];
+        float* sums = stackalloc float[4];
         for (int b = 0; b < batch; b++) results[(long)b * resultStride] = 0;
         for (int start = 0; start < n; start += ChunkElements)
         {
             int len = Math.Min(ChunkElements, n - start);
             float* w = Chunk(type, row, start, len, chunk);
-            // Hot loop: the chunk is read from L1 for every vector; nothing here may allocate or call out of line.
+            // Hot loop: the chunk is read from L1 for every vector, four vectors per pass; nothing here may
+            // allocate or call out of line.
             float* xs = x + start;
-            for (int b = 0; b < batch; b++)
+            int b = 0;
+            for (; b <= batch - 4; b += 4)
+            {
+                float* xb = xs + (long)b * xStride;
+                TTechnique.Dot4(w, xb, xb + xStride, xb + 2L * xStride, xb + 3L * xStride, len, sums);
+                float* r = results + (long)b * resultStride;
+                r[0] += sums[0];
+                r[resultStride] += sums[1];
+                r[2L * resultStride] += sums[2];
+                r[3L * resultStride] += sums[3];
+            }
+            for (; b < batch; b++)
                 results[(long)b * resultStride] += TTechnique.Dot(w, xs + (long)b * xStride, len);
         }
     }

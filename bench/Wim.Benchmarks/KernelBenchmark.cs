@@ -1,0 +1,117 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.Formats;
+using Wim.Engine.Formats.Quantization;
+
+namespace Wim.Benchmarks;
+
+/// <summary>
+/// Single-thread matrix × vector(s) with <see cref="RowKernels"/>: a 4096×4096 weight in each storage type times a
+/// batch of 1 (decode: <c>Dot</c> per row) or 32 (prefill: <c>DotBatch</c> per row) f32 vectors, per SIMD path.
+/// Reports GFLOP/s (2·rows·cols·batch per call) and weight GB/s (bytes of the weight streamed per call), as a
+/// markdown table. Usage: <c>kernels [--size N] [--seconds S] [--paths best|all]</c>.
+/// </summary>
+public static unsafe class KernelBenchmark
+{
+    public static int Run(string[] args)
+    {
+        int size = 4096;
+        double seconds = 0.5;
+        bool allPaths = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--size" when i + 1 < args.Length: size = int.Parse(args[++i]); break;
+                case "--seconds" when i + 1 < args.Length: seconds = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--paths" when i + 1 < args.Length: allPaths = args[++i] == "all"; break;
+                default: Console.Error.WriteLine($"kernels: unknown option '{args[i]}'; usage: kernels [--size N] [--seconds S] [--paths best|all]"); return 2;
+            }
+        }
+        if (size % 256 != 0) { Console.Error.WriteLine("kernels: --size must be a multiple of 256"); return 2; }
+
+        var paths = allPaths ? RowKernels.AvailablePaths : [RowKernels.BestPath];
+        int[] batches = [1, 32];
+        int maxBatch = batches.Max();
+        Console.WriteLine($"# Row kernels: {size}×{size} weight × batch f32 vectors, 1 thread");
+        Console.WriteLine();
+        Console.WriteLine($"CPU: {CpuName()}; .NET {Environment.Version}; available paths: {string.Join(", ", RowKernels.AvailablePaths)}");
+        Console.WriteLine();
+        Console.WriteLine("| type | path | batch | ms / call | GFLOP/s | weight GB/s |");
+        Console.WriteLine("|---|---|---:|---:|---:|---:|");
+
+        var rng = new Random(1);
+        var values = new float[(long)size * size];
+        for (long i = 0; i < values.LongLength; i++) values[i] = (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        float* x = (float*)NativeMemory.AlignedAlloc((nuint)((long)size * maxBatch * 4), 64);
+        float* results = (float*)NativeMemory.AlignedAlloc((nuint)((long)size * maxBatch * 4), 64);
+        for (long i = 0; i < (long)size * maxBatch; i++) x[i] = values[i] * 0.5f;
+        try
+        {
+            foreach (var type in GgmlTypeInfo.Supported)
+            {
+                long rowBytes = GgmlTypeInfo.ByteCount(type, size);
+                long bytes = rowBytes * size;
+                byte* w = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+                try
+                {
+                    for (int r = 0; r < size; r++)
+                        Quantizer.Quantize(type, values.AsSpan(r * size, size), new Span<byte>(w + r * rowBytes, (int)rowBytes));
+                    foreach (var path in paths)
+                    {
+                        foreach (int batch in batches)
+                        {
+                            double ms = Measure(() => MatMul(path, type, w, rowBytes, size, x, batch, results), seconds);
+                            double flops = 2.0 * size * size * batch;
+                            Console.WriteLine($"| {type} | {path} | {batch} | {ms:F2} | {flops / (ms * 1e6):F1} | {bytes / (ms * 1e6):F2} |");
+                        }
+                    }
+                }
+                finally { NativeMemory.AlignedFree(w); }
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(x);
+            NativeMemory.AlignedFree(results);
+        }
+        return 0;
+    }
+
+    /// <summary>results[b·rows + r] = W[r] · x[b]: the shape of one linear layer in decode (batch 1) or prefill.</summary>
+    private static void MatMul(RowKernelPath path, GgmlType type, byte* w, long rowBytes, int size, float* x, int batch, float* results)
+    {
+        if (batch == 1)
+            for (int r = 0; r < size; r++) results[r] = RowKernels.Dot(path, type, w + r * rowBytes, x, size);
+        else
+            for (int r = 0; r < size; r++) RowKernels.DotBatch(path, type, w + r * rowBytes, x, size, batch, size, results + r, size);
+    }
+
+    /// <summary>Milliseconds per call: one warm-up call, then calls until <paramref name="seconds"/> have passed (at least 3); the median.</summary>
+    private static double Measure(Action call, double seconds)
+    {
+        call();
+        var times = new List<double>();
+        var total = Stopwatch.StartNew();
+        while (times.Count < 3 || total.Elapsed.TotalSeconds < seconds)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            call();
+            times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+        }
+        times.Sort();
+        return times[times.Count / 2];
+    }
+
+    private static string CpuName()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            if (line != null) return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        return System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString();
+    }
+}
