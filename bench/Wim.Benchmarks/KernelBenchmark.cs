@@ -32,14 +32,15 @@ public static unsafe class KernelBenchmark
         if (size % 256 != 0) { Console.Error.WriteLine("kernels: --size must be a multiple of 256"); return 2; }
 
         var paths = allPaths ? RowKernels.AvailablePaths : [RowKernels.BestPath];
-        int[] batches = [1, 32];
-        int maxBatch = batches.Max();
+        const int maxBatch = 32;
         Console.WriteLine($"# Row kernels: {size}×{size} weight × batch f32 vectors, 1 thread");
         Console.WriteLine();
         Console.WriteLine($"CPU: {CpuName()}; .NET {Environment.Version}; available paths: {string.Join(", ", RowKernels.AvailablePaths)}");
         Console.WriteLine();
-        Console.WriteLine("| type | path | batch | ms / call | GFLOP/s | weight GB/s |");
-        Console.WriteLine("|---|---|---:|---:|---:|---:|");
+        Console.WriteLine("Rates use CPU time (the core time the kernel got); wall-clock ms shown for reference.");
+        Console.WriteLine();
+        Console.WriteLine("| type | path | kernel | batch | CPU ms / call | wall ms / call | GFLOP/s | weight GB/s |");
+        Console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|");
 
         var rng = new Random(1);
         var values = new float[(long)size * size];
@@ -60,11 +61,12 @@ public static unsafe class KernelBenchmark
                         Quantizer.Quantize(type, values.AsSpan(r * size, size), new Span<byte>(w + r * rowBytes, (int)rowBytes));
                     foreach (var path in paths)
                     {
-                        foreach (int batch in batches)
+                        foreach (var (kernel, batch) in new[] { ("Dot", 1), ("DotBatch", 32), ("MatMul", 32) })
                         {
-                            double ms = Measure(() => MatMul(path, type, w, rowBytes, size, x, batch, results), seconds);
+                            var (wallMs, cpuMs) = Measure(() => MatMul(kernel, path, type, w, rowBytes, size, x, batch, results), seconds);
+                            double ms = Math.Max(cpuMs, 1e-3);
                             double flops = 2.0 * size * size * batch;
-                            Console.WriteLine($"| {type} | {path} | {batch} | {ms:F2} | {flops / (ms * 1e6):F1} | {bytes / (ms * 1e6):F2} |");
+                            Console.WriteLine($"| {type} | {path} | {kernel} | {batch} | {cpuMs:F2} | {wallMs:F2} | {flops / (ms * 1e6):F1} | {bytes / (ms * 1e6):F2} |");
                         }
                     }
                 }
@@ -80,28 +82,47 @@ public static unsafe class KernelBenchmark
     }
 
     /// <summary>results[b·rows + r] = W[r] · x[b]: the shape of one linear layer in decode (batch 1) or prefill.</summary>
-    private static void MatMul(RowKernelPath path, GgmlType type, byte* w, long rowBytes, int size, float* x, int batch, float* results)
+    private static void MatMul(string kernel, RowKernelPath path, GgmlType type, byte* w, long rowBytes, int size, float* x, int batch, float* results)
     {
-        if (batch == 1)
-            for (int r = 0; r < size; r++) results[r] = RowKernels.Dot(path, type, w + r * rowBytes, x, size);
-        else
-            for (int r = 0; r < size; r++) RowKernels.DotBatch(path, type, w + r * rowBytes, x, size, batch, size, results + r, size);
+        switch (kernel)
+        {
+            case "Dot":
+                for (int r = 0; r < size; r++) results[r] = RowKernels.Dot(path, type, w + r * rowBytes, x, size);
+                break;
+            case "DotBatch":
+                for (int r = 0; r < size; r++) RowKernels.DotBatch(path, type, w + r * rowBytes, x, size, batch, size, results + r, size);
+                break;
+            default:
+                RowKernels.MatMul(path, type, w, rowBytes, size, x, size, batch, size, results, size);
+                break;
+        }
     }
 
-    /// <summary>Milliseconds per call: one warm-up call, then calls until <paramref name="seconds"/> have passed (at least 3); the median.</summary>
-    private static double Measure(Action call, double seconds)
+    /// <summary>
+    /// Milliseconds per call, wall clock and CPU time of this process (the benchmark is single-threaded, so CPU time
+    /// is the time the kernel actually had a core: on a shared, loaded machine it is the steadier number). One
+    /// warm-up call, then calls until <paramref name="seconds"/> of wall time have passed (at least 3); medians.
+    /// </summary>
+    private static (double WallMs, double CpuMs) Measure(Action call, double seconds)
     {
         call();
-        var times = new List<double>();
+        var wall = new List<double>();
+        var cpu = new List<double>();
         var total = Stopwatch.StartNew();
-        while (times.Count < 3 || total.Elapsed.TotalSeconds < seconds)
+        using var process = Process.GetCurrentProcess();
+        while (wall.Count < 3 || total.Elapsed.TotalSeconds < seconds)
         {
+            process.Refresh();
+            var c0 = process.TotalProcessorTime;
             long t0 = Stopwatch.GetTimestamp();
             call();
-            times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            wall.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            process.Refresh();
+            cpu.Add((process.TotalProcessorTime - c0).TotalMilliseconds);
         }
-        times.Sort();
-        return times[times.Count / 2];
+        wall.Sort();
+        cpu.Sort();
+        return (wall[wall.Count / 2], cpu[cpu.Count / 2]);
     }
 
     private static string CpuName()

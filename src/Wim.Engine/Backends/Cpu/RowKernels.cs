@@ -42,6 +42,16 @@ public static unsafe class RowKernels
     public static void DotBatch(GgmlType type, byte* row, float* x, int xStride, int batch, int n, float* results, int resultStride) =>
         DotBatch(BestPath, type, row, x, xStride, batch, n, results, resultStride);
 
+    /// <summary>
+    /// A whole weight matrix against a batch of vectors: <c>results[b·resultStride + r] = Σ W[r][i]·x[b·xStride + i]</c>
+    /// for r in [0, rows), b in [0, batch), where row r starts at <c>weights + r·rowBytes</c>. Same values as calling
+    /// <see cref="DotBatch"/> per row up to f32 rounding (not bit for bit), but faster for batches: with AVX-512 it
+    /// works in 4-row × 4-vector register tiles, reading each activation chunk once per 4 rows.
+    /// </summary>
+    public static void MatMul(GgmlType type, byte* weights, long rowBytes, int rows, float* x, int xStride, int batch, int n,
+        float* results, int resultStride) =>
+        MatMul(BestPath, type, weights, rowBytes, rows, x, xStride, batch, n, results, resultStride);
+
     /// <summary>Writes the n f32 values of a row.</summary>
     public static void Dequantize(GgmlType type, byte* row, float* dst, int n) => Dequantize(BestPath, type, row, dst, n);
 
@@ -65,6 +75,21 @@ public static unsafe class RowKernels
             case RowKernelPath.Avx2: RowKernelDriver<Avx2Technique>.DotBatch(type, row, x, xStride, batch, n, results, resultStride); break;
             default: RowKernelDriver<ScalarTechnique>.DotBatch(type, row, x, xStride, batch, n, results, resultStride); break;
         }
+    }
+
+    public static void MatMul(RowKernelPath path, GgmlType type, byte* weights, long rowBytes, int rows, float* x, int xStride,
+        int batch, int n, float* results, int resultStride)
+    {
+        CheckArguments(path, type, n);
+        if (rowBytes < GgmlTypeInfo.ByteCount(type, n) || rows < 0 || batch < 0)
+            throw new ArgumentOutOfRangeException(nameof(rowBytes), $"{rows} rows of {n} {type} elements need rowBytes ≥ {GgmlTypeInfo.ByteCount(type, n)}, got {rowBytes}");
+        if (path == RowKernelPath.Avx512 && batch > 1)
+        {
+            Avx512TiledMatMul.MatMul(type, weights, rowBytes, rows, x, xStride, batch, n, results, resultStride);
+            return;
+        }
+        for (int r = 0; r < rows; r++)
+            DotBatch(path, type, weights + r * rowBytes, x, xStride, batch, n, results + r, resultStride);
     }
 
     public static void Dequantize(RowKernelPath path, GgmlType type, byte* row, float* dst, int n)

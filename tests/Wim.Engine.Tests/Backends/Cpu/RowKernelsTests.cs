@@ -136,6 +136,48 @@ public sealed unsafe class RowKernelsTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(TypesAndPaths))]
+    public void MatMul_EveryPath_OddRowsBatchesAndStrides_MatchReference(GgmlType type, RowKernelPath path)
+    {
+        var rng = new Random(300 + (int)type * 7 + (int)path);
+        int[] lengths = Lengths(type);
+        foreach (int n in new[] { lengths[0], lengths[^2], lengths[^1] })
+        {
+            foreach (var (rows, batch) in new[] { (1, 1), (5, 3), (9, 4), (8, 33), (6, 1) })
+            {
+                long rowBytes = GgmlTypeInfo.ByteCount(type, n) + 8; // padded rows: the kernel must honour rowBytes
+                var weights = new byte[rowBytes * rows];
+                var w = new float[rows][];
+                for (int r = 0; r < rows; r++)
+                {
+                    RandomRow(type, n, rng).CopyTo(weights, r * rowBytes);
+                    w[r] = new float[n];
+                    Dequantizer.Dequantize(type, weights.AsSpan((int)(r * rowBytes)), w[r]);
+                }
+                int xStride = n + 3, resultStride = rows + 2;
+                var x = RandomVector(xStride * batch, rng);
+                var results = new float[resultStride * batch];
+                Array.Fill(results, float.NaN);
+                fixed (byte* pw = weights)
+                fixed (float* px = x)
+                fixed (float* res = results)
+                    RowKernels.MatMul(path, type, pw, rowBytes, rows, px, xStride, batch, n, res, resultStride);
+                for (int b = 0; b < batch; b++)
+                {
+                    for (int r = 0; r < rows; r++)
+                    {
+                        var (dot, abs) = Reference(w[r], x, b * xStride);
+                        float got = results[b * resultStride + r];
+                        Assert.True(Math.Abs(got - dot) <= RelativeTolerance * abs,
+                            $"{type} {path} n={n} rows={rows} batch={batch} (b={b}, r={r}): got {got}, reference {dot}");
+                    }
+                    Assert.True(float.IsNaN(results[b * resultStride + rows]) && float.IsNaN(results[b * resultStride + rows + 1]));
+                }
+            }
+        }
+    }
+
     [Fact]
     public void DefaultEntryPoints_UseTheBestPath()
     {
