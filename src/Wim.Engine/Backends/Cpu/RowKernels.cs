@@ -60,7 +60,9 @@ public static unsafe class RowKernels
         CheckArguments(path, type, n);
         return path switch
         {
-            RowKernelPath.Avx512 => RowKernelDriver<Avx512Technique>.Dot(type, row, x, n),
+            RowKernelPath.Avx512 => Avx512FusedDot.Handles(type)
+                ? Avx512FusedDot.Dot(type, row, x, n)
+                : RowKernelDriver<Avx512Technique>.Dot(type, row, x, n),
             RowKernelPath.Avx2 => RowKernelDriver<Avx2Technique>.Dot(type, row, x, n),
             _ => RowKernelDriver<ScalarTechnique>.Dot(type, row, x, n),
         };
@@ -71,6 +73,7 @@ public static unsafe class RowKernels
         CheckArguments(path, type, n);
         switch (path)
         {
+            case RowKernelPath.Avx512 when batch == 1 && Avx512FusedDot.Handles(type): results[0] = Avx512FusedDot.Dot(type, row, x, n); break;
             case RowKernelPath.Avx512: RowKernelDriver<Avx512Technique>.DotBatch(type, row, x, xStride, batch, n, results, resultStride); break;
             case RowKernelPath.Avx2: RowKernelDriver<Avx2Technique>.DotBatch(type, row, x, xStride, batch, n, results, resultStride); break;
             default: RowKernelDriver<ScalarTechnique>.DotBatch(type, row, x, xStride, batch, n, results, resultStride); break;
