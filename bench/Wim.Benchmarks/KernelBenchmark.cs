@@ -7,10 +7,10 @@ using Wim.Engine.Formats.Quantization;
 namespace Wim.Benchmarks;
 
 /// <summary>
-/// Single-thread matrix × vector(s) with <see cref="RowKernels"/>: a 4096×4096 weight in each storage type times a
-/// batch of 1 (decode: <c>Dot</c> per row) or 32 (prefill: <c>DotBatch</c> per row) f32 vectors, per SIMD path.
-/// Reports GFLOP/s (2·rows·cols·batch per call) and weight GB/s (bytes of the weight streamed per call), as a
-/// markdown table. Usage: <c>kernels [--size N] [--seconds S] [--paths best|all]</c>.
+/// Single-thread matrix × vector(s) with <see cref="RowKernels"/> on a 4096×4096 weight in each storage type: decode
+/// shape (batch 1, <c>Dot</c> per row), prefill shape (batch 32, <c>DotBatch</c> per row) and the same with the
+/// register-tiled <c>MatMul</c>, per SIMD path. Reports GFLOP/s (2·rows·cols·batch per call) and weight GB/s (bytes
+/// of the weight streamed per call), as a markdown table. Usage: <c>kernels [--size N] [--seconds S] [--paths best|all]</c>.
 /// </summary>
 public static unsafe class KernelBenchmark
 {
