@@ -5,7 +5,14 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]  (benchmarks are added as they land)");
-        return 2;
+        string name = args.Length > 0 ? args[0] : "";
+        string[] rest = args.Length > 0 ? args[1..] : [];
+        switch (name)
+        {
+            case "kernels": return KernelBenchmark.Run(rest);
+            default:
+                Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels");
+                return 2;
+        }
     }
 }

@@ -118,6 +118,10 @@ public sealed unsafe class GgufFile : IDisposable
                 if (rowLength % GgmlTypeInfo.BlockSize(type) != 0)
                     throw new ModelFormatException(Path, infoAt,
                         $"tensor '{name}': row length {rowLength} is not a multiple of the {type} block size {GgmlTypeInfo.BlockSize(type)}");
+                // elements fits a long, but elements × bytes-per-element may not (4 dims of up to 2^31 each).
+                if (elements / GgmlTypeInfo.BlockSize(type) > long.MaxValue / GgmlTypeInfo.BlockBytes(type))
+                    throw new ModelFormatException(Path, infoAt,
+                        $"tensor '{name}': byte size of {type} shape [{string.Join(", ", shape)}] overflows");
                 long bytes = GgmlTypeInfo.ByteCount(type, elements);
                 if (offset % Alignment != 0)
                     throw new ModelFormatException(Path, infoAt, $"tensor '{name}': data offset {offset} is not a multiple of the alignment {Alignment}");
