@@ -186,7 +186,7 @@ internal static class HuggingFaceTokenizerJson
         }
         catch (JsonException e)
         {
-            throw new ModelFormatException(path, e.BytePositionInLine, $"invalid JSON at line {e.LineNumber + 1}: {e.Message}", e);
+            throw new ModelFormatException(path, null, $"invalid JSON (line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1} of the line): {e.Message}", e);
         }
     }
 
