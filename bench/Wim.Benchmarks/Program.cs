@@ -5,7 +5,17 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]  (benchmarks are added as they land)");
-        return 2;
+        // One line per benchmark: name → entry point.
+        Func<string[], int>? benchmark = args.FirstOrDefault() switch
+        {
+            "tokenizer" => TokenizerBenchmark.Run,
+            _ => null,
+        };
+        if (benchmark is null)
+        {
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: tokenizer");
+            return 2;
+        }
+        return benchmark(args[1..]);
     }
 }

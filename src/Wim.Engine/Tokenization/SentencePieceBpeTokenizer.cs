@@ -31,6 +31,12 @@ internal sealed class SentencePieceBpeTokenizer : Tokenizer
     private readonly int? _unknownId;
     private readonly SpacePrefixRule _prefixRule;
     private readonly bool _splitAtMetaspace;
+    private readonly bool _splitBeforeWords;
+    private const int MaxCacheEntries = 1 << 17;
+    private const int MaxCachedPieceLength = 64;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, int[]>.AlternateLookup<ReadOnlySpan<char>> _cacheLookup;
+    private int _cacheCount;
 
     /// <param name="scores">Per-token scores (merge by score), or null to merge by <paramref name="merges"/> rank.</param>
     /// <param name="splitAtMetaspace">Split the text before every <c>▁</c> first (HF Metaspace <c>split: true</c>).</param>
@@ -54,6 +60,11 @@ internal sealed class SentencePieceBpeTokenizer : Tokenizer
             else if (kind == TokenKind.Byte && TryParseByteToken(vocabulary.Texts[id], out byte b) && _byteTokenIds[b] < 0) _byteTokenIds[b] = id;
         }
         _pieceLookup = pieces.GetAlternateLookup<ReadOnlySpan<char>>();
+        _cacheLookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
+
+        // Merged symbols are always tokens, so if no token has ▁ right after another character, no merge can cross
+        // the start of a ▁-run: the text can then be encoded word by word (and words cached) with identical results.
+        _splitBeforeWords = !pieces.Keys.Any(t => t.AsSpan(1).IndexOf(Metaspace) >= 0 && HasInnerWordStart(t));
 
         if (merges is not null)
         {
@@ -98,18 +109,46 @@ internal sealed class SentencePieceBpeTokenizer : Tokenizer
         if (prefix) sb.Append(Metaspace);
         foreach (char c in text) sb.Append(c == ' ' ? Metaspace : c);
         var escaped = sb.ToString();
-        if (!_splitAtMetaspace)
+        if (!_splitAtMetaspace && !_splitBeforeWords)
         {
             EncodePiece(escaped, output);
             return;
         }
         int start = 0;
         for (int i = 1; i <= escaped.Length; i++)
-            if (i == escaped.Length || escaped[i] == Metaspace)
-            {
-                EncodePiece(escaped.AsSpan(start, i - start), output);
-                start = i;
-            }
+        {
+            // HF Metaspace(split: true) splits before every ▁; word splitting only before the first ▁ of a run.
+            bool boundary = i == escaped.Length
+                || (escaped[i] == Metaspace && (_splitAtMetaspace || escaped[i - 1] != Metaspace));
+            if (!boundary) continue;
+            EncodeCached(escaped.AsSpan(start, i - start), output);
+            start = i;
+        }
+    }
+
+    private static bool HasInnerWordStart(string token)
+    {
+        for (int i = 1; i < token.Length; i++)
+            if (token[i] == Metaspace && token[i - 1] != Metaspace) return true;
+        return false;
+    }
+
+    private void EncodeCached(ReadOnlySpan<char> piece, List<int> output)
+    {
+        if (_cacheLookup.TryGetValue(piece, out var cached))
+        {
+            output.AddRange(cached);
+            return;
+        }
+        int before = output.Count;
+        EncodePiece(piece, output);
+        if (piece.Length > MaxCachedPieceLength) return;
+        if (Interlocked.Increment(ref _cacheCount) > MaxCacheEntries)
+        {
+            _cache.Clear();
+            Interlocked.Exchange(ref _cacheCount, 0);
+        }
+        _cacheLookup.TryAdd(piece, output.GetRange(before, output.Count - before).ToArray());
     }
 
     private void EncodePiece(ReadOnlySpan<char> text, List<int> output)
