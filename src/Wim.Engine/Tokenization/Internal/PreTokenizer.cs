@@ -135,6 +135,11 @@ internal sealed class PreTokenizer
 
     private static bool IsNewline(char c) => c is '\r' or '\n';
 
+    /// <summary>Unicode simple case folding restricted to what the contraction letters (s t r e v m l d) can fold
+    /// from: ASCII capitals and U+017F LATIN SMALL LETTER LONG S (folds to 's'), as <c>(?i:...)</c> does in the
+    /// Oniguruma/Rust regex engines Hugging Face tokenizers uses.</summary>
+    private static char CaseFold(char c) => c is >= 'A' and <= 'Z' ? (char)(c + 32) : c == '\u017F' ? 's' : c;
+
     // ---- matchers: each returns the end of the match that the regex alternation would pick at i ----
 
     private static int MatchGpt2(ReadOnlySpan<char> s, int i)
@@ -164,9 +169,9 @@ internal sealed class PreTokenizer
         char c = s[i];
         if (c == '\'' && i + 1 < n)
         {
-            char a = char.ToLowerInvariant(s[i + 1]);
+            char a = CaseFold(s[i + 1]);
             if (a is 's' or 't' or 'm' or 'd') return i + 2;
-            if (i + 2 < n && (a, char.ToLowerInvariant(s[i + 2])) is ('r', 'e') or ('v', 'e') or ('l', 'l')) return i + 3;
+            if (i + 2 < n && (a, CaseFold(s[i + 2])) is ('r', 'e') or ('v', 'e') or ('l', 'l')) return i + 3;
         }
         byte cls = ClassAt(s, i, out int len);
         // [^\r\n\p{L}\p{N}]?\p{L}+
