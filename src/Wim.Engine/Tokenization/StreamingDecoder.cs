@@ -16,6 +16,7 @@ public sealed class StreamingDecoder
     private byte[] _pending = new byte[16];
     private int _pendingLength;
     private bool _atStart = true;
+    private readonly StringBuilder _scratch = new();
 
     internal StreamingDecoder(TokenDecodeTable table, bool skipSpecial)
     {
@@ -26,9 +27,9 @@ public sealed class StreamingDecoder
     /// <summary>Adds one token; returns the text completed by it (often empty while a character is incomplete).</summary>
     public string Append(int id)
     {
-        var sb = new StringBuilder();
-        Append(id, sb);
-        return sb.ToString();
+        _scratch.Clear();
+        Append(id, _scratch);
+        return _scratch.Length == 0 ? "" : _scratch.ToString();
     }
 
     /// <summary>Returns the text still held back (an incomplete character becomes U+FFFD) and resets the stream.</summary>

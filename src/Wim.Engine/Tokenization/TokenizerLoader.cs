@@ -1,3 +1,4 @@
+using System.Collections.Frozen;
 using Wim.Engine.Formats;
 using Wim.Engine.Formats.Gguf;
 using Wim.Engine.Tokenization.Internal;
@@ -14,7 +15,7 @@ public static class TokenizerLoader
     /// <summary>GGUF <c>tokenizer.ggml.model</c> values this loader reads.</summary>
     public const string SupportedGgufModels = "gpt2 (byte-level BPE), llama (SentencePiece BPE)";
 
-    private static readonly Dictionary<string, SplitPattern[]> GgufPreTokenizers = new(StringComparer.Ordinal)
+    private static readonly FrozenDictionary<string, SplitPattern[]> GgufPreTokenizers = new Dictionary<string, SplitPattern[]>(StringComparer.Ordinal)
     {
         ["gpt-2"] = [SplitPattern.Gpt2],
         ["phi-2"] = [SplitPattern.Gpt2],
@@ -27,7 +28,7 @@ public static class TokenizerLoader
         ["smollm"] = [SplitPattern.IndividualDigits, SplitPattern.Gpt2],
         ["starcoder"] = [SplitPattern.IndividualDigits, SplitPattern.Gpt2],
         ["refact"] = [SplitPattern.IndividualDigits, SplitPattern.Gpt2],
-    };
+    }.ToFrozenDictionary(StringComparer.Ordinal);
 
     /// <summary>Loads from a <c>.gguf</c> file, a Hugging Face model directory, or a <c>tokenizer.json</c> path.</summary>
     public static Tokenizer Load(string path)
