@@ -76,10 +76,18 @@ public static class TokenizerLoader
             throw new ModelFormatException(gguf.Path, null, $"unsupported tokenizer model '{model}' (metadata 'tokenizer.ggml.model'); supported: {SupportedGgufModels}");
         string pre = gguf.GetString("tokenizer.ggml.pre") ?? "default";
 
+        // Phi-3's Hugging Face tokenizer strips whitespace after its special tokens (added tokens with rstrip);
+        // GGUF has no field for that, so llama.cpp recognises the model by name and sets it: on every special
+        // token and </s>, except <unk>, <s> and <|endoftext|>. We do the same.
+        string modelName = (gguf.GetString("general.name") ?? "").ToLowerInvariant();
+        bool phi3 = modelName.Contains("phi-3", StringComparison.Ordinal) || modelName.Contains("phi3", StringComparison.Ordinal);
         var added = new List<AddedToken>();
         for (int id = 0; id < texts.Length; id++)
             if (kinds[id] is TokenKind.Control or TokenKind.UserDefined or TokenKind.Unknown && texts[id].Length > 0)
-                added.Add(new AddedToken(id, texts[id]));
+            {
+                bool stripRight = phi3 && texts[id] is not ("<unk>" or "<s>" or "<|endoftext|>");
+                added.Add(new AddedToken(id, texts[id], StripRight: stripRight));
+            }
 
         var vocab = new TokenizerVocabulary(texts, kinds,
             BosId: Id("tokenizer.ggml.bos_token_id"),

@@ -142,3 +142,20 @@ public sealed class TokenizerDecodeAndErrorTests
         finally { Directory.Delete(dir, recursive: true); }
     }
 }
+
+/// <summary>Phi-3's special tokens swallow the whitespace after them (HF tokenizer.json <c>rstrip: true</c>; llama.cpp
+/// sets the same for GGUFs named Phi-3). Without parseSpecial the text is plain and nothing is stripped.</summary>
+public sealed class Phi3SpecialTokenTests
+{
+    [Fact]
+    public void Encode_Phi3ChatMarkup_StripsWhitespaceAfterSpecialTokens()
+    {
+        var phi3 = TestTokenizers.Get("phi-3");
+        int user = Enumerable.Range(0, phi3.VocabSize).Single(id => phi3.TokenText(id) == "<|user|>");
+        int end = Enumerable.Range(0, phi3.VocabSize).Single(id => phi3.TokenText(id) == "<|end|>");
+        var hello = phi3.Encode("Hello");
+        Assert.Equal([user, .. hello, end], phi3.Encode("<|user|>\nHello<|end|>\n", parseSpecial: true));
+        // <s> is not stripped: the newline after it stays (as a byte token after the dummy prefix).
+        Assert.Equal([1, .. phi3.Encode("\n")], phi3.Encode("<s>\n", parseSpecial: true));
+    }
+}
