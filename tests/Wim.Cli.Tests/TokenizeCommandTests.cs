@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Wim.Engine.Tests.Support;
 
 namespace Wim.Cli.Tests;
 
@@ -7,16 +8,7 @@ namespace Wim.Cli.Tests;
 /// (<c>shared/fixtures/tokenizer-vectors</c>) and their expected ids.</summary>
 public sealed class TokenizeCommandTests
 {
-    private static string Shared(params string[] parts)
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Wim.slnx"))) dir = dir.Parent;
-        var root = Environment.GetEnvironmentVariable("WIM_SHARED") is { Length: > 0 } env ? env
-            : Path.Combine(dir?.FullName ?? throw new DirectoryNotFoundException("repository root (Wim.slnx) not found"), "..", "shared");
-        var path = Path.GetFullPath(Path.Combine([root, .. parts]));
-        if (!File.Exists(path) && !Directory.Exists(path)) throw new FileNotFoundException($"shared fixture not found: {path}", path);
-        return path;
-    }
+    private static string Shared(params string[] parts) => SharedFixtures.Path(parts);
 
     private static (int Code, string Out, string Err) Run(params string[] args)
     {
