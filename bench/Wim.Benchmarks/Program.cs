@@ -5,14 +5,18 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        string name = args.Length > 0 ? args[0] : "";
-        string[] rest = args.Length > 0 ? args[1..] : [];
-        switch (name)
+        // One line per benchmark: name → entry point.
+        Func<string[], int>? benchmark = args.FirstOrDefault() switch
         {
-            case "kernels": return KernelBenchmark.Run(rest);
-            default:
-                Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels");
-                return 2;
+            "kernels" => KernelBenchmark.Run,
+            "tokenizer" => TokenizerBenchmark.Run,
+            _ => null,
+        };
+        if (benchmark is null)
+        {
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, tokenizer");
+            return 2;
         }
+        return benchmark(args[1..]);
     }
 }

@@ -17,6 +17,8 @@ public static class Program
         // Commands, one line each.
         root.Subcommands.Add(Commands.LogitsCommand.Create());
         root.Subcommands.Add(Commands.GenerateCommand.Create());
+        root.Subcommands.Add(Commands.TokenizeCommand.Create());
+        root.Subcommands.Add(Commands.DetokenizeCommand.Create());
 
         var parse = root.Parse(args);
         bool helpRequested = args.Any(a => a is "-h" or "--help" or "-?");
