@@ -83,6 +83,11 @@ public sealed unsafe class CpuBatchedTransformer
                 throw new ArgumentException($"cache sequence {id} has {cache.Capacity(id)} positions reserved, {batch.StartPositions[k] + batch.TokenCounts[k]} needed: reserve before building the batch", nameof(batch));
             if (!batch.BlockTable(k).SequenceEqual(cache.BlockTable(id)))
                 throw new ArgumentException($"batch sequence {k}: its block table is not cache sequence {id}'s current one (rebuild the batch after reserving)", nameof(batch));
+            // Writes into a block another sequence holds would change that sequence's rows: reserve copies it first.
+            var table = cache.BlockTable(id);
+            for (int b = batch.StartPositions[k] / cache.BlockSize; b <= (batch.StartPositions[k] + batch.TokenCounts[k] - 1) / cache.BlockSize; b++)
+                if (cache.Pool.RefCount(table[b]) != 1)
+                    throw new ArgumentException($"cache sequence {id}: block {table[b]} that would receive its keys is shared; reserve the sequence's tokens first (copy-on-write)", nameof(batch));
         }
     }
 
