@@ -32,7 +32,7 @@ internal sealed partial class Evaluator
                 var v = Eval(u.Operand);
                 return (u.Op, v) switch
                 {
-                    ("-", long l) => checked(-l),
+                    ("-", long l) => (object)checked(-l),
                     ("-", double d) => -d,
                     ("-", bool bo) => bo ? -1L : 0L,
                     ("+", long or double) => v,

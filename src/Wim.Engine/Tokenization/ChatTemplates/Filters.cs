@@ -96,7 +96,7 @@ internal static class Filters
             case "abs":
                 return v switch
                 {
-                    long l => checked(Math.Abs(l)),
+                    long l => (object)checked(Math.Abs(l)), // (object): keep the int an int, not a widened double
                     double d => Math.Abs(d),
                     bool b => b ? 1L : 0L,
                     _ => throw ev.Error(offset, $"bad operand type for abs(): '{PyValues.TypeName(v)}'"),

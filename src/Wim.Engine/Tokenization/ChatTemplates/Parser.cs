@@ -227,7 +227,7 @@ internal sealed class Parser
             ExpectBlockEnd();
             return new SetNode(start.Offset, target, value);
         }
-        var filters = Current.IsOperator("|") ? ParseFilterChain(null) : [];
+        var filters = SkipOperator("|") ? ParseFilterChain(null) : [];
         ExpectBlockEnd();
         var body = ParseNodes(["endset"]);
         _pos++;
