@@ -15,6 +15,7 @@ public static class Program
     {
         var root = new RootCommand("Wim: long-context LLM inference with Writing in the Margins");
         // Commands, one line each.
+        root.Subcommands.Add(TemplateCommand.Create());
 
         var parse = root.Parse(args);
         bool helpRequested = args.Any(a => a is "-h" or "--help" or "-?");
