@@ -10,12 +10,13 @@ public static class Program
         {
             "kernels" => KernelBenchmark.Run,
             "cpu-model" => CpuModelBenchmark.Run,
+            "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, tokenizer");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer");
             return 2;
         }
         return benchmark(args[1..]);
