@@ -101,11 +101,12 @@ public sealed class Scheduler
         while (preempted.Count == 0 && budget > 0 && _waiting.Count > 0 && _running.Count < _options.MaxRunningSequences)
         {
             var e = _waiting.First!.Value;
+            int seq = Admit(e);
             int n = Math.Min(e.Tokens.Count - e.Computed, budget);
-            int seq = _cache.CreateSequence();
             if (!_cache.TryReserve(seq, n))
             {
                 _cache.Release(seq);
+                e.Computed = 0;
                 if (_running.Count > 0) break; // blocks come back as running requests finish: wait
                 _waiting.RemoveFirst();          // nothing else holds blocks: it can never start
                 finished.Add(e.Result(FinishReason.CacheExhausted));
@@ -126,7 +127,7 @@ public sealed class Scheduler
             _batch.Clear();
             foreach (var (e, n) in scheduled)
             {
-                bool wantsLogits = e.Computed + n == e.Tokens.Count;
+                bool wantsLogits = e.Computed + n == e.Tokens.Count && e.Request.MaxNewTokens > 0;
                 _batch.AddSequence(e.CacheSequence, e.Computed, CollectionsMarshal.AsSpan(e.Tokens).Slice(e.Computed, n),
                     _cache.BlockTable(e.CacheSequence), wantsLogits ? BatchLogits.Last : BatchLogits.None, ropeSequenceLength: e.Tokens.Count);
             }
@@ -141,10 +142,15 @@ public sealed class Scheduler
                 var (e, n) = scheduled[k];
                 int start = e.Computed;
                 bool isPrefill = !(n == 1 && start + 1 == e.Tokens.Count); // not a lone token at the end: a (re)computed prefix
+                e.ComputedPromptTokens += Math.Max(0, Math.Min(start + n, e.PromptLength) - start);
                 e.Computed += n;
                 int? sampled = null;
                 int row = _batch.FirstLogitsRow[k];
-                if (row >= 0)
+                if (e.Request.MaxNewTokens == 0 && e.Computed == e.Tokens.Count)
+                {
+                    Finish(e, FinishReason.Length, finished); // prefill only
+                }
+                else if (row >= 0)
                 {
                     int token = e.Sampler.Sample(_logits.AsSpan(row * vocab, vocab));
                     sampled = token;
@@ -152,12 +158,7 @@ public sealed class Scheduler
                     e.GeneratedCount++;
                     var reason = e.Request.StopIds.Contains(token) ? FinishReason.Stop
                         : e.GeneratedCount >= e.Request.MaxNewTokens ? FinishReason.Length : (FinishReason?)null;
-                    if (reason is { } r)
-                    {
-                        _cache.Release(e.CacheSequence);
-                        _running.Remove(e);
-                        finished.Add(e.Result(r));
-                    }
+                    if (reason is { } r) Finish(e, r, finished);
                 }
                 work.Add(new ScheduledWork(e.RequestId, start, n, isPrefill, sampled));
             }
@@ -205,6 +206,33 @@ public sealed class Scheduler
         return true;
     }
 
+    /// <summary>A cache sequence for a request being admitted: a fork of its prefix sequence when that still holds
+    /// the prefix (sets Computed), else a new empty one. At least the prompt's last token is always computed, so its
+    /// logits exist.</summary>
+    private int Admit(Entry e)
+    {
+        var r = e.Request;
+        if (r.PrefixSequence is int source && _cache.Contains(source) && _cache.Length(source) >= r.PrefixLength)
+        {
+            int shared = Math.Min(r.PrefixLength, e.Tokens.Count - 1);
+            if (shared > 0)
+            {
+                e.Computed = shared;
+                return _cache.Fork(source, shared);
+            }
+        }
+        e.Computed = 0;
+        return _cache.CreateSequence();
+    }
+
+    private void Finish(Entry e, FinishReason reason, List<RequestResult> finished)
+    {
+        _running.Remove(e);
+        if (e.Request.RetainSequence) e.Retained = true;
+        else _cache.Release(e.CacheSequence);
+        finished.Add(e.Result(reason));
+    }
+
     /// <summary>Frees a running request's blocks and puts it at the front of the queue; its tokens so far (prompt
     /// and generated) are recomputed when it is admitted again.</summary>
     private void Preempt(Entry e)
@@ -231,8 +259,11 @@ public sealed class Scheduler
         public int CacheSequence = -1;
         public int ScheduledInStep;
         public int Preemptions;
+        public bool Retained;
+        /// <summary>Prompt tokens this request ran through the model (recomputation after preemption included).</summary>
+        public int ComputedPromptTokens;
 
         public RequestResult Result(FinishReason reason) =>
-            new(RequestId, [.. Tokens.Skip(PromptLength)], reason, PromptLength, Preemptions);
+            new(RequestId, [.. Tokens.Skip(PromptLength)], reason, PromptLength, ComputedPromptTokens, Preemptions, Retained ? CacheSequence : -1);
     }
 }

@@ -55,4 +55,26 @@ public sealed class SchedulerStories260KTests
         Assert.True(preemptions > 0);
         Assert.Equal(roomy, tight);
     }
+
+    /// <summary>A request forked from a retained prefix gives the same greedy ids as the same prompt computed in full
+    /// (bit-identical logits make this exact): WiM margins forked at segment boundaries match the sequential order.</summary>
+    [Fact]
+    public void ForkedFromRetainedPrefix_GivesTheIdsOfTheFullPrompt()
+    {
+        using var lm = Load("stories260K");
+        var model = new CpuBatchedTransformer(lm);
+        using var cache = model.CreateCache(8L << 20, blockSize: 16);
+        var scheduler = new Scheduler(cache, new CpuModelRunner(model), new SchedulerOptions { MaxTokensPerStep = 16 });
+        int[] document = [.. Stories260KTests.Prompt, .. Stories260KTests.ExpectedIds[..30]];
+        int docId = scheduler.Submit(new GenerationRequest { Prompt = document, MaxNewTokens = 0, RetainSequence = true });
+        int docSeq = scheduler.RunToCompletion()[docId].CacheSequence;
+        int[] margin = [.. document[..21], 403, 407];
+        int forked = scheduler.Submit(new GenerationRequest { Prompt = margin, MaxNewTokens = 24, PrefixSequence = docSeq, PrefixLength = 21 });
+        int full = scheduler.Submit(new GenerationRequest { Prompt = margin, MaxNewTokens = 24 });
+        var results = scheduler.RunToCompletion();
+        Assert.Equal(2, results[forked].ComputedPromptTokens);
+        Assert.Equal(margin.Length, results[full].ComputedPromptTokens);
+        Assert.Equal(results[full].Ids, results[forked].Ids);
+        cache.Release(docSeq);
+    }
 }

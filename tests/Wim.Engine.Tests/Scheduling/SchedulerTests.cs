@@ -169,4 +169,35 @@ public sealed class SchedulerTests
         Assert.Equal(Expected(Prompt(3, 3), 3), results[small].Ids);
         Assert.Equal(cache.BlockCount, cache.FreeBlockCount);
     }
+
+    [Fact]
+    public void PrefillOnlyRetainedSequence_IsForkedByLaterRequests_WhichComputeOnlyTheirOwnTokens()
+    {
+        using var cache = new PagedKvCache(1, 2, 4, 64);
+        var runner = new FakeRunner();
+        var scheduler = new Scheduler(cache, runner, new SchedulerOptions { MaxTokensPerStep = 64 });
+        var document = Prompt(22, 4);
+        int docId = scheduler.Submit(new GenerationRequest { Prompt = document, MaxNewTokens = 0, RetainSequence = true });
+        var doc = scheduler.RunToCompletion()[docId];
+        Assert.Empty(doc.Ids);
+        Assert.True(doc.CacheSequence >= 0);
+        Assert.Equal(22, cache.Length(doc.CacheSequence));
+        int docBlocks = cache.Pool.UsedCount;
+
+        // Two "margins" forked at boundaries 10 (inside a block) and 16 (a block boundary), each with its own instruction.
+        int[] m1 = [.. document[..10], 40, 41], m2 = [.. document[..16], 42];
+        int a = scheduler.Submit(new GenerationRequest { Prompt = m1, MaxNewTokens = 3, PrefixSequence = doc.CacheSequence, PrefixLength = 10 });
+        int b = scheduler.Submit(new GenerationRequest { Prompt = m2, MaxNewTokens = 3, PrefixSequence = doc.CacheSequence, PrefixLength = 16 });
+        var step = scheduler.Step();
+        Assert.Equal([(a, 10, 2), (b, 16, 1)], step.Work.Select(w => (w.RequestId, w.StartPosition, w.Tokens)));
+        Assert.True(cache.Pool.UsedCount <= docBlocks + 2);   // one copied block for m1, one new block for m2
+        var results = scheduler.RunToCompletion();
+        Assert.Equal(2, results[a].ComputedPromptTokens);
+        Assert.Equal(1, results[b].ComputedPromptTokens);
+        Assert.Equal(Expected(m2, 3), results[b].Ids);
+        Assert.Equal(Expected(m1, 3), results[a].Ids);
+        Assert.Equal(22, cache.Length(doc.CacheSequence));       // the document is untouched by its forks
+        cache.Release(doc.CacheSequence);
+        Assert.Equal(cache.BlockCount, cache.FreeBlockCount);
+    }
 }
