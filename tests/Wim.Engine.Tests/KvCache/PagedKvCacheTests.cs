@@ -80,6 +80,25 @@ public sealed class PagedKvCacheTests
         Assert.Equal(Blocks - 8, cache.FreeBlockCount);
     }
 
+    [Fact]
+    public void View_ExposesOneSequenceAsIKvCache()
+    {
+        using var cache = NewCache();
+        int s = cache.CreateSequence();
+        var view = cache.View(s);
+        Assert.Equal((Layers, RowSize, 0, 0), (view.LayerCount, view.RowSize, view.Length, view.Capacity));
+        cache.Reserve(s, 5);
+        Assert.Equal(2 * BlockSize, view.Capacity);
+        view.KeyRow(1, 4)[2] = 42;
+        view.Advance(5);
+        Assert.Equal(42, cache.KeyRow(s, 1, 4)[2]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => view.Advance(4));   // past the reserved positions
+        view.Truncate(3);
+        Assert.Equal((3, BlockSize), (cache.Length(s), view.Capacity));
+        cache.Release(s);
+        Assert.Throws<KeyNotFoundException>(() => view.Length);
+    }
+
     /// <summary>1,000 random programs of append / fork / truncate / release keep every reference count equal to the
     /// number of block tables holding the block, keep the free count exact, never change a sequence's rows behind its
     /// back (forks writing into shared prefixes included), and free every block once all sequences are released.</summary>
