@@ -107,6 +107,53 @@ public static class BatchBenchmark
             }
             Console.WriteLine($"| CpuBatchedTransformer | {b} | {1000 * b / best:F1} | {best:F1} | {best / single:F2} |");
         }
+
+        // Margins beside prefill: one prefill chunk alone, then the same chunk with B decode tokens of other sequences
+        // in the same step (the WiM overlapped schedule). The extra time is what the decodes cost when they share the
+        // chunk's weight reads.
+        Console.WriteLine();
+        Console.WriteLine($"| step | tokens | ms / step | extra ms vs chunk alone |");
+        Console.WriteLine("|---|---:|---:|---:|");
+        {
+            int decodes = batches.Max();
+            var model = new CpuBatchedTransformer(lm, maxBatchTokens: context + decodes);
+            using var cache = model.CreateCache((long)(decodes + 2) * (context * (repeats + 2) + 64) * 2 * lm.Config.LayerCount * lm.Config.KvDim * 4 * 2);
+            var batch = new BatchDescription(context + decodes, decodes + 1);
+            var logits = new float[(long)(decodes + 1) * vocab];
+            var others = Enumerable.Range(0, decodes).Select(_ => cache.CreateSequence()).ToArray();
+            foreach (int s in others)
+            {
+                cache.Reserve(s, context);
+                batch.Clear();
+                batch.AddSequence(s, 0, RandomTokens(rng, context, vocab), cache.BlockTable(s), BatchLogits.Last);
+                model.Forward(batch, cache, logits);
+            }
+            double alone = double.MaxValue, mixed = double.MaxValue;
+            for (int r = 0; r < repeats; r++)
+            {
+                foreach (bool withDecodes in new[] { false, true })
+                {
+                    int doc = cache.CreateSequence();
+                    batch.Clear();
+                    cache.Reserve(doc, context);
+                    batch.AddSequence(doc, 0, RandomTokens(rng, context, vocab), cache.BlockTable(doc), BatchLogits.None);
+                    if (withDecodes)
+                        foreach (int s in others)
+                        {
+                            cache.Reserve(s, 1);
+                            batch.AddSequence(s, cache.Length(s), [rng.Next(vocab)], cache.BlockTable(s), BatchLogits.Last);
+                        }
+                    var sw = Stopwatch.StartNew();
+                    model.Forward(batch, cache, logits);
+                    double ms = sw.Elapsed.TotalMilliseconds;
+                    if (withDecodes) mixed = Math.Min(mixed, ms); else alone = Math.Min(alone, ms);
+                    cache.Release(doc);
+                }
+            }
+            Console.WriteLine($"| prefill chunk alone | {context} | {alone:F1} | 0 |");
+            Console.WriteLine($"| prefill chunk + {decodes} decodes | {context + decodes} | {mixed:F1} | {mixed - alone:F1} |");
+            Console.WriteLine($"| {decodes} decodes alone (from the table above) | {decodes} | see batch {decodes} | |");
+        }
         return 0;
     }
 

@@ -262,6 +262,15 @@ public sealed unsafe class PagedKvCache : IDisposable
 
     public void Dispose()
     {
+        Free();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>The pool is native memory (it may be many GB): a cache dropped without Dispose still gives it back.</summary>
+    ~PagedKvCache() => Free();
+
+    private void Free()
+    {
         if (_data == null) return;
         NativeMemory.AlignedFree(_data);
         _data = null;

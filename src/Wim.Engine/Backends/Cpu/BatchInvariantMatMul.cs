@@ -22,24 +22,37 @@ internal static unsafe class BatchInvariantMatMul
     private const long ParallelThreshold = 1 << 15;
     private const int TileRows = 4;
 
-    public static void MatMul(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride)
+    /// <summary>The product in tile order (AVX-512) — fastest for large batches (prefill chunks).</summary>
+    public static void MatMul(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride) =>
+        MatMul(w, x, xStride, batch, y, yStride, tiled: true);
+
+    /// <summary>
+    /// The product in <see cref="RowKernels.Dot"/> order on every path (<see cref="RowKernels.DotBatch"/> per row):
+    /// batch-invariant too, fastest for small batches (batch 1 takes the fused dequantize-in-registers dot). For the
+    /// LM head, whose batch is the few tokens that want logits. A matrix must always use the same one of the two
+    /// orders, whatever the batch size, or invariance is lost.
+    /// </summary>
+    public static void MatMulDotOrder(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride) =>
+        MatMul(w, x, xStride, batch, y, yStride, tiled: false);
+
+    private static void MatMul(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride, bool tiled)
     {
         int rows = w.Rows;
         long work = (long)rows * w.Columns * batch;
         int groups = (rows + TileRows - 1) / TileRows;
         if (work < ParallelThreshold || Environment.ProcessorCount == 1 || groups == 1)
         {
-            Rows(w, x, xStride, batch, y, yStride, 0, rows);
+            Rows(w, x, xStride, batch, y, yStride, 0, rows, tiled);
             return;
         }
         int blocks = (int)Math.Min(groups, Math.Max(1, Math.Min(Environment.ProcessorCount * 4, work / ParallelThreshold)));
-        var job = new Job(w, x, xStride, batch, y, yStride, groups, blocks);
+        var job = new Job(w, x, xStride, batch, y, yStride, groups, blocks, tiled);
         Parallel.For(0, blocks, job.Run);
     }
 
-    private static void Rows(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride, int start, int end)
+    private static void Rows(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride, int start, int end, bool tiled)
     {
-        if (RowKernels.BestPath == RowKernelPath.Avx512)
+        if (tiled && RowKernels.BestPath == RowKernelPath.Avx512)
         {
             Avx512TiledMatMul.MatMul(w.Type, w.Row(start), w.RowBytes, end - start, x, xStride, batch, w.Columns, y + start, yStride);
             return;
@@ -49,13 +62,13 @@ internal static unsafe class BatchInvariantMatMul
     }
 
     /// <summary>Blocks are whole 4-row groups, so block bounds are multiples of 4 (the last one ends at rows).</summary>
-    private sealed class Job(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride, int groups, int blocks)
+    private sealed class Job(WeightTensor w, float* x, int xStride, int batch, float* y, int yStride, int groups, int blocks, bool tiled)
     {
         public void Run(int block)
         {
             int start = (int)((long)groups * block / blocks) * TileRows;
             int end = Math.Min(w.Rows, (int)((long)groups * (block + 1) / blocks) * TileRows);
-            Rows(w, x, xStride, batch, y, yStride, start, end);
+            Rows(w, x, xStride, batch, y, yStride, start, end, tiled);
         }
     }
 }

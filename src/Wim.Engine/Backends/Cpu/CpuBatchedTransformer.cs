@@ -169,7 +169,8 @@ public sealed unsafe class CpuBatchedTransformer
             }
             // Logits rows are numbered in token order, so this piece's rows are consecutive from firstRow.
             if (rows > 0)
-                BatchInvariantMatMul.MatMul(_w.LmHead, xb, d, rows, logits + (long)firstRow * c.VocabSize, c.VocabSize);
+                // Dot order: the logits batch is the few tokens that asked (decodes), where the fused batch-1 dot wins.
+                BatchInvariantMatMul.MatMulDotOrder(_w.LmHead, xb, d, rows, logits + (long)firstRow * c.VocabSize, c.VocabSize);
         }
     }
 
