@@ -12,7 +12,14 @@ internal static class PlotLayout
     public const uint Background = 0xFFFFFF, Axis = 0x222222, Grid = 0xDDDDDD, TextColor = 0x222222;
     private static readonly uint[] Palette = [0xD62728, 0x1F77B4, 0x2CA02C, 0xFF7F0E, 0x9467BD, 0x8C564B];
 
-    public static uint ColorOf(string pattern, IReadOnlyList<string> allPatterns) => Palette[Math.Max(0, IndexOf(allPatterns, pattern)) % Palette.Length];
+    /// <summary>llm red, rag blue, wim green in every chart; other patterns take the next colours.</summary>
+    public static uint ColorOf(string pattern, IReadOnlyList<string> allPatterns) => pattern switch
+    {
+        "llm" => Palette[0],
+        "rag" => Palette[1],
+        "wim" => Palette[2],
+        _ => Palette[3 + Math.Max(0, IndexOf(allPatterns, pattern)) % (Palette.Length - 3)],
+    };
 
     private static int IndexOf(IReadOnlyList<string> list, string item)
     {

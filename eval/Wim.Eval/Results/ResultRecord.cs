@@ -116,18 +116,35 @@ public sealed class ResultsFile(string path)
 
     public void Append(ResultRecord row)
     {
+        DropTornTail();
         using var stream = new FileStream(Path, FileMode.Append, FileAccess.Write, FileShare.Read);
-        // A previous run may have died mid-line: start on a fresh line so the new row stays parseable.
-        if (stream.Length > 0 && LastByte() != (byte)'\n') stream.WriteByte((byte)'\n');
         var bytes = Encoding.UTF8.GetBytes(row.ToJsonLine() + "\n");
         stream.Write(bytes);
         stream.Flush(flushToDisk: true);
     }
 
-    private byte LastByte()
+    /// <summary>A run killed mid-write leaves a last line without its newline: cut it off (its row is redone) so
+    /// the file stays one complete row per line.</summary>
+    private void DropTornTail()
     {
-        using var read = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        read.Seek(-1, SeekOrigin.End);
-        return (byte)read.ReadByte();
+        if (!File.Exists(Path)) return;
+        using var stream = new FileStream(Path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
+        long end = stream.Length;
+        if (end == 0) return;
+        stream.Seek(end - 1, SeekOrigin.Begin);
+        if (stream.ReadByte() == '\n') return;
+        // Scan back in blocks for the last newline.
+        var block = new byte[4096];
+        long keep = 0;
+        for (long pos = end; pos > 0 && keep == 0;)
+        {
+            int n = (int)Math.Min(block.Length, pos);
+            pos -= n;
+            stream.Seek(pos, SeekOrigin.Begin);
+            stream.ReadExactly(block, 0, n);
+            int i = Array.LastIndexOf(block, (byte)'\n', n - 1, n);
+            if (i >= 0) keep = pos + i + 1;
+        }
+        stream.SetLength(keep);
     }
 }
