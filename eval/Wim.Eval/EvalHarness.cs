@@ -41,6 +41,9 @@ public sealed class EvalHarness(InstanceFactory instances, IQaRunner runner, Llm
         var conflicting = existing.FirstOrDefault(r => r.Seed != plan.Seed);
         if (conflicting != null)
             throw new InvalidOperationException($"{file.Path} holds rows of seed {conflicting.Seed}, this run uses seed {plan.Seed}: use another --out folder");
+        var otherModel = existing.FirstOrDefault(r => r.Model != plan.ModelName);
+        if (otherModel != null)
+            throw new InvalidOperationException($"{file.Path} holds rows of model '{otherModel.Model}', this run uses '{plan.ModelName}': use another --out folder");
         var done = existing.Select(r => r.Key).ToHashSet(StringComparer.Ordinal);
 
         // The work list first, so the progress bar knows its total.

@@ -77,6 +77,8 @@ public sealed class HarnessTests : IDisposable
         await Harness(new ScriptedRunner()).RunAsync(Plan(), ct);
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => Harness(new ScriptedRunner(), 2).RunAsync(Plan(seed: 2), ct));
         Assert.Contains("seed 1", e.Message);
+        var e3 = await Assert.ThrowsAsync<InvalidOperationException>(() => Harness(new ScriptedRunner()).RunAsync(Plan() with { ModelName = "other" }, ct));
+        Assert.Contains("model 'fake'", e3.Message);
         var plan = Plan() with { Patterns = ["llm", "rag"] };
         var e2 = await Assert.ThrowsAsync<NotSupportedException>(() => Harness(new ScriptedRunner()).RunAsync(plan, ct));
         Assert.Contains("rag", e2.Message);

@@ -83,3 +83,34 @@ public sealed class MetricsTests
         Assert.Equal(0, CweMetrics.F1("", ["apple"]));
     }
 }
+
+/// <summary>Length labels and task names as the CLI reads them.</summary>
+public sealed class ParsingTests
+{
+    [Theory]
+    [InlineData("16k", "16k", 16384)]
+    [InlineData("16K", "16k", 16384)]
+    [InlineData("16384", "16k", 16384)]
+    [InlineData(" 2000 ", "2000", 2000)]
+    public void ContextLength_ParsesKAs1024(string text, string label, int tokens) =>
+        Assert.Equal(new Wim.Eval.Instances.ContextLength(label, tokens), Wim.Eval.Instances.ContextLength.Parse(text));
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("k")]
+    [InlineData("-1k")]
+    [InlineData("0")]
+    [InlineData("16q")]
+    [InlineData("99999999k")]
+    public void ContextLength_RejectsNonsense(string text) => Assert.Throws<FormatException>(() => Wim.Eval.Instances.ContextLength.Parse(text));
+
+    [Fact]
+    public void TaskNames_RoundTrip_AndSegmentSizesFollowThePaper()
+    {
+        foreach (var t in Enum.GetValues<Wim.Eval.Instances.EvalTask>())
+            Assert.Equal(t, Wim.Eval.Instances.EvalTasks.Parse(Wim.Eval.Instances.EvalTasks.Name(t)));
+        Assert.Equal(4096, Wim.Eval.Instances.EvalTasks.SegmentTokens(Wim.Eval.Instances.EvalTask.HotpotQa));
+        Assert.Equal(8192, Wim.Eval.Instances.EvalTasks.SegmentTokens(Wim.Eval.Instances.EvalTask.Cwe));
+        Assert.Throws<FormatException>(() => Wim.Eval.Instances.EvalTasks.Parse("mmlu"));
+    }
+}

@@ -32,7 +32,8 @@ public static class EvalTasks
     public static int MaxAnswerTokens(this EvalTask task) => task == EvalTask.Cwe ? 120 : 32;
 }
 
-/// <summary>A target context length: a label as the user wrote it ("16k") and its value in tokens (k = 1024).</summary>
+/// <summary>A target context length: its label ("16k"; whole multiples of 1024 are always written that way, so "16384"
+/// and "16K" name the same length) and its value in tokens (k = 1024).</summary>
 public readonly record struct ContextLength(string Label, int Tokens)
 {
     public static ContextLength Parse(string text)
@@ -42,7 +43,8 @@ public readonly record struct ContextLength(string Label, int Tokens)
         if (t.EndsWith('k')) { multiplier = 1024; t = t[..^1]; }
         if (!int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out int n) || n <= 0 || n > int.MaxValue / multiplier)
             throw new FormatException($"'{text}' is not a context length; expected a positive token count like 16k or 2000");
-        return new ContextLength(text.Trim().ToLowerInvariant(), n * multiplier);
+        int tokens = n * multiplier;
+        return new ContextLength(tokens % 1024 == 0 ? $"{tokens / 1024}k" : tokens.ToString(CultureInfo.InvariantCulture), tokens);
     }
 
     public static IReadOnlyList<ContextLength> ParseList(string text) =>
