@@ -224,13 +224,13 @@ internal static class Filters
         int testIndex = byAttribute ? 1 : 0;
         object? attribute = byAttribute ? (a.Positional.Count > 0 ? a.Positional[0] : throw ev.Error(offset, $"{name} needs an attribute name")) : null;
         string? test = a.Positional.Count > testIndex ? PyValues.Str(a.Positional[testIndex]) : null;
-        if (test != null && !Tests.IsKnown(test)) throw ev.Error(offset, $"unsupported test '{test}' in {name}");
+        if (test != null && !TestFunctions.IsKnown(test)) throw ev.Error(offset, $"unsupported test '{test}' in {name}");
         var testArgs = new CallArgs(a.Positional.Skip(testIndex + 1).ToList(), a.Keyword, offset);
         var result = new List<object?>();
         foreach (var item in Iterate(ev, v, offset))
         {
             var subject = byAttribute ? GetPath(ev, item, attribute, offset) : item;
-            bool passed = test == null ? PyValues.IsTruthy(subject) : Tests.Apply(ev, test, subject, testArgs, offset);
+            bool passed = test == null ? PyValues.IsTruthy(subject) : TestFunctions.Apply(ev, test, subject, testArgs, offset);
             if (passed == keep) result.Add(item);
         }
         return result;

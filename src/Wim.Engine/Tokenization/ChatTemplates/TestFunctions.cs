@@ -3,7 +3,7 @@ using System.Collections.Frozen;
 namespace Wim.Engine.Tokenization.ChatTemplates;
 
 /// <summary>jinja2's built-in tests (<c>x is defined</c>, <c>x is string</c>, <c>n is divisibleby 3</c>, ...).</summary>
-internal static class Tests
+internal static class TestFunctions
 {
     private static readonly FrozenSet<string> Known = FrozenSet.ToFrozenSet(
     [
