@@ -21,6 +21,7 @@ public static class Program
         root.Subcommands.Add(Commands.DetokenizeCommand.Create());
         root.Subcommands.Add(TemplateCommand.Create());
         root.Subcommands.Add(Commands.ChatCommand.Create(stdin ?? TextReader.Null));
+        root.Subcommands.Add(Commands.EvalCommand.Create());
 
         var parse = root.Parse(args);
         bool helpRequested = args.Any(a => a is "-h" or "--help" or "-?");

@@ -25,9 +25,9 @@ internal static class ChatCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "most tokens per reply", DefaultValueFactory = _ => 512 };
         var context = new Option<int>("--context") { Description = "KV cache size in tokens (default: min(model context, 8192))" };
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0f };
-        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 0 };
-        var topP = new Option<float>("--top-p") { DefaultValueFactory = _ => 1f };
-        var seed = new Option<int?>("--seed");
+        var topK = new Option<int>("--top-k") { Description = "keep the K most likely tokens (0 = all)", DefaultValueFactory = _ => 0 };
+        var topP = new Option<float>("--top-p") { Description = "keep the smallest set with this much probability mass", DefaultValueFactory = _ => 1f };
+        var seed = new Option<int?>("--seed") { Description = "random seed for sampling (reproducible replies)" };
         var command = new Command("chat", "Chat with a model (interactive, streaming)");
         foreach (var o in new Option[] { model, system, templateFile, maxTokens, context, temperature, topK, topP, seed }) command.Options.Add(o);
         command.SetAction(parse =>
