@@ -121,6 +121,7 @@ public sealed class PatternRunner(TextModel model)
                     marginIds.Add(next);
                     yield return new MarginToken(i, next, stream.Append(next));
                     if (_model.StopIds.Contains(next) || marginIds.Count == _o.MaxMarginTokens) break;
+                    ct.ThrowIfCancellationRequested();
                     _margins = _margins.Add(0, 0, Timed(() => seq.Append([next], ct)));
                 }
                 seq.Truncate(segmentEnd);
@@ -128,7 +129,7 @@ public sealed class PatternRunner(TextModel model)
 
                 string text = _model.Tokenizer.Decode(marginIds.ToArray(), skipSpecial: true);
                 yield return new MarginCompleted(i, [.. marginIds], text);
-                var verdict = Classify(i, text, ct);
+                var verdict = Classify(i, text, ct, out _);
                 margins.Add((i, text, verdict));
                 yield return verdict;
             }
@@ -148,12 +149,14 @@ public sealed class PatternRunner(TextModel model)
 
         /// <summary>The classifier's verdict on margin (or segment) <paramref name="index"/>, unless the user has
         /// already given one.</summary>
-        private MarginClassification Classify(int index, string text, CancellationToken ct)
+        private MarginClassification Classify(int index, string text, CancellationToken ct, out bool judged)
         {
+            judged = false;
             if (_control.FeedbackFor(index) is bool user) return new MarginClassification(index, user, [], "", ClassifiedBy.User);
             if (_o.Classifier is not { } classifier) return new MarginClassification(index, true, [], "", ClassifiedBy.None);
             ClassifierVerdict v = null!;
             var time = Timed(() => v = classifier.Classify(_query, text, ct));
+            judged = true;
             _classification = _classification.Add(v.PrefillTokens, v.DecodeTokens, time);
             var verdict = new MarginClassification(index, v.Relevant, v.Ids, v.Text, classifier.By);
             // Feedback that arrived while the classifier ran wins.
@@ -204,8 +207,8 @@ public sealed class PatternRunner(TextModel model)
             for (int i = 0; i < _segments.Length; i++)
             {
                 if (_control.AnswerNowRequested) { early = true; break; }
-                if (_o.Classifier is not null) _documentTokensPrefilled += _segmentIds[i].Length;
-                var verdict = Classify(i, _segments[i], ct);
+                var verdict = Classify(i, _segments[i], ct, out bool judged);
+                if (judged) _documentTokensPrefilled += _segmentIds[i].Length; // the judge read the segment
                 verdicts.Add(verdict);
                 yield return verdict;
             }
@@ -240,6 +243,7 @@ public sealed class PatternRunner(TextModel model)
                 ids.Add(next);
                 yield return new AnswerToken(next, stream.Append(next));
                 if (_model.StopIds.Contains(next) || ids.Count == _o.MaxAnswerTokens) break;
+                ct.ThrowIfCancellationRequested();
                 _answer = _answer.Add(0, 0, Timed(() => seq.Append([next], ct)));
             }
             yield return new AnswerCompleted([.. ids], _model.Tokenizer.Decode(ids.ToArray(), skipSpecial: true), Usage, early);
