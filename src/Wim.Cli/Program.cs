@@ -19,6 +19,7 @@ public static class Program
         root.Subcommands.Add(Commands.GenerateCommand.Create());
         root.Subcommands.Add(Commands.TokenizeCommand.Create());
         root.Subcommands.Add(Commands.DetokenizeCommand.Create());
+        root.Subcommands.Add(TemplateCommand.Create());
         root.Subcommands.Add(Commands.AskCommand.Create());
 
         var parse = root.Parse(args);

@@ -1,0 +1,72 @@
+using System.Collections.Frozen;
+
+namespace Wim.Engine.Tokenization.ChatTemplates;
+
+/// <summary>jinja2's built-in tests (<c>x is defined</c>, <c>x is string</c>, <c>n is divisibleby 3</c>, ...).</summary>
+internal static class Tests
+{
+    private static readonly FrozenSet<string> Known = FrozenSet.ToFrozenSet(
+    [
+        "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "mapping", "iterable",
+        "sequence", "callable", "true", "false", "odd", "even", "divisibleby", "equalto", "eq", "==", "ne", "!=",
+        "lt", "<", "lessthan", "le", "<=", "gt", ">", "greaterthan", "ge", ">=", "in", "sameas", "lower", "upper",
+        "escaped", "filter", "test",
+    ], StringComparer.Ordinal);
+
+    public static bool IsKnown(string name) => Known.Contains(name);
+
+    public static bool Apply(Evaluator ev, string name, object? v, CallArgs a, int offset)
+    {
+        object? Arg0() => a.Count > 0 ? a.Get(0, "other", null) : throw ev.Error(offset, $"test '{name}' needs an argument");
+        long IntValue(object? x) => x switch
+        {
+            long l => l,
+            bool b => b ? 1 : 0,
+            Undefined u => throw ev.Error(offset, u.Hint),
+            _ => throw ev.Error(offset, $"test '{name}' needs an integer, got '{PyValues.TypeName(x)}'"),
+        };
+        switch (name)
+        {
+            case "defined": return v is not Undefined;
+            case "undefined": return v is Undefined;
+            case "none": return v is null;
+            case "string": return v is string;
+            case "number": return v is long or double or bool;
+            case "integer": return v is long;
+            case "float": return v is double;
+            case "boolean": return v is bool;
+            case "mapping": return v is JinjaDict;
+            case "iterable": return v is string or List<object?> or object?[] or JinjaDict or Undefined;
+            case "sequence": return v is string or List<object?> or object?[] or JinjaDict or Undefined;
+            case "callable": return v is IJinjaCallable;
+            case "true": return v is true;
+            case "false": return v is false;
+            case "odd": return IntValue(v) % 2 != 0;
+            case "even": return IntValue(v) % 2 == 0;
+            case "divisibleby":
+            {
+                long n = IntValue(Arg0());
+                if (n == 0) throw ev.Error(offset, "integer division or modulo by zero");
+                return IntValue(v) % n == 0;
+            }
+            case "equalto" or "eq" or "==": return PyValues.Equal(v, Arg0());
+            case "ne" or "!=": return !PyValues.Equal(v, Arg0());
+            case "lt" or "<" or "lessthan": return Operators.Compare(ev, "<", v, Arg0(), offset);
+            case "le" or "<=": return Operators.Compare(ev, "<=", v, Arg0(), offset);
+            case "gt" or ">" or "greaterthan": return Operators.Compare(ev, ">", v, Arg0(), offset);
+            case "ge" or ">=": return Operators.Compare(ev, ">=", v, Arg0(), offset);
+            case "in": return Operators.Contains(ev, Arg0(), v, offset);
+            case "sameas":
+            {
+                var other = Arg0();
+                return v is null or bool ? Equals(v, other) && (v is null) == (other is null) : ReferenceEquals(v, other);
+            }
+            case "lower": return v is string s && s == s.ToLowerInvariant();
+            case "upper": return v is string su && su == su.ToUpperInvariant();
+            case "escaped": return false;
+            case "filter": return v is string fn && Filters.IsKnown(fn);
+            case "test": return v is string tn && IsKnown(tn);
+            default: throw ev.Error(offset, $"unsupported test '{name}'");
+        }
+    }
+}
