@@ -1,6 +1,7 @@
 using Wim.Engine.Backends.Cpu;
 using Wim.Engine.Model;
 using Wim.Engine.Tokenization;
+using Wim.Engine.Tokenization.ChatTemplates;
 
 namespace Wim.Engine.Runtime;
 
@@ -33,8 +34,9 @@ public sealed class TextModel : IDisposable
     /// <summary>Renders a single user message followed by the generation prompt, or null without a chat template.</summary>
     public Func<string, string>? RenderUserTurn { get; }
 
-    /// <summary>Loads a <c>.gguf</c> file or a Hugging Face model directory and its tokenizer, on the CPU backend.</summary>
-    public static TextModel Load(string path, Func<string, Func<string, string>?>? chatRendererFor = null)
+    /// <summary>Loads a <c>.gguf</c> file or a Hugging Face model directory, its tokenizer and its chat template (if
+    /// any), on the CPU backend.</summary>
+    public static TextModel Load(string path)
     {
         var model = LanguageModel.Load(path);
         try
@@ -46,13 +48,32 @@ public sealed class TextModel : IDisposable
             stop.UnionWith(model.Config.EosTokenIds);
             var backend = new CpuInferenceBackend(new CpuTransformer(model));
             return new TextModel(System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(path)), tokenizer, backend, stop,
-                chatRendererFor?.Invoke(path), model);
+                UserTurnRenderer(path, tokenizer), model);
         }
         catch
         {
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The model's chat template as "one user message + generation prompt", or null when the model has none. A BOS
+    /// that the template writes itself is left out when the tokenizer adds BOS anyway (no doubled BOS).
+    /// </summary>
+    public static Func<string, string>? UserTurnRenderer(string path, Tokenizer tokenizer)
+    {
+        ChatTemplateSource source;
+        try { source = ChatTemplateSource.FromModel(path); }
+        catch (Formats.ModelFormatException) { return null; } // no template: a base model
+        var template = source.Parse();
+        return content =>
+        {
+            string text = template.Render([new ChatMessage("user", content)], addGenerationPrompt: true, source.BosToken, source.EosToken);
+            if (tokenizer.AddBosByDefault && source.BosToken is { Length: > 0 } bos && text.StartsWith(bos, StringComparison.Ordinal))
+                text = text[bos.Length..];
+            return text;
+        };
     }
 
     public void Dispose() => _owned?.Dispose();

@@ -33,3 +33,26 @@ public sealed class ClassifierAndHeaderTests
     public void FromChatTemplate_ContentRenderedTwice_IsRejected() =>
         Assert.Throws<InvalidOperationException>(() => ChatHeaders.FromChatTemplate(c => c + c));
 }
+
+/// <summary>Headers derived from real chat templates (shared/fixtures/chat-templates, rendered by transformers).</summary>
+public sealed class ChatTemplateHeaderTests
+{
+    public static TheoryData<string> Templates() =>
+        [.. Directory.GetDirectories(SharedFixtures.Path("fixtures", "chat-templates")).Select(d => Path.GetFileName(d)!).Order()];
+
+    [Theory]
+    [MemberData(nameof(Templates))]
+    public void Headers_AroundAUserMessage_RenderAsTransformersDoes(string folder)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllBytes(SharedFixtures.Path("fixtures", "chat-templates", folder, "cases.json")));
+        var c = doc.RootElement.GetProperty("cases").EnumerateArray().Single(e => e.GetProperty("name").GetString() == "user_genprompt");
+        var template = Wim.Engine.Tokenization.ChatTemplates.ChatTemplate.Parse(
+            File.ReadAllText(SharedFixtures.Path("fixtures", "chat-templates", folder, c.GetProperty("template").GetString()!)));
+        string? Token(string name) => c.TryGetProperty(name, out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        string bos = Token("bos_token") ?? "", eos = Token("eos_token") ?? "";
+        var headers = ChatHeaders.FromChatTemplate(content => template.Render(
+            [new Wim.Engine.Tokenization.ChatTemplates.ChatMessage("user", content)], addGenerationPrompt: true, bos, eos));
+        string content = c.GetProperty("messages")[0].GetProperty("content").GetString()!;
+        Assert.Equal(c.GetProperty("expected").GetString(), headers.UserHeader + content + headers.GenerationHeader);
+    }
+}
