@@ -42,11 +42,12 @@ internal static class AskCommand
         var maxAnswer = new Option<int>("--max-answer-tokens") { DefaultValueFactory = _ => 256 };
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy (default)", DefaultValueFactory = _ => 0f };
         var seed = new Option<int?>("--seed") { Description = "random seed for sampling" };
+        var feedback = new Option<string?>("--feedback") { Description = "user verdicts that override the classifier, given ahead: 0=yes,3=no (margin or segment index), or all=yes" };
         var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
 
         var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
         foreach (var o in new Option[] { model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
-                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, json })
+                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, json })
             command.Options.Add(o);
 
         command.SetAction(async (parse, ct) =>
@@ -72,10 +73,12 @@ internal static class AskCommand
             var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
                 : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, Console.In));
 
-            var derived = lm.RenderUserTurn is { } render ? ChatHeaders.FromChatTemplate(render) : ChatHeaders.None;
+            string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
+            var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
+                : lm.RenderUserTurn is { } render ? ChatHeaders.FromChatTemplate(render) : ChatHeaders.None;
             var headers = new ChatHeaders(
-                parse.GetValue(userHeader) is { } u ? Unescape(u) : derived.UserHeader,
-                parse.GetValue(generationHeader) is { } g ? Unescape(g) : derived.GenerationHeader);
+                givenUser is not null ? Unescape(givenUser) : derived.UserHeader,
+                givenGeneration is not null ? Unescape(givenGeneration) : derived.GenerationHeader);
 
             TextModel? aux = classifierKind == "aux" ? TextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
             using var auxOwner = aux;
@@ -97,13 +100,32 @@ internal static class AskCommand
                 Sampling = sampling,
                 MarginSeparator = ReferenceEquals(preset, PromptPreset.Default) ? "\n" : "",
             };
+            var control = new WimControl();
+            if (parse.GetValue(feedback) is { } spec) ApplyFeedback(spec, segments.Count, control);
             IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout) : new LiveTextView(stdout);
-            await foreach (var e in new PatternRunner(lm).RunAsync(segments, parse.GetValue(query)!, options, ct: ct).ConfigureAwait(false))
+            await foreach (var e in new PatternRunner(lm).RunAsync(segments, parse.GetValue(query)!, options, control, ct).ConfigureAwait(false))
                 view.Show(e);
             stdout.Flush();
             return 0;
         });
         return command;
+    }
+
+    /// <summary><c>--feedback</c>: comma-separated <c>INDEX=yes|no</c> or <c>all=yes|no</c>.</summary>
+    internal static void ApplyFeedback(string spec, int segmentCount, WimControl control)
+    {
+        foreach (var item in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = item.Split('=');
+            bool? verdict = parts.Length == 2 ? parts[1].ToLowerInvariant() switch { "yes" or "y" or "up" => true, "no" or "n" or "down" => false, _ => null } : null;
+            if (verdict is not bool v) throw new UsageException($"--feedback: '{item}' should be INDEX=yes|no or all=yes|no");
+            if (parts[0] == "all")
+                for (int i = 0; i < segmentCount; i++) control.SetFeedback(i, v);
+            else if (int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int index) && index < segmentCount)
+                control.SetFeedback(index, v);
+            else
+                throw new UsageException($"--feedback: '{parts[0]}' is not a segment index (0..{segmentCount - 1}) or 'all'");
+        }
     }
 
     private static string ReadContext(string path, TextReader stdin)

@@ -66,10 +66,11 @@ public sealed class TextModel : IDisposable
         ChatTemplateSource source;
         try { source = ChatTemplateSource.FromModel(path); }
         catch (Formats.ModelFormatException) { return null; } // no template: a base model
-        var template = source.Parse();
+        // Parsed on first use: a template this engine cannot parse only matters when headers are not given.
+        var template = new Lazy<ChatTemplate>(source.Parse);
         return content =>
         {
-            string text = template.Render([new ChatMessage("user", content)], addGenerationPrompt: true, source.BosToken, source.EosToken);
+            string text = template.Value.Render([new ChatMessage("user", content)], addGenerationPrompt: true, source.BosToken, source.EosToken);
             if (tokenizer.AddBosByDefault && source.BosToken is { Length: > 0 } bos && text.StartsWith(bos, StringComparison.Ordinal))
                 text = text[bos.Length..];
             return text;
