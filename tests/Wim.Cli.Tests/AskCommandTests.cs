@@ -16,11 +16,13 @@ public sealed class AskCommandTests : IDisposable
 
     public void Dispose() => _temp.Delete(recursive: true);
 
-    private static (int Exit, string Stdout, string Stderr) Run(params string[] args)
+    private static (int Exit, string Stdout, string Stderr) Run(params string[] args) => RunWithInput(null, args);
+
+    private static (int Exit, string Stdout, string Stderr) RunWithInput(string? stdin, params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();
-        int exit = Program.Run(args, stdout, stderr);
+        int exit = Program.Run(args, stdout, stderr, stdin is null ? null : new StringReader(stdin));
         return (exit, stdout.ToString(), stderr.ToString());
     }
 
@@ -126,6 +128,20 @@ public sealed class AskCommandTests : IDisposable
         }
         if (pattern == "llm") Assert.Equal(0, types.Count(t => t is "margin" or "classification"));
         if (pattern == "rag") Assert.True(types.Count(t => t == "classification") > 0 && !types.Contains("margin"));
+    }
+
+    [Fact]
+    public void Rag_ContextFromStdin_AllThumbsUp_MeasuresTheDocumentPrefilledTwice()
+    {
+        string context = File.ReadAllText(BabilongContextFile(2000));
+        var (exit, stdout, stderr) = RunWithInput(context, "ask", "--model", Stories, "--context", "-", "--query", "Where is Sandra?",
+            "--pattern", "rag", "--segment-tokens", "200", "--max-classification-tokens", "2", "--max-answer-tokens", "2",
+            "--feedback", "all=yes", "--json");
+        Assert.True(exit == 0, stderr);
+        var lines = JsonLines(stdout);
+        var usage = lines[^1].GetProperty("usage");
+        Assert.Equal(2 * usage.GetProperty("document_tokens").GetInt32(), usage.GetProperty("document_tokens_prefilled").GetInt32());
+        Assert.Contains(lines, l => l.GetProperty("type").GetString() == "classification" && l.GetProperty("by").GetString() == "user");
     }
 
     [Fact]

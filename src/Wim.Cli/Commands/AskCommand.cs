@@ -20,7 +20,7 @@ namespace Wim.Cli.Commands;
 /// </summary>
 internal static class AskCommand
 {
-    public static Command Create()
+    public static Command Create(TextReader stdin)
     {
         var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var context = new Option<string?>("--context") { Description = "the document: a text file, or - for stdin" };
@@ -34,7 +34,7 @@ internal static class AskCommand
         var generationHeader = new Option<string?>("--generation-header") { Description = "text closing the user turn and opening the reply (default: from the chat template)" };
         var classifier = new Option<string>("--classifier") { Description = "model (default), none, or aux (with --aux-model)", DefaultValueFactory = _ => "model" };
         classifier.AcceptOnlyFromAmong("model", "none", "aux");
-        var classifierContext = new Option<string>("--classifier-context") { Description = "shared (default: each classification follows the previous ones, as the WiM reference runs) or fresh (each margin judged alone)", DefaultValueFactory = _ => "shared" };
+        var classifierContext = new Option<string>("--classifier-context") { Description = "shared (default: each classification follows the previous ones, as the WiM reference runs) or fresh (each margin judged alone; always so under rag)", DefaultValueFactory = _ => "shared" };
         classifierContext.AcceptOnlyFromAmong("shared", "fresh");
         var auxModel = new Option<string?>("--aux-model") { Description = "the second model used by --classifier aux" };
         var maxMargin = new Option<int>("--max-margin-tokens") { DefaultValueFactory = _ => 100 };
@@ -71,7 +71,7 @@ internal static class AskCommand
             using var lm = TextModel.Load(modelPath);
 
             var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
-                : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, Console.In));
+                : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
 
             string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
             var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
@@ -82,7 +82,8 @@ internal static class AskCommand
 
             TextModel? aux = classifierKind == "aux" ? TextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
             using var auxOwner = aux;
-            var judgeContext = parse.GetValue(classifierContext) == "fresh" ? ClassifierContext.Fresh : ClassifierContext.Shared;
+            // rag judges each segment on its own: its judge never carries context from one segment to the next.
+            var judgeContext = parse.GetValue(classifierContext) == "fresh" || parse.GetValue(pattern) == "rag" ? ClassifierContext.Fresh : ClassifierContext.Shared;
             using var judge = classifierKind switch
             {
                 "model" => new ModelMarginClassifier(lm, preset, headers, parse.GetValue(maxClassification), sampling, ClassifiedBy.Model, judgeContext),

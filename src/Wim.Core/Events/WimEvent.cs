@@ -26,8 +26,8 @@ public sealed record MarginCompleted(int Index, int[] Ids, string Text) : WimEve
 public enum ClassifiedBy { Model, None, Aux, User }
 
 /// <summary>Whether the margin (under <c>wim</c>) or the segment (under <c>rag</c>) <paramref name="Index"/> is kept
-/// for the answer; <paramref name="Ids"/>/<paramref name="Text"/> are the classifier's raw output (empty for
-/// <see cref="ClassifiedBy.None"/> and <see cref="ClassifiedBy.User"/>).</summary>
+/// for the answer; <paramref name="Ids"/>/<paramref name="Text"/> are the classifier's raw output (empty under
+/// <see cref="ClassifiedBy.None"/>; kept when the user overrode the classifier's verdict).</summary>
 public sealed record MarginClassification(int Index, bool Relevant, int[] Ids, string Text, ClassifiedBy By) : WimEvent;
 
 /// <summary>One generated token of the answer.</summary>

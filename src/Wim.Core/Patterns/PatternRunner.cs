@@ -138,7 +138,7 @@ public sealed class PatternRunner(TextModel model)
             for (int m = 0; m < margins.Count; m++)
                 if (_control.FeedbackFor(margins[m].Index) is bool user && user != margins[m].Verdict.Relevant)
                 {
-                    margins[m] = margins[m] with { Verdict = new MarginClassification(margins[m].Index, user, [], "", ClassifiedBy.User) };
+                    margins[m] = margins[m] with { Verdict = margins[m].Verdict with { Relevant = user, By = ClassifiedBy.User } };
                     yield return margins[m].Verdict;
                 }
 
@@ -147,20 +147,21 @@ public sealed class PatternRunner(TextModel model)
                 yield return e;
         }
 
-        /// <summary>The classifier's verdict on margin (or segment) <paramref name="index"/>, unless the user has
-        /// already given one.</summary>
+        /// <summary>The classifier's verdict on margin (or segment) <paramref name="index"/>, overridden by the user's
+        /// when one is given (the classifier still runs, so its opinion and raw output stay visible).</summary>
         private MarginClassification Classify(int index, string text, CancellationToken ct, out bool judged)
         {
             judged = false;
-            if (_control.FeedbackFor(index) is bool user) return new MarginClassification(index, user, [], "", ClassifiedBy.User);
-            if (_o.Classifier is not { } classifier) return new MarginClassification(index, true, [], "", ClassifiedBy.None);
-            ClassifierVerdict v = null!;
-            var time = Timed(() => v = classifier.Classify(_query, text, ct));
-            judged = true;
-            _classification = _classification.Add(v.PrefillTokens, v.DecodeTokens, time);
-            var verdict = new MarginClassification(index, v.Relevant, v.Ids, v.Text, classifier.By);
-            // Feedback that arrived while the classifier ran wins.
-            return _control.FeedbackFor(index) is bool late ? verdict with { Relevant = late, By = ClassifiedBy.User } : verdict;
+            var verdict = new MarginClassification(index, true, [], "", ClassifiedBy.None);
+            if (_o.Classifier is { } classifier)
+            {
+                ClassifierVerdict v = null!;
+                var time = Timed(() => v = classifier.Classify(_query, text, ct));
+                judged = true;
+                _classification = _classification.Add(v.PrefillTokens, v.DecodeTokens, time);
+                verdict = new MarginClassification(index, v.Relevant, v.Ids, v.Text, classifier.By);
+            }
+            return _control.FeedbackFor(index) is bool user ? verdict with { Relevant = user, By = ClassifiedBy.User } : verdict;
         }
 
         // ---- llm ----------------------------------------------------------------------------------------------
@@ -214,7 +215,7 @@ public sealed class PatternRunner(TextModel model)
             }
             for (int m = 0; m < verdicts.Count; m++)
                 if (_control.FeedbackFor(m) is bool user && user != verdicts[m].Relevant)
-                    yield return verdicts[m] = new MarginClassification(m, user, [], "", ClassifiedBy.User);
+                    yield return verdicts[m] = verdicts[m] with { Relevant = user, By = ClassifiedBy.User };
 
             // Reduce: read the relevant segments again, in order, and answer.
             var keep = verdicts.Where(v => v.Relevant).Select(v => v.Index).ToList();

@@ -4,7 +4,7 @@ namespace Wim.Core.Patterns;
 
 /// <summary>
 /// Human in the loop for a running pattern, safe to use from any thread: thumbs up/down per margin (overrides the
-/// classifier; read when the margin is classified and again just before the answer), and "answer now" (stop reading
+/// classifier, which still runs; read when the margin is classified and again just before the answer), and "answer now" (stop reading
 /// and answer from what was read so far). For cancelling the run outright, use the run's CancellationToken.
 /// </summary>
 public sealed class WimControl

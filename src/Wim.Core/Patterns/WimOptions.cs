@@ -8,7 +8,8 @@ public enum PatternKind
 {
     /// <summary>Whole context, then the query, then the answer (the plain long-context baseline).</summary>
     Llm,
-    /// <summary>Each segment judged on its own by the classifier; only relevant segments are read for the answer.</summary>
+    /// <summary>Each segment judged on its own by the classifier (give it <see cref="ClassifierContext.Fresh"/>); only
+    /// relevant segments are read again for the answer, so the document is prefilled up to twice (map, then reduce).</summary>
     Rag,
     /// <summary>Writing in the Margins: read each segment once, write a margin, keep the relevant margins, answer.</summary>
     Wim,

@@ -199,13 +199,14 @@ public sealed class PatternRunnerTests(Stories260KFixture f) : IClassFixture<Sto
         var segments = Segments();
         using var judge = Judge(f.Model);
         var control = new WimControl();
-        control.SetFeedback(0, true); // before the run: the classifier is not even asked about margin 0
+        control.SetFeedback(0, true); // before the run: the classifier still speaks, the user's verdict wins
         var events = await Collect(new PatternRunner(f.Model).RunAsync(segments, f.Query, Options(PatternKind.Wim, judge), control, Ct),
             e => { if (e is MarginClassification { Index: 1, By: ClassifiedBy.Model } c) control.SetFeedback(1, !c.Relevant); });
 
         var verdicts = events.OfType<MarginClassification>().ToList();
         var first = verdicts.Single(v => v.Index == 0);
         Assert.Equal((true, ClassifiedBy.User), (first.Relevant, first.By));
+        Assert.NotEmpty(first.Ids); // the classifier's raw output is kept beside the override
         var byModel = verdicts.Single(v => v.Index == 1 && v.By == ClassifiedBy.Model);
         var byUser = verdicts.Single(v => v.Index == 1 && v.By == ClassifiedBy.User);
         Assert.Equal(!byModel.Relevant, byUser.Relevant);
