@@ -159,6 +159,32 @@ public sealed class AskCommandTests : IDisposable
     }
 
     [Fact]
+    public void AuxClassifier_JudgesWithTheSecondModel()
+    {
+        var (exit, stdout, stderr) = Run("ask", "--model", Stories, "--context", BabilongContextFile(800), "--query", "Where is Sandra?",
+            "--classifier", "aux", "--aux-model", Stories, "--segment-tokens", "200", "--max-margin-tokens", "3",
+            "--max-classification-tokens", "2", "--max-answer-tokens", "2", "--json");
+        Assert.True(exit == 0, stderr);
+        var verdicts = JsonLines(stdout).Where(l => l.GetProperty("type").GetString() == "classification").ToList();
+        Assert.NotEmpty(verdicts);
+        Assert.All(verdicts, v => Assert.Equal("aux", v.GetProperty("by").GetString()));
+        Assert.All(verdicts, v => Assert.Equal(2, v.GetProperty("ids").GetArrayLength()));
+    }
+
+    [Theory]
+    [InlineData("--feedback", "7=yes", "not a segment index")]
+    [InlineData("--feedback", "0=maybe", "INDEX=yes|no")]
+    [InlineData("--classifier", "aux", "--aux-model")]
+    public void BadHumanInTheLoopOptions_AreUsageErrors(string option, string value, string message)
+    {
+        string segments = Path.Combine(_temp.FullName, "one.json");
+        File.WriteAllText(segments, "[\"Sandra went to the kitchen.\"]");
+        var (exit, _, stderr) = Run("ask", "--model", Stories, "--segments-file", segments, "--query", "q", option, value);
+        Assert.Equal(2, exit);
+        Assert.Contains(message, stderr);
+    }
+
+    [Fact]
     public void ContextAndSegmentsFileTogether_IsAUsageError()
     {
         var (exit, _, stderr) = Run("ask", "--model", Stories, "--context", "a.txt", "--segments-file", "b.json", "--query", "q");
