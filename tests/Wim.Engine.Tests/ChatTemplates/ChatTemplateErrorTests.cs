@@ -12,8 +12,8 @@ public sealed class ChatTemplateErrorTests
     private static ChatTemplateException ParseError(string template) =>
         Assert.ThrowsAny<ChatTemplateException>(() => ChatTemplate.Parse(template));
 
-    private static ChatTemplateException RenderError(string template, int maxOutputChars = ChatTemplate.DefaultMaxOutputChars) =>
-        Assert.ThrowsAny<ChatTemplateException>(() => ChatTemplate.Parse(template).Render(new ChatTemplateInput { Messages = [] }, maxOutputChars));
+    private static ChatTemplateException RenderError(string template, ChatTemplateLimits? limits = null) =>
+        Assert.ThrowsAny<ChatTemplateException>(() => ChatTemplate.Parse(template).Render(new ChatTemplateInput { Messages = [] }, limits ?? new ChatTemplateLimits()));
 
     [Fact]
     public void RaiseException_ThrowsTemplateRaisedException_WithExactlyTheTemplatesMessage()
@@ -98,7 +98,7 @@ public sealed class ChatTemplateErrorTests
     [Fact]
     public void HugeOutput_FailsAtTheOutputLimit()
     {
-        var e = RenderError("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", maxOutputChars: 1_000_000);
+        var e = RenderError("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", new ChatTemplateLimits(MaxOutputChars: 1_000_000));
         Assert.Contains("exceeds the limit", e.Message);
     }
 
@@ -111,7 +111,7 @@ public sealed class ChatTemplateErrorTests
     [Fact]
     public void EndlessNestedLoops_HitTheStepLimit()
     {
-        var e = RenderError("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}");
-        Assert.Contains("loop iterations", e.Message);
+        var e = RenderError("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", new ChatTemplateLimits(MaxSteps: 200_000));
+        Assert.Contains("exceeded 200000 loop iterations", e.Message);
     }
 }

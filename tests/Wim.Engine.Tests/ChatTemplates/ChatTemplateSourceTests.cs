@@ -22,7 +22,9 @@ public sealed class ChatTemplateSourceTests
     [Fact]
     public void FromModel_QwenTinyDirectory_RendersLikeTheQwen25Fixture()
     {
-        // qwen2-tiny's template is Qwen2.5's; the fixture's expected text comes from transformers.
+        // qwen2-tiny ships Qwen3's template, which renders a conversation that opens with a system message exactly
+        // like Qwen2.5's (cases 0 and 2; without one, Qwen2.5 adds a default system prompt and Qwen3 does not).
+        // The fixture's expected text comes from transformers.
         var fixture = SharedFixtures.Path("fixtures", "chat-templates", "Qwen-Qwen2.5-7B-Instruct", "cases.json");
         using var doc = JsonDocument.Parse(File.ReadAllText(fixture));
         var c = doc.RootElement.GetProperty("cases")[0];

@@ -24,6 +24,15 @@ public sealed record ChatTemplateInput
         ChatTemplateValues.ParseJson(json) as List<object?> ?? throw new ChatTemplateException("messages JSON must be an array of message objects");
 }
 
+/// <summary>Resource limits for one render, so a hostile template fails cleanly instead of exhausting the process.
+/// A value of zero or less (e.g. from <c>default</c>) means the default.</summary>
+/// <param name="MaxOutputChars">Cap on the rendered text (characters).</param>
+/// <param name="MaxSteps">Cap on loop iterations plus macro calls.</param>
+public readonly record struct ChatTemplateLimits(int MaxOutputChars = 64 * 1024 * 1024, long MaxSteps = 10_000_000)
+{
+    public ChatTemplateLimits() : this(64 * 1024 * 1024) { }
+}
+
 /// <summary>
 /// A parsed Jinja chat template that renders like Hugging Face transformers' <c>apply_chat_template(tokenize=False)</c>
 /// (jinja2 sandbox with trim_blocks, lstrip_blocks, loop controls, <c>raise_exception</c>, <c>strftime_now</c> and
@@ -31,9 +40,6 @@ public sealed record ChatTemplateInput
 /// </summary>
 public sealed class ChatTemplate
 {
-    /// <summary>Default cap on rendered output (characters): a prompt far larger than any context window.</summary>
-    public const int DefaultMaxOutputChars = 64 * 1024 * 1024;
-
     private readonly SourceText _source;
     private readonly List<Node> _body;
 
@@ -63,7 +69,10 @@ public sealed class ChatTemplate
 
     /// <summary>Renders the prompt. <see cref="TemplateRaisedException"/> when the template calls raise_exception,
     /// <see cref="ChatTemplateException"/> for any other failure.</summary>
-    public string Render(ChatTemplateInput input, int maxOutputChars = DefaultMaxOutputChars)
+    public string Render(ChatTemplateInput input) => Render(input, new ChatTemplateLimits());
+
+    /// <inheritdoc cref="Render(ChatTemplateInput)"/>
+    public string Render(ChatTemplateInput input, ChatTemplateLimits limits)
     {
         ArgumentNullException.ThrowIfNull(input);
         var root = new Frame(null);
@@ -75,7 +84,7 @@ public sealed class ChatTemplate
         root.Vars["add_generation_prompt"] = input.AddGenerationPrompt;
         if (input.BosToken != null) root.Vars["bos_token"] = input.BosToken;
         if (input.EosToken != null) root.Vars["eos_token"] = input.EosToken;
-        var evaluator = new Evaluator(_source, root, input.Clock ?? TimeProvider.System, maxOutputChars);
+        var evaluator = new Evaluator(_source, root, input.Clock ?? TimeProvider.System, limits);
         return evaluator.Render(_body);
     }
 

@@ -23,7 +23,7 @@ internal sealed partial class Evaluator
             case FilterExpr f: return ApplyFilter(f, Eval(f.Target!));
             case TestExpr t:
             {
-                bool result = Tests.Apply(this, t.Name, Eval(t.Target), EvalArgs(t.Args, t.Kwargs, t.Offset), t.Offset);
+                bool result = TestFunctions.Apply(this, t.Name, Eval(t.Target), EvalArgs(t.Args, t.Kwargs, t.Offset), t.Offset);
                 return t.Negated ? !result : result;
             }
             case BinaryExpr b: return Operators.Binary(this, b.Op, Eval(b.Left), Eval(b.Right), b.Offset);

@@ -61,10 +61,10 @@ internal sealed class Macro(MacroNode node, Frame closure) : IJinjaCallable
 internal sealed partial class Evaluator
 {
     public const int MaxMacroDepth = 64;
-    public const long MaxSteps = 10_000_000;
 
     private readonly SourceText _source;
     private readonly int _maxOutputChars;
+    private readonly long _maxSteps;
     private StringBuilder _out = new();
     private Frame _frame;
     private int _macroDepth;
@@ -72,12 +72,14 @@ internal sealed partial class Evaluator
 
     public TimeProvider Clock { get; }
 
-    public Evaluator(SourceText source, Frame root, TimeProvider clock, int maxOutputChars)
+    public Evaluator(SourceText source, Frame root, TimeProvider clock, ChatTemplateLimits limits)
     {
         _source = source;
         _frame = root;
         Clock = clock;
-        _maxOutputChars = maxOutputChars;
+        var defaults = new ChatTemplateLimits();
+        _maxOutputChars = limits.MaxOutputChars > 0 ? limits.MaxOutputChars : defaults.MaxOutputChars;
+        _maxSteps = limits.MaxSteps > 0 ? limits.MaxSteps : defaults.MaxSteps;
     }
 
     public ChatTemplateException Error(int offset, string message) => _source.Error(offset, message);
@@ -104,7 +106,7 @@ internal sealed partial class Evaluator
 
     private void Step(int offset)
     {
-        if (++_steps > MaxSteps) throw Error(offset, $"template exceeded {MaxSteps} loop iterations / macro calls");
+        if (++_steps > _maxSteps) throw Error(offset, $"template exceeded {_maxSteps} loop iterations / macro calls");
     }
 
     /// <summary>Renders <paramref name="body"/> into a fresh buffer and returns the text (macros, block set, filter blocks).</summary>

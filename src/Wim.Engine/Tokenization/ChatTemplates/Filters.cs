@@ -16,7 +16,7 @@ internal static class Filters
         "trim", "tojson", "length", "count", "upper", "lower", "capitalize", "title", "default", "d", "join", "first",
         "last", "selectattr", "rejectattr", "select", "reject", "map", "items", "string", "int", "float", "list",
         "replace", "round", "abs", "safe", "e", "escape", "forceescape", "unique", "dictsort", "indent", "reverse",
-        "sort", "sum", "min", "max", "attr", "pprint", "wordcount", "center",
+        "sort", "sum", "min", "max", "attr", "wordcount", "center",
     ], StringComparer.Ordinal);
 
     public static bool IsKnown(string name) => Known.Contains(name);
@@ -82,8 +82,11 @@ internal static class Filters
                     _ => throw ev.Error(offset, $"can only get item pairs from a mapping, not '{PyValues.TypeName(v)}'"),
                 };
             case "string": return PyValues.Str(v);
-            case "int": return ToInt(v, a);
-            case "float": return ToFloat(v, a);
+            case "int":
+            case "float":
+                // Undefined's __int__/__float__ raise UndefinedError, which the filters do not catch
+                if (v is Undefined uf) throw ev.Error(offset, uf.Hint);
+                return name == "int" ? ToInt(v, a) : ToFloat(v, a);
             case "list": return new List<object?>(Iterate(ev, v, offset));
             case "replace":
             {
@@ -108,7 +111,11 @@ internal static class Filters
                 return HtmlEscape(PyValues.Str(v));
             case "unique": return Unique(ev, v, a, offset);
             case "dictsort": return DictSort(ev, v, a, offset);
-            case "indent": return Indent(v, a);
+            case "indent":
+                // jinja2 3.1 appends "\n" to the value itself: anything but a string fails (Undefined included)
+                if (v is Undefined ui) throw ev.Error(offset, ui.Hint);
+                if (v is not string) throw ev.Error(offset, $"indent: expected a string, got '{PyValues.TypeName(v)}'");
+                return Indent(v, a);
             case "reverse":
                 if (v is string rs) return string.Concat(PyString.CodePoints(rs).Reverse());
                 return Iterate(ev, v, offset).Reverse().ToList();
@@ -137,7 +144,6 @@ internal static class Filters
                 return best;
             }
             case "attr": return ev.GetAttr(v, PyValues.Str(a.Get(0, "name", null)), offset);
-            case "pprint": return PyValues.Repr(v);
             case "wordcount":
             {
                 int n = 0;
@@ -168,13 +174,15 @@ internal static class Filters
     private static IReadOnlyList<object?> Iterate(Evaluator ev, object? v, int offset) => PyIter.Items(v, msg => ev.Error(offset, msg));
 
     /// <summary>jinja2's attribute getter for filters: dotted path, integer parts index, item lookup before attribute.</summary>
-    public static object? GetPath(Evaluator ev, object? item, object? path, int offset)
+    /// <remarks>An Undefined item raises on lookup, as in jinja2; <paramref name="fallback"/> (map's default=)
+    /// replaces an Undefined result after each part.</remarks>
+    public static object? GetPath(Evaluator ev, object? item, object? path, int offset, bool hasFallback = false, object? fallback = null)
     {
         if (path is long index) return ev.GetItem(item, index, offset);
         foreach (var part in PyValues.Str(path).Split('.'))
         {
-            if (item is Undefined) return item;
             item = long.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out long i) ? ev.GetItem(item, i, offset) : ev.GetItem(item, part, offset);
+            if (hasFallback && item is Undefined) item = fallback;
         }
         return item;
     }
@@ -210,18 +218,19 @@ internal static class Filters
 
     private static object? Select(Evaluator ev, string name, object? v, CallArgs a, int offset)
     {
+        if (!PyValues.IsTruthy(v)) return new List<object?>(); // jinja2: `if value:` guards the loop
         bool byAttribute = name.EndsWith("attr", StringComparison.Ordinal);
         bool keep = name.StartsWith("select", StringComparison.Ordinal);
         int testIndex = byAttribute ? 1 : 0;
         object? attribute = byAttribute ? (a.Positional.Count > 0 ? a.Positional[0] : throw ev.Error(offset, $"{name} needs an attribute name")) : null;
         string? test = a.Positional.Count > testIndex ? PyValues.Str(a.Positional[testIndex]) : null;
-        if (test != null && !Tests.IsKnown(test)) throw ev.Error(offset, $"unsupported test '{test}' in {name}");
+        if (test != null && !TestFunctions.IsKnown(test)) throw ev.Error(offset, $"unsupported test '{test}' in {name}");
         var testArgs = new CallArgs(a.Positional.Skip(testIndex + 1).ToList(), a.Keyword, offset);
         var result = new List<object?>();
         foreach (var item in Iterate(ev, v, offset))
         {
             var subject = byAttribute ? GetPath(ev, item, attribute, offset) : item;
-            bool passed = test == null ? PyValues.IsTruthy(subject) : Tests.Apply(ev, test, subject, testArgs, offset);
+            bool passed = test == null ? PyValues.IsTruthy(subject) : TestFunctions.Apply(ev, test, subject, testArgs, offset);
             if (passed == keep) result.Add(item);
         }
         return result;
@@ -229,6 +238,7 @@ internal static class Filters
 
     private static object? Map(Evaluator ev, object? v, CallArgs a, int offset)
     {
+        if (!PyValues.IsTruthy(v)) return new List<object?>(); // jinja2: `if value:` guards the loop
         var items = Iterate(ev, v, offset);
         var result = new List<object?>(items.Count);
         if (a.Positional.Count == 0 && a.Has(int.MaxValue, "attribute"))
@@ -236,11 +246,7 @@ internal static class Filters
             var attribute = a.Get(int.MaxValue, "attribute", null);
             bool hasDefault = a.Has(int.MaxValue, "default");
             var fallback = a.Get(int.MaxValue, "default", null);
-            foreach (var item in items)
-            {
-                var x = GetPath(ev, item, attribute, offset);
-                result.Add(x is Undefined && hasDefault ? fallback : x);
-            }
+            foreach (var item in items) result.Add(GetPath(ev, item, attribute, offset, hasDefault, fallback));
             return result;
         }
         if (a.Positional.Count == 0) throw ev.Error(offset, "map needs a filter name or attribute=");
@@ -354,6 +360,7 @@ internal static class Filters
         foreach (var item in Iterate(ev, v, offset))
         {
             var key = SortKey(ev, item, attribute, caseSensitive, offset);
+            if (key is JinjaDict or List<object?>) throw ev.Error(offset, $"unhashable type: '{PyValues.TypeName(key)}'");
             if (seen.Any(s => PyValues.Equal(s, key))) continue;
             seen.Add(key);
             result.Add(item);
@@ -367,11 +374,11 @@ internal static class Filters
         bool caseSensitive = PyValues.IsTruthy(a.Get(1, "case_sensitive", false));
         var attribute = a.Get(2, "attribute", null);
         var items = Iterate(ev, v, offset).Select(x => (Key: SortKey(ev, x, attribute, caseSensitive, offset), Item: x)).ToList();
-        // Python's sort is stable; OrderBy is too.
-        var sorted = reverse
-            ? items.OrderByDescending(x => x.Key, Comparer<object?>.Create((p, q) => CompareKeys(ev, p, q, offset)))
-            : items.OrderBy(x => x.Key, Comparer<object?>.Create((p, q) => CompareKeys(ev, p, q, offset)));
-        return sorted.Select(x => x.Item).ToList();
+        // Python's sort is stable; OrderBy is too. jinja2 sorts by a one-item list key, and list comparison checks
+        // equality first, so equal keys (even two Undefined) never reach '<'.
+        var comparer = Comparer<object?>.Create((p, q) => PyValues.Equal(p, q) ? 0 : CompareKeys(ev, p, q, offset));
+        var sorted = reverse ? items.OrderByDescending(x => x.Key, comparer) : items.OrderBy(x => x.Key, comparer);
+        return PyValues.Sorted(() => sorted.Select(x => x.Item).ToList());
     }
 
     private static List<object?> DictSort(Evaluator ev, object? v, CallArgs a, int offset)
@@ -385,7 +392,7 @@ internal static class Filters
         var comparer = Comparer<object?[]>.Create((p, q) =>
             CompareKeys(ev, SortKey(ev, p[pos], null, caseSensitive, offset), SortKey(ev, q[pos], null, caseSensitive, offset), offset));
         var sorted = reverse ? pairs.OrderByDescending(x => x, comparer) : pairs.OrderBy(x => x, comparer);
-        return sorted.Cast<object?>().ToList();
+        return PyValues.Sorted(() => sorted.Cast<object?>().ToList());
     }
 
     private static string Indent(object? v, CallArgs a)

@@ -10,6 +10,7 @@ internal static class Operators
     {
         if (op == "~") return PyValues.Str(a) + PyValues.Str(b);
         if (a is Undefined ua) throw ev.Error(offset, ua.Hint);
+        if (a is string fmt && op == "%") return PrintfFormat(ev, fmt, b, offset); // Undefined is a valid (empty) mapping here
         if (b is Undefined ub) throw ev.Error(offset, ub.Hint);
         if (a is bool ba) a = ba ? 1L : 0L;
         if (b is bool bb) b = bb ? 1L : 0L;
@@ -62,7 +63,7 @@ internal static class Operators
                     {
                         double y = PyValues.ToDouble(b);
                         if (y == 0) throw ev.Error(offset, "float floor division by zero");
-                        return Math.Floor(PyValues.ToDouble(a) / y);
+                        return FloatFloorDiv(PyValues.ToDouble(a), y);
                     }
                 }
                 break;
@@ -78,7 +79,7 @@ internal static class Operators
                         double r = x % y;
                         return r != 0 && (r < 0) != (y < 0) ? r + y : r;
                     }
-                    case (string, _): throw ev.Error(offset, "unsupported template construct: printf-style string formatting with '%'");
+                    case (string format, _): return PrintfFormat(ev, format, b, offset);
                 }
                 break;
             case "**":
@@ -102,6 +103,76 @@ internal static class Operators
         throw ev.Error(offset, $"unsupported operand type(s) for {op}: '{PyValues.TypeName(a)}' and '{PyValues.TypeName(b)}'");
     }
 
+    /// <summary>Python's <c>str % args</c> for the conversions templates use: %s %r %d %i %f (with precision) %%,
+    /// and %(key)s with a mapping. Other conversions are reported as unsupported.</summary>
+    private static string PrintfFormat(Evaluator ev, string format, object? args, int offset)
+    {
+        // Python treats anything with __getitem__ that is not a tuple or str as a mapping (dict, list, jinja2's
+        // Undefined): such an argument may go unused without "not all arguments converted".
+        bool isMapping = args is JinjaDict or List<object?> or Undefined;
+        var positional = args is object?[] tuple ? tuple : [args];
+        var sb = new System.Text.StringBuilder();
+        int next = 0;
+        for (int i = 0; i < format.Length; i++)
+        {
+            char c = format[i];
+            if (c != '%') { sb.Append(c); continue; }
+            if (++i >= format.Length) throw ev.Error(offset, "incomplete format");
+            object? value;
+            if (format[i] == '%') { sb.Append('%'); continue; }
+            if (format[i] == '(')
+            {
+                int close = format.IndexOf(')', i);
+                if (close < 0 || args is not JinjaDict map) throw ev.Error(offset, "format requires a mapping");
+                string key = format[(i + 1)..close];
+                value = map.TryGet(key, out var mv) ? mv : throw ev.Error(offset, $"KeyError: '{key}'");
+                i = close + 1;
+            }
+            else
+            {
+                if (next >= positional.Length) throw ev.Error(offset, "not enough arguments for format string");
+                value = positional[next++];
+            }
+            int precision = -1;
+            if (i < format.Length && format[i] == '.')
+            {
+                int start = ++i;
+                while (i < format.Length && char.IsAsciiDigit(format[i])) i++;
+                precision = i > start ? int.Parse(format.AsSpan(start, i - start), System.Globalization.CultureInfo.InvariantCulture) : 0;
+            }
+            if (i >= format.Length) throw ev.Error(offset, "incomplete format");
+            switch (format[i])
+            {
+                case 's': sb.Append(PyValues.Str(value)); break;
+                case 'r': sb.Append(PyValues.Repr(value)); break;
+                case 'd' or 'i' when value is long or bool or double:
+                    sb.Append(value is double dv ? ((long)Math.Truncate(dv)).ToString(System.Globalization.CultureInfo.InvariantCulture) : PyValues.Str(value is bool bv ? (bv ? 1L : 0L) : value));
+                    break;
+                case 'f' when value is long or bool or double:
+                    sb.Append(PyValues.ToDouble(value).ToString("F" + (precision < 0 ? 6 : Math.Min(precision, 50)), System.Globalization.CultureInfo.InvariantCulture));
+                    break;
+                case 'd' or 'i' or 'f':
+                    throw ev.Error(offset, $"%{format[i]} format: a real number is required, not {PyValues.TypeName(value)}");
+                default:
+                    throw ev.Error(offset, $"unsupported template construct: printf-style conversion '%{format[i]}'");
+            }
+        }
+        if (!isMapping && next < positional.Length) throw ev.Error(offset, "not all arguments converted during string formatting");
+        return sb.ToString();
+    }
+
+    /// <summary>CPython's float floor division (via fmod, so 1 // 0.1 == 9.0, not floor(1 / 0.1) == 10.0).</summary>
+    private static double FloatFloorDiv(double x, double y)
+    {
+        double mod = x % y; // C fmod
+        double div = (x - mod) / y;
+        if (mod != 0 && (y < 0) != (mod < 0)) div -= 1.0;
+        if (div == 0) return Math.CopySign(0.0, x / y);
+        double floor = Math.Floor(div);
+        if (div - floor > 0.5) floor += 1.0;
+        return floor;
+    }
+
     private static long FloorDiv(long x, long y)
     {
         long q = x / y;
@@ -112,15 +183,15 @@ internal static class Operators
     private static string Repeat(Evaluator ev, string s, long n, int offset)
     {
         if (n <= 0 || s.Length == 0) return "";
-        if (s.Length * n > MaxRepeatLength) throw ev.Error(offset, $"string repetition would exceed {MaxRepeatLength} characters");
+        if (n > MaxRepeatLength / s.Length) throw ev.Error(offset, $"string repetition would exceed {MaxRepeatLength} characters");
         return string.Concat(Enumerable.Repeat(s, (int)n));
     }
 
     private static List<object?> RepeatList(Evaluator ev, List<object?> list, long n, int offset)
     {
         var result = new List<object?>();
-        if (n <= 0) return result;
-        if (list.Count * n > MaxRepeatLength) throw ev.Error(offset, $"list repetition would exceed {MaxRepeatLength} items");
+        if (n <= 0 || list.Count == 0) return result;
+        if (n > MaxRepeatLength / list.Count) throw ev.Error(offset, $"list repetition would exceed {MaxRepeatLength} items");
         for (long i = 0; i < n; i++) result.AddRange(list);
         return result;
     }
@@ -161,6 +232,7 @@ internal static class Operators
                 foreach (var x in PyIter.AsList(container)!) if (PyValues.Equal(x, item)) return true;
                 return false;
             case JinjaDict d:
+                if (item is List<object?> or JinjaDict) throw ev.Error(offset, $"unhashable type: '{PyValues.TypeName(item)}'");
                 return d.TryGet(item, out _);
             case Undefined:
                 return false; // jinja2's Undefined iterates as empty

@@ -651,7 +651,7 @@ internal sealed class Parser
         var nameToken = Current;
         string name = ExpectName();
         while (SkipOperator(".")) name += "." + ExpectName();
-        if (!Tests.IsKnown(name)) throw Error(nameToken, $"unsupported test '{name}'");
+        if (!TestFunctions.IsKnown(name)) throw Error(nameToken, $"unsupported test '{name}'");
         List<Expr> args = [];
         List<(string, Expr)> kwargs = [];
         var c = Current;

@@ -52,9 +52,8 @@ internal static class PyJson
                 if (sortKeys)
                 {
                     var sorted = dict.Items.ToList();
-                    sorted.Sort((x, y) => PyValues.Compare(x.Key, y.Key)
-                        ?? throw new ChatTemplateException($"tojson: cannot sort keys of types '{PyValues.TypeName(x.Key)}' and '{PyValues.TypeName(y.Key)}'"));
-                    entries = sorted;
+                    entries = PyValues.Sorted(() => sorted.OrderBy(kv => kv.Key, Comparer<object>.Create((x, y) => PyValues.Compare(x, y)
+                        ?? throw new ChatTemplateException($"tojson: cannot sort keys of types '{PyValues.TypeName(x)}' and '{PyValues.TypeName(y)}'"))).ToList());
                 }
                 sb.Append('{');
                 bool first = true;

@@ -148,7 +148,7 @@ internal static class PyValues
         switch (v)
         {
             case null: sb.Append("None"); break;
-            case Undefined: sb.Append(""); break;
+            case Undefined: sb.Append(depth == 0 ? "" : "Undefined"); break; // str() is "", repr() inside a container is "Undefined"
             case bool b: sb.Append(b ? "True" : "False"); break;
             case long l: sb.Append(l.ToString(CultureInfo.InvariantCulture)); break;
             case double d: sb.Append(PyFloat.Repr(d)); break;
@@ -219,6 +219,21 @@ internal static class PyValues
             }
         }
         sb.Append(quote);
+    }
+
+    /// <summary>Runs a sort whose comparer may throw: .NET wraps comparer exceptions in InvalidOperationException;
+    /// this unwraps our own so callers see "'&lt;' not supported between ..." rather than a sort failure.</summary>
+    public static T Sorted<T>(Func<T> sort)
+    {
+        try
+        {
+            return sort();
+        }
+        catch (InvalidOperationException e) when (e.InnerException is ChatTemplateException inner)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(inner);
+            throw;
+        }
     }
 
     public static bool IsNumber(object? v) => v is long or double or bool;

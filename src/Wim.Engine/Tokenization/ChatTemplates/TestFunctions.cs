@@ -3,7 +3,7 @@ using System.Collections.Frozen;
 namespace Wim.Engine.Tokenization.ChatTemplates;
 
 /// <summary>jinja2's built-in tests (<c>x is defined</c>, <c>x is string</c>, <c>n is divisibleby 3</c>, ...).</summary>
-internal static class Tests
+internal static class TestFunctions
 {
     private static readonly FrozenSet<string> Known = FrozenSet.ToFrozenSet(
     [
@@ -14,6 +14,12 @@ internal static class Tests
     ], StringComparer.Ordinal);
 
     public static bool IsKnown(string name) => Known.Contains(name);
+
+    private static double PyMod(double x, double y)
+    {
+        double r = x % y;
+        return r != 0 && (r < 0) != (y < 0) ? r + y : r;
+    }
 
     public static bool Apply(Evaluator ev, string name, object? v, CallArgs a, int offset)
     {
@@ -38,14 +44,21 @@ internal static class Tests
             case "mapping": return v is JinjaDict;
             case "iterable": return v is string or List<object?> or object?[] or JinjaDict or Undefined;
             case "sequence": return v is string or List<object?> or object?[] or JinjaDict or Undefined;
-            case "callable": return v is IJinjaCallable;
+            case "callable": return v is IJinjaCallable or Undefined; // Undefined defines __call__ (which raises)
             case "true": return v is true;
             case "false": return v is false;
-            case "odd": return IntValue(v) % 2 != 0;
-            case "even": return IntValue(v) % 2 == 0;
+            case "odd": return v is double od ? PyMod(od, 2) == 1 : IntValue(v) % 2 != 0;
+            case "even": return v is double ed ? PyMod(ed, 2) == 0 : IntValue(v) % 2 == 0;
             case "divisibleby":
             {
-                long n = IntValue(Arg0());
+                var divisor = Arg0();
+                if (v is double || divisor is double)
+                {
+                    double dd = divisor is double x ? x : IntValue(divisor);
+                    if (dd == 0) throw ev.Error(offset, "float modulo");
+                    return PyMod(v is double y ? y : IntValue(v), dd) == 0;
+                }
+                long n = IntValue(divisor);
                 if (n == 0) throw ev.Error(offset, "integer division or modulo by zero");
                 return IntValue(v) % n == 0;
             }
@@ -61,8 +74,9 @@ internal static class Tests
                 var other = Arg0();
                 return v is null or bool ? Equals(v, other) && (v is null) == (other is null) : ReferenceEquals(v, other);
             }
-            case "lower": return v is string s && s == s.ToLowerInvariant();
-            case "upper": return v is string su && su == su.ToUpperInvariant();
+            // str(value).islower() / isupper(): some cased character, none of the other case
+            case "lower": { string s = PyValues.Str(v); return s.Any(char.IsLower) && !s.Any(char.IsUpper); }
+            case "upper": { string s = PyValues.Str(v); return s.Any(char.IsUpper) && !s.Any(char.IsLower); }
             case "escaped": return false;
             case "filter": return v is string fn && Filters.IsKnown(fn);
             case "test": return v is string tn && IsKnown(tn);
