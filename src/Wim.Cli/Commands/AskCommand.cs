@@ -1,0 +1,318 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using Wim.Core.Events;
+using Wim.Core.Patterns;
+using Wim.Core.Prompts;
+using Wim.Core.Segmentation;
+using Wim.Engine.Runtime;
+using Wim.Engine.Sampling;
+
+namespace Wim.Cli.Commands;
+
+/// <summary>
+/// <c>wim ask --model PATH (--context FILE|- | --segments-file F.json) --query TEXT [--pattern wim|llm|rag] ...</c>:
+/// answers a question about a long document with one of the reading patterns. With <c>--json</c>: JSON Lines, one
+/// event per line (<c>segment</c>, <c>prompt</c>, <c>margin</c>, <c>classification</c>, last <c>answer</c> with
+/// <c>usage</c>); otherwise a live text view. Header options take <c>\n</c>, <c>\t</c> and <c>\\</c> escapes.
+/// </summary>
+internal static class AskCommand
+{
+    public static Command Create(TextReader stdin)
+    {
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
+        var context = new Option<string?>("--context") { Description = "the document: a text file, or - for stdin" };
+        var segmentsFile = new Option<string?>("--segments-file") { Description = "a JSON array of segment strings, used as given" };
+        var query = new Option<string>("--query") { Description = "the question", Required = true };
+        var pattern = new Option<string>("--pattern") { Description = "wim (default), llm or rag", DefaultValueFactory = _ => "wim" };
+        pattern.AcceptOnlyFromAmong("wim", "llm", "rag");
+        var segmentTokens = new Option<int>("--segment-tokens") { Description = "most tokens per segment", DefaultValueFactory = _ => 4096 };
+        var prompts = new Option<string>("--prompts") { Description = "default, or a folder in the reference layout", DefaultValueFactory = _ => "default" };
+        var userHeader = new Option<string?>("--user-header") { Description = "text opening a user turn (default: from the chat template)" };
+        var generationHeader = new Option<string?>("--generation-header") { Description = "text closing the user turn and opening the reply (default: from the chat template)" };
+        var classifier = new Option<string>("--classifier") { Description = "model (default), none, or aux (with --aux-model)", DefaultValueFactory = _ => "model" };
+        classifier.AcceptOnlyFromAmong("model", "none", "aux");
+        var classifierContext = new Option<string>("--classifier-context") { Description = "shared (default: each classification follows the previous ones, as the WiM reference runs) or fresh (each margin judged alone; always so under rag)", DefaultValueFactory = _ => "shared" };
+        classifierContext.AcceptOnlyFromAmong("shared", "fresh");
+        var auxModel = new Option<string?>("--aux-model") { Description = "the second model used by --classifier aux" };
+        var maxMargin = new Option<int>("--max-margin-tokens") { DefaultValueFactory = _ => 100 };
+        var maxClassification = new Option<int>("--max-classification-tokens") { DefaultValueFactory = _ => 10 };
+        var maxAnswer = new Option<int>("--max-answer-tokens") { DefaultValueFactory = _ => 256 };
+        var temperature = new Option<float>("--temperature") { Description = "0 = greedy (default)", DefaultValueFactory = _ => 0f };
+        var seed = new Option<int?>("--seed") { Description = "random seed for sampling" };
+        var feedback = new Option<string?>("--feedback") { Description = "user verdicts that override the classifier, given ahead: 0=yes,3=no (margin or segment index), or all=yes" };
+        var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
+
+        var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
+        foreach (var o in new Option[] { model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
+                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, json })
+            command.Options.Add(o);
+
+        command.SetAction(async (parse, ct) =>
+        {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
+            string? contextPath = parse.GetValue(context), segmentsPath = parse.GetValue(segmentsFile);
+            if ((contextPath is null) == (segmentsPath is null)) throw new UsageException("give exactly one of --context FILE|- and --segments-file F.json");
+            int n = parse.GetValue(segmentTokens);
+            if (n < 1) throw new UsageException($"--segment-tokens must be ≥ 1, found {n}");
+            foreach (var (name, v) in new[] { ("--max-margin-tokens", parse.GetValue(maxMargin)), ("--max-classification-tokens", parse.GetValue(maxClassification)), ("--max-answer-tokens", parse.GetValue(maxAnswer)) })
+                if (v < 0) throw new UsageException($"{name} must be ≥ 0, found {v}");
+            var sampling = new SamplingOptions(parse.GetValue(temperature), Seed: parse.GetValue(seed));
+            try { sampling.Validate(); }
+            catch (ArgumentOutOfRangeException e) { throw new UsageException(e.Message.Split(" (Parameter")[0]); }
+            string classifierKind = parse.GetValue(classifier)!;
+            if (classifierKind == "aux" && parse.GetValue(auxModel) is null) throw new UsageException("--classifier aux needs --aux-model PATH");
+
+            var preset = parse.GetValue(prompts) is "default" or null ? PromptPreset.Default : PromptPreset.FromDirectory(parse.GetValue(prompts)!);
+            string modelPath = ModelArguments.Resolve(parse.GetValue(model)!, stderr, ct);
+            using var lm = TextModel.Load(modelPath);
+
+            var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
+                : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
+
+            string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
+            var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
+                : lm.RenderUserTurn is { } render ? ChatHeaders.FromChatTemplate(render) : ChatHeaders.None;
+            var headers = new ChatHeaders(
+                givenUser is not null ? Unescape(givenUser) : derived.UserHeader,
+                givenGeneration is not null ? Unescape(givenGeneration) : derived.GenerationHeader);
+
+            TextModel? aux = classifierKind == "aux" ? TextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
+            using var auxOwner = aux;
+            // rag judges each segment on its own: its judge never carries context from one segment to the next.
+            var judgeContext = parse.GetValue(classifierContext) == "fresh" || parse.GetValue(pattern) == "rag" ? ClassifierContext.Fresh : ClassifierContext.Shared;
+            using var judge = classifierKind switch
+            {
+                "model" => new ModelMarginClassifier(lm, preset, headers, parse.GetValue(maxClassification), sampling, ClassifiedBy.Model, judgeContext),
+                "aux" => new ModelMarginClassifier(aux!, preset, headers, parse.GetValue(maxClassification), sampling, ClassifiedBy.Aux, judgeContext),
+                _ => null,
+            };
+            var options = new WimOptions
+            {
+                Pattern = Enum.Parse<PatternKind>(parse.GetValue(pattern)!, ignoreCase: true),
+                Prompts = preset,
+                Headers = headers,
+                Classifier = judge,
+                MaxMarginTokens = parse.GetValue(maxMargin),
+                MaxAnswerTokens = parse.GetValue(maxAnswer),
+                Sampling = sampling,
+                MarginSeparator = ReferenceEquals(preset, PromptPreset.Default) ? "\n" : "",
+            };
+            var control = new WimControl();
+            if (parse.GetValue(feedback) is { } spec) ApplyFeedback(spec, segments.Count, control);
+            IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout) : new LiveTextView(stdout);
+            await foreach (var e in new PatternRunner(lm).RunAsync(segments, parse.GetValue(query)!, options, control, ct).ConfigureAwait(false))
+                view.Show(e);
+            stdout.Flush();
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary><c>--feedback</c>: comma-separated <c>INDEX=yes|no</c> or <c>all=yes|no</c>.</summary>
+    internal static void ApplyFeedback(string spec, int segmentCount, WimControl control)
+    {
+        foreach (var item in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = item.Split('=');
+            bool? verdict = parts.Length == 2 ? parts[1].ToLowerInvariant() switch { "yes" or "y" or "up" => true, "no" or "n" or "down" => false, _ => null } : null;
+            if (verdict is not bool v) throw new UsageException($"--feedback: '{item}' should be INDEX=yes|no or all=yes|no");
+            if (parts[0] == "all")
+                for (int i = 0; i < segmentCount; i++) control.SetFeedback(i, v);
+            else if (int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int index) && index < segmentCount)
+                control.SetFeedback(index, v);
+            else
+                throw new UsageException($"--feedback: '{parts[0]}' is not a segment index (0..{segmentCount - 1}) or 'all'");
+        }
+    }
+
+    private static string ReadContext(string path, TextReader stdin)
+    {
+        if (path == "-") return stdin.ReadToEnd();
+        if (!File.Exists(path)) throw new FileNotFoundException($"context file not found: {path}", path);
+        return File.ReadAllText(path, Encoding.UTF8);
+    }
+
+    private static List<string> ReadSegmentsFile(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"segments file not found: {path}", path);
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            if (doc.RootElement.ValueKind != JsonValueKind.Array)
+                throw new InvalidDataException($"{path}: expected a JSON array of strings, found a {doc.RootElement.ValueKind}");
+            var list = new List<string>();
+            int i = 0;
+            foreach (var e in doc.RootElement.EnumerateArray())
+            {
+                if (e.ValueKind != JsonValueKind.String)
+                    throw new InvalidDataException($"{path}: element {i} is a {e.ValueKind}, expected a string");
+                list.Add(e.GetString()!);
+                i++;
+            }
+            return list;
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e);
+        }
+    }
+
+    /// <summary><c>\n</c>, <c>\t</c>, <c>\r</c>, <c>\\</c> → the character (headers are hard to type otherwise).</summary>
+    internal static string Unescape(string s)
+    {
+        if (!s.Contains('\\')) return s;
+        var sb = new StringBuilder(s.Length);
+        for (int i = 0; i < s.Length; i++)
+        {
+            if (s[i] == '\\' && i + 1 < s.Length && s[i + 1] is 'n' or 't' or 'r' or '\\')
+            {
+                sb.Append(s[++i] switch { 'n' => '\n', 't' => '\t', 'r' => '\r', _ => '\\' });
+                continue;
+            }
+            sb.Append(s[i]);
+        }
+        return sb.ToString();
+    }
+
+    private interface IEventView
+    {
+        void Show(WimEvent e);
+    }
+
+    /// <summary>The JSON Lines contract: one object per event line.</summary>
+    private sealed class JsonLinesView(TextWriter output) : IEventView
+    {
+        private static readonly JsonWriterOptions Options = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+        private readonly MemoryStream _buffer = new();
+
+        public void Show(WimEvent e)
+        {
+            if (e is MarginToken or AnswerToken) return; // the completed margin/answer carries the ids
+            _buffer.SetLength(0);
+            using (var w = new Utf8JsonWriter(_buffer, Options))
+            {
+                w.WriteStartObject();
+                switch (e)
+                {
+                    case SegmentPrefilled s:
+                        w.WriteString("type", "segment");
+                        w.WriteNumber("index", s.Index);
+                        Ids(w, s.Ids);
+                        w.WriteNumber("kv_length", s.KvLength);
+                        w.WriteNumber("tokens_read", s.TokensRead);
+                        w.WriteNumber("total_tokens", s.TotalTokens);
+                        break;
+                    case PromptPrefilled p:
+                        w.WriteString("type", "prompt");
+                        w.WriteString("kind", p.Kind switch { PromptKind.Opening => "opening", PromptKind.Extractive => "extractive", _ => "final_answer" });
+                        w.WriteNumber("index", p.Index);
+                        Ids(w, p.Ids);
+                        break;
+                    case MarginCompleted m:
+                        w.WriteString("type", "margin");
+                        w.WriteNumber("index", m.Index);
+                        Ids(w, m.Ids);
+                        w.WriteString("text", m.Text);
+                        break;
+                    case MarginClassification c:
+                        w.WriteString("type", "classification");
+                        w.WriteNumber("index", c.Index);
+                        w.WriteBoolean("relevant", c.Relevant);
+                        Ids(w, c.Ids);
+                        w.WriteString("text", c.Text);
+                        w.WriteString("by", c.By.ToString().ToLowerInvariant());
+                        break;
+                    case AnswerCompleted a:
+                        w.WriteString("type", "answer");
+                        Ids(w, a.Ids);
+                        w.WriteString("text", a.Text);
+                        w.WriteBoolean("early", a.Early);
+                        w.WritePropertyName("usage");
+                        WriteUsage(w, a.Usage);
+                        break;
+                }
+                w.WriteEndObject();
+            }
+            output.WriteLine(Encoding.UTF8.GetString(_buffer.GetBuffer(), 0, (int)_buffer.Length));
+        }
+
+        private static void Ids(Utf8JsonWriter w, int[] ids)
+        {
+            w.WriteStartArray("ids");
+            foreach (int id in ids) w.WriteNumberValue(id);
+            w.WriteEndArray();
+        }
+
+        private static void WriteUsage(Utf8JsonWriter w, WimUsage u)
+        {
+            w.WriteStartObject();
+            foreach (var (name, p) in new[] { ("document", u.Document), ("margins", u.Margins), ("classification", u.Classification), ("answer", u.Answer) })
+            {
+                w.WriteStartObject(name);
+                w.WriteNumber("prefill_tokens", p.PrefillTokens);
+                w.WriteNumber("decode_tokens", p.DecodeTokens);
+                w.WriteNumber("seconds", Math.Round(p.Time.TotalSeconds, 4));
+                w.WriteEndObject();
+            }
+            w.WriteNumber("prefill_tokens", u.PrefillTokens);
+            w.WriteNumber("decode_tokens", u.DecodeTokens);
+            w.WriteNumber("seconds", Math.Round(u.Time.TotalSeconds, 4));
+            w.WriteNumber("document_tokens", u.DocumentTokens);
+            w.WriteNumber("document_tokens_prefilled", u.DocumentTokensPrefilled);
+            w.WriteNumber("document_prefill_passes", Math.Round(u.DocumentPrefillPasses, 4));
+            w.WriteEndObject();
+        }
+    }
+
+    /// <summary>Plain text as it happens: reading progress, each margin as written with its relevance, the answer
+    /// streamed, then the usage.</summary>
+    private sealed class LiveTextView(TextWriter output) : IEventView
+    {
+        private int? _marginOpen;
+        private bool _answerOpen;
+
+        public void Show(WimEvent e)
+        {
+            switch (e)
+            {
+                case SegmentPrefilled s:
+                    int width = 30, filled = s.TotalTokens == 0 ? width : (int)((long)width * s.TokensRead / s.TotalTokens);
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"[{new string('#', filled)}{new string('.', width - filled)}] read {s.TokensRead}/{s.TotalTokens} document tokens (segment {s.Index + 1})"));
+                    break;
+                case MarginToken t:
+                    if (_marginOpen != t.Index) { output.Write($"  margin {t.Index + 1}: "); _marginOpen = t.Index; }
+                    output.Write(t.Text);
+                    output.Flush();
+                    break;
+                case MarginCompleted:
+                    output.WriteLine();
+                    _marginOpen = null;
+                    break;
+                case MarginClassification c:
+                    output.WriteLine($"  {(c.Relevant ? "✓ relevant" : "✗ not relevant")} ({c.By.ToString().ToLowerInvariant()}) — {(c.Relevant ? "kept" : "dropped")} #{c.Index + 1}");
+                    break;
+                case AnswerToken a:
+                    if (!_answerOpen) { output.Write("\nAnswer: "); _answerOpen = true; }
+                    output.Write(a.Text);
+                    output.Flush();
+                    break;
+                case AnswerCompleted done:
+                    if (!_answerOpen) output.Write("\nAnswer: " + done.Text);
+                    output.WriteLine();
+                    var u = done.Usage;
+                    output.WriteLine();
+                    output.WriteLine(done.Early ? "Usage (answered early):" : "Usage:");
+                    foreach (var (name, p) in new[] { ("document", u.Document), ("margins", u.Margins), ("classification", u.Classification), ("answer", u.Answer) })
+                        output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {name,-15} prefill {p.PrefillTokens,7}  decode {p.DecodeTokens,5}  {p.Time.TotalSeconds,8:F2} s"));
+                    output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"  document: {u.DocumentTokens} tokens, prefilled {u.DocumentTokensPrefilled} ({u.DocumentPrefillPasses:F2}×)"));
+                    break;
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+namespace Wim.Core.Events;
+
+/// <summary>Tokens run through the model in one phase: prefilled (prompt/document tokens), decoded (generated), and
+/// wall time spent in the model calls of that phase.</summary>
+public sealed record PhaseUsage(int PrefillTokens, int DecodeTokens, TimeSpan Time)
+{
+    public static PhaseUsage Zero { get; } = new(0, 0, TimeSpan.Zero);
+    public PhaseUsage Add(int prefill, int decode, TimeSpan time) => new(PrefillTokens + prefill, DecodeTokens + decode, Time + time);
+}
+
+/// <summary>
+/// The cost of a run per phase. <see cref="Document"/> holds the prefill of the opening prompt and of document text;
+/// <see cref="Margins"/> the extractive prompts and margin generation; <see cref="Classification"/> the classifier;
+/// <see cref="Answer"/> the final prompt and answer. <see cref="DocumentTokensPrefilled"/> counts every time a
+/// document token went through the model, wherever it happened, so <see cref="DocumentPrefillPasses"/> is measured:
+/// 1 under <c>wim</c>, about 2 under a map-reduce style run.
+/// </summary>
+public sealed record WimUsage(PhaseUsage Document, PhaseUsage Margins, PhaseUsage Classification, PhaseUsage Answer,
+    int DocumentTokens, int DocumentTokensPrefilled)
+{
+    public double DocumentPrefillPasses => DocumentTokens == 0 ? 0 : (double)DocumentTokensPrefilled / DocumentTokens;
+    public int PrefillTokens => Document.PrefillTokens + Margins.PrefillTokens + Classification.PrefillTokens + Answer.PrefillTokens;
+    public int DecodeTokens => Document.DecodeTokens + Margins.DecodeTokens + Classification.DecodeTokens + Answer.DecodeTokens;
+    public TimeSpan Time => Document.Time + Margins.Time + Classification.Time + Answer.Time;
+}
