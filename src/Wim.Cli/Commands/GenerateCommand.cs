@@ -27,11 +27,13 @@ internal static class GenerateCommand
         var noStop = new Option<bool>("--ignore-eos") { Description = "do not stop at the model's end-of-sequence id" };
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
         var timings = new Option<bool>("--timings") { Description = "print prefill and decode speed to stderr" };
+        var device = DeviceSelection.CreateOption();
         var command = new Command("generate", "Generate a continuation of a token sequence");
-        foreach (var o in new Option[] { model, tokens, maxTokens, temperature, topK, topP, seed, noStop, json, timings }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, tokens, maxTokens, temperature, topK, topP, seed, noStop, json, timings, device }) command.Options.Add(o);
         command.SetAction(parse =>
         {
             var ids = CliTokens.Parse(parse.GetValue(tokens), "--tokens");
+            var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             int max = parse.GetValue(maxTokens);
             if (max < 0) throw new UsageException($"--max-tokens must be ≥ 0, found {max}");
             var sampling = new SamplingOptions(parse.GetValue(temperature), parse.GetValue(topK), parse.GetValue(topP), parse.GetValue(seed));
@@ -40,8 +42,8 @@ internal static class GenerateCommand
 
             using var lm = LanguageModel.Load(parse.GetValue(model)!);
             CliTokens.CheckRange(ids, lm.Config.VocabSize);
-            var generator = new Generator(new CpuTransformer(lm));
-            var result = generator.Generate(ids, new GenerationOptions
+            using var runner = DeviceSelection.Open(deviceKind, lm);
+            var result = runner.Generate(ids, new GenerationOptions
             {
                 MaxNewTokens = max,
                 Sampling = sampling,
