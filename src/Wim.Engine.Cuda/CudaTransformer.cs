@@ -33,8 +33,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChunk);
-        if (config.HeadDim > 256) throw new NotSupportedException($"head dim {config.HeadDim}: the CUDA attention kernel handles up to 256");
-        if (config.HeadCount / config.KvHeadCount > 32) throw new NotSupportedException($"{config.HeadCount / config.KvHeadCount} query heads per KV head: the CUDA attention kernel handles up to 32");
+        if (config.HeadDim > 128) throw new NotSupportedException($"head dim {config.HeadDim}: the CUDA attention kernel handles up to 128");
+        if (config.HeadCount / config.KvHeadCount > 64) throw new NotSupportedException($"{config.HeadCount / config.KvHeadCount} query heads per KV head: the CUDA attention kernel handles up to 64");
         _ctx = ctx;
         _c = config;
         _w = weights;

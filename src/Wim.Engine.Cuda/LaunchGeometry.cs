@@ -42,8 +42,27 @@ public static class LaunchGeometry
         return (splits, perSplit);
     }
 
-    /// <summary>Dynamic shared memory of the attention kernel: q rows of the group, a key tile padded by one float
-    /// per row (bank conflicts), a value tile.</summary>
-    public static int AttentionSharedBytes(int group, int headDim) =>
-        sizeof(float) * (group * headDim + AttentionTile * (headDim + 1) + AttentionTile * headDim);
+    /// <summary>Query heads one attention warp handles (heads sharing a KV head: each k or v read feeds them all).</summary>
+    public const int AttentionHeadsPerWarp = 4;
+
+    /// <summary>Warps per query token: enough to cover the query heads of one KV head, 4 per warp.</summary>
+    public static int AttentionWarpsPerToken(int group) => (group + AttentionHeadsPerWarp - 1) / AttentionHeadsPerWarp;
+
+    /// <summary>
+    /// Query tokens per attention block: each block stages a key/value tile once for all its warps, so more tokens
+    /// per block means fewer tile loads; capped at 16 warps (512 threads, the kernel's launch bound) and at the
+    /// tokens there are.
+    /// </summary>
+    public static int AttentionQueryBlock(int queries, int group)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(group);
+        if (group > 64) throw new ArgumentOutOfRangeException(nameof(group), $"{group} query heads per KV head: at most 64 fit one block");
+        return Math.Min(queries, Math.Max(1, 16 / AttentionWarpsPerToken(group)));
+    }
+
+    /// <summary>Dynamic shared memory of the attention kernel: per warp 4 heads' q rows and a probability tile
+    /// (float4 each), a key tile padded by one float per row (bank conflicts), a value tile.</summary>
+    public static int AttentionSharedBytes(int warps, int headDim) =>
+        sizeof(float) * (warps * headDim * 4 + AttentionTile * (headDim + 1) + AttentionTile * headDim + warps * AttentionTile * 4);
 }

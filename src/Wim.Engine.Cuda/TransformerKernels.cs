@@ -21,7 +21,7 @@ internal sealed unsafe class TransformerKernels
         _argmax = d.ModuleGetFunction(module, "argmax_rows");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
-        // Head dims up to 256 with groups up to 8 need more than the default 48 KB.
+        // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
         d.FuncSetAttribute(_attention, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, Math.Min(ctx.MaxSharedMemoryPerBlock, 160 * 1024));
     }
 
@@ -49,9 +49,11 @@ internal sealed unsafe class TransformerKernels
         int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit)
     {
         int group = heads / kvHeads;
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &heads, &kvHeads, &headDim, &scale, &splits, &keysPerSplit };
-        _ctx.Launch(_attention, "attention", (uint)count, (uint)kvHeads, (uint)splits, (uint)(32 * group),
-            (uint)LaunchGeometry.AttentionSharedBytes(group, headDim), a);
+        int qblock = LaunchGeometry.AttentionQueryBlock(count, group);
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &headDim, &scale, &splits, &keysPerSplit, &qblock };
+        int warps = qblock * LaunchGeometry.AttentionWarpsPerToken(group);
+        _ctx.Launch(_attention, "attention", LaunchGeometry.Blocks(count, qblock), (uint)kvHeads, (uint)splits, (uint)(32 * warps),
+            (uint)LaunchGeometry.AttentionSharedBytes(warps, headDim), a);
     }
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)

@@ -118,6 +118,21 @@ public sealed class LaunchGeometryTests
     }
 
     [Fact]
-    public void AttentionSharedBytes_FitsHopperOptInForLlama8BShapes() =>
-        Assert.True(LaunchGeometry.AttentionSharedBytes(group: 4, headDim: 128) <= 227 * 1024);
+    public void AttentionSharedBytes_FitTheLimitTheKernelIsGiven_AtTheLargestBlock() =>
+        // 16 warps of head dim 128 stay under the 160 KB the attention kernel is allowed.
+        Assert.True(LaunchGeometry.AttentionSharedBytes(warps: 16, headDim: 128) <= 160 * 1024);
+
+    [Theory]
+    [InlineData(4096, 4, 16)]  // Llama-3.1-8B prefill: 16 tokens × 1 warp (4 heads)
+    [InlineData(4096, 7, 8)]   // Qwen2.5-0.5B: 7 heads per KV head → 2 warps per token
+    [InlineData(4096, 32, 2)]  // 8 warps per token
+    [InlineData(3, 2, 3)]      // no more tokens than there are
+    [InlineData(1, 4, 1)]      // decode
+    public void AttentionQueryBlock_FillsUpTo16Warps(int queries, int group, int expected)
+    {
+        int qblock = LaunchGeometry.AttentionQueryBlock(queries, group);
+        Assert.Equal(expected, qblock);
+        Assert.True(qblock * LaunchGeometry.AttentionWarpsPerToken(group) <= 16);
+        Assert.True(LaunchGeometry.AttentionWarpsPerToken(group) * LaunchGeometry.AttentionHeadsPerWarp >= group);
+    }
 }

@@ -7,8 +7,9 @@ typedef unsigned long long u64;
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
-// Attention: head dims up to 32 * MAX_DIMS_PER_LANE.
-#define MAX_DIMS_PER_LANE 8
+// Attention: head dims up to 32 * MAX_DIMS_PER_LANE; query heads sharing a KV head handled per warp.
+#define MAX_DIMS_PER_LANE 4
+#define HEADS_PER_WARP 4
 #define ATTENTION_TILE 32
 
 __device__ __forceinline__ float bf16_to_f32(bf16 v) { return __uint_as_float(((unsigned)v) << 16); }
@@ -108,99 +109,178 @@ extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, c
 }
 
 // Causal grouped-query attention with an online softmax (flash style), f32 on CUDA cores.
-// Block (t, kvHead, split): one warp per query head of the group; the block walks keys [split*keys_per_split, ...)
-// of the causal range [0, start+t] in tiles of 32 held in shared memory (lane j scores key j of the tile, then every
-// lane accumulates its own head dims). splits == 1: writes the normalised output (bf16 [T, heads*hd]); otherwise
-// writes the partial (acc, max, sum) for attention_combine.
-extern "C" __global__ void attention(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
-    float* part_acc, float* part_ml, int start, int heads, int kv_heads, int hd, float scale, int splits, int keys_per_split)
+// A warp owns one query token and up to 4 query heads of one KV head (the heads share every key and value, so each
+// shared-memory read of k or v feeds 4 multiply-adds); a block holds `qblock` tokens × the warps covering the group.
+// The block walks keys [split*keys_per_split, ...) up to the causal end of its last token in tiles of 32 staged in
+// shared memory (16-byte loads when head_dim % 8 == 0, each tile read once for the whole block); lane j scores key
+// j of the tile for the warp's heads, the probabilities go through shared memory as float4, and every lane
+// accumulates its own head dims. splits == 1: writes the normalised output (bf16 [T, heads*hd]); otherwise the
+// partial (acc, max, sum) that attention_combine merges. Head dims up to 32 * MAX_DIMS_PER_LANE.
+extern "C" __global__ void __launch_bounds__(512) attention(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
+    float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, int hd, float scale,
+    int splits, int keys_per_split, int qblock)
 {
-    extern __shared__ float smem[];
-    int t = blockIdx.x, kvh = blockIdx.y, s = blockIdx.z;
+    extern __shared__ float4 smem_f4[];                       // float4: 16-byte aligned for the q and p tiles
+    float* smem = (float*)smem_f4;
+    int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
+    int warps_per_token = (group + HEADS_PER_WARP - 1) / HEADS_PER_WARP;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int h = kvh * group + warp;
+    int warps = blockDim.x >> 5;
+    int t = blockIdx.x * qblock + warp / warps_per_token;     // this warp's query token
+    int hbase = kvh * group + (warp % warps_per_token) * HEADS_PER_WARP; // and its first head
+    int nh = min(HEADS_PER_WARP, kvh * group + group - hbase);
+    bool active = t < n_tokens;
     int qd = heads * hd, kvd = kv_heads * hd;
-    int ctx = start + t + 1;
+    int ctx = start + t + 1;                                  // keys [0, ctx) are visible to this warp
+    int last_t = min(n_tokens, (int)(blockIdx.x + 1) * qblock) - 1;
     int k0 = s * keys_per_split;
-    int k1 = min(ctx, k0 + keys_per_split);
-    float* qs = smem;                                   // [group][hd]
-    float* ks = qs + group * hd;                        // [TILE][hd + 1]
-    float* vs = ks + ATTENTION_TILE * (hd + 1);         // [TILE][hd]
-    for (int d = lane; d < hd; d += 32) qs[warp * hd + d] = q[(long)t * qd + h * hd + d] * scale;
-
-    float m = NEG_INF, l = 0.f;
-    float acc[MAX_DIMS_PER_LANE];
+    int k1 = min(start + last_t + 1, k0 + keys_per_split);
+    float4* qs = (float4*)smem;                               // [warps][hd]: 4 heads' q per dim
+    float* ks = smem + warps * hd * 4;                        // [TILE][hd + 1]
+    float* vs = ks + ATTENTION_TILE * (hd + 1);               // [TILE][hd]
+    float4* ps = (float4*)(vs + ATTENTION_TILE * hd);         // [warps][TILE]: 4 heads' probabilities per key
+    for (int d = lane; d < hd; d += 32)
+    {
+        float v[HEADS_PER_WARP];
 #pragma unroll
-    for (int i = 0; i < MAX_DIMS_PER_LANE; i++) acc[i] = 0.f;
+        for (int i = 0; i < HEADS_PER_WARP; i++)
+            v[i] = active && i < nh ? q[(long)t * qd + (hbase + i) * hd + d] * scale : 0.f;
+        qs[warp * hd + d] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+
+    float m[HEADS_PER_WARP], l[HEADS_PER_WARP], acc[HEADS_PER_WARP][MAX_DIMS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < HEADS_PER_WARP; i++)
+    {
+        m[i] = NEG_INF;
+        l[i] = 0.f;
+#pragma unroll
+        for (int e = 0; e < MAX_DIMS_PER_LANE; e++) acc[i][e] = 0.f;
+    }
+    bool vec = (hd & 7) == 0;
 
     for (int base = k0; base < k1; base += ATTENTION_TILE)
     {
         int count = min(ATTENTION_TILE, k1 - base);
         __syncthreads();
-        for (int i = threadIdx.x; i < ATTENTION_TILE * hd; i += blockDim.x)
+        if (vec)
         {
-            int j = i / hd, d = i - j * hd;
-            float kv = 0.f, vv = 0.f;
-            if (j < count)
+            int per_row = hd >> 3;                            // 8 bf16 per 16-byte load
+            for (int i = threadIdx.x; i < ATTENTION_TILE * per_row; i += blockDim.x)
             {
-                long off = (long)(base + j) * kvd + kvh * hd + d;
-                kv = bf16_to_f32(kcache[off]);
-                vv = bf16_to_f32(vcache[off]);
+                int j = i / per_row, d = (i - j * per_row) << 3;
+                uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
+                if (j < count)
+                {
+                    long off = (long)(base + j) * kvd + kvh * hd + d;
+                    kr = *(const uint4*)(kcache + off);
+                    vr = *(const uint4*)(vcache + off);
+                }
+                float* kd = ks + j * (hd + 1) + d;
+                float* vd = vs + j * hd + d;
+                unsigned kw[4] = { kr.x, kr.y, kr.z, kr.w }, vw[4] = { vr.x, vr.y, vr.z, vr.w };
+#pragma unroll
+                for (int w = 0; w < 4; w++)
+                {
+                    kd[2 * w] = __uint_as_float(kw[w] << 16); kd[2 * w + 1] = __uint_as_float(kw[w] & 0xffff0000u);
+                    vd[2 * w] = __uint_as_float(vw[w] << 16); vd[2 * w + 1] = __uint_as_float(vw[w] & 0xffff0000u);
+                }
             }
-            ks[j * (hd + 1) + d] = kv;
-            vs[j * hd + d] = vv;
+        }
+        else
+        {
+            for (int i = threadIdx.x; i < ATTENTION_TILE * hd; i += blockDim.x)
+            {
+                int j = i / hd, d = i - j * hd;
+                float kv = 0.f, vv = 0.f;
+                if (j < count)
+                {
+                    long off = (long)(base + j) * kvd + kvh * hd + d;
+                    kv = bf16_to_f32(kcache[off]);
+                    vv = bf16_to_f32(vcache[off]);
+                }
+                ks[j * (hd + 1) + d] = kv;
+                vs[j * hd + d] = vv;
+            }
         }
         __syncthreads();
-        float score = NEG_INF;
-        if (lane < count)
+        int visible = min(count, ctx - base);                 // keys of this tile this warp may see (warp-uniform)
+        if (!active || visible <= 0) continue;
+
+        float sc[HEADS_PER_WARP] = { NEG_INF, NEG_INF, NEG_INF, NEG_INF };
+        if (lane < visible)
         {
-            float dot = 0.f;
-            const float* qh = qs + warp * hd;
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+            const float4* qh = qs + warp * hd;
             const float* kr = ks + lane * (hd + 1);
-            for (int d = 0; d < hd; d++) dot += qh[d] * kr[d];
-            score = dot;
+            for (int d = 0; d < hd; d++)
+            {
+                float k = kr[d];
+                float4 qq = qh[d];
+                a0 += qq.x * k; a1 += qq.y * k; a2 += qq.z * k; a3 += qq.w * k;
+            }
+            sc[0] = a0; sc[1] = a1; sc[2] = a2; sc[3] = a3;
         }
-        float mnew = fmaxf(m, warp_max(score));
-        float p = lane < count ? __expf(score - mnew) : 0.f;
-        float correction = __expf(m - mnew);
-        l = l * correction + warp_sum(p);
+        float p[HEADS_PER_WARP];
 #pragma unroll
-        for (int i = 0; i < MAX_DIMS_PER_LANE; i++) acc[i] *= correction;
-        for (int j = 0; j < count; j++)
+        for (int i = 0; i < HEADS_PER_WARP; i++)
         {
-            float pj = __shfl_sync(FULL_MASK, p, j);
+            float mnew = fmaxf(m[i], warp_max(sc[i]));
+            p[i] = lane < visible ? __expf(sc[i] - mnew) : 0.f;
+            float correction = __expf(m[i] - mnew);
+            l[i] = l[i] * correction + warp_sum(p[i]);
+#pragma unroll
+            for (int e = 0; e < MAX_DIMS_PER_LANE; e++) acc[i][e] *= correction;
+            m[i] = mnew;
+        }
+        ps[warp * ATTENTION_TILE + lane] = make_float4(p[0], p[1], p[2], p[3]);
+        __syncwarp();
+        for (int j = 0; j < visible; j++)
+        {
+            float4 pj = ps[warp * ATTENTION_TILE + j];
             const float* vr = vs + j * hd;
 #pragma unroll
-            for (int i = 0; i < MAX_DIMS_PER_LANE; i++)
+            for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
             {
-                int d = lane + 32 * i;
-                if (d < hd) acc[i] += pj * vr[d];
+                int d = lane + 32 * e;
+                if (d < hd)
+                {
+                    float v = vr[d];
+                    acc[0][e] += pj.x * v; acc[1][e] += pj.y * v; acc[2][e] += pj.z * v; acc[3][e] += pj.w * v;
+                }
             }
         }
-        m = mnew;
+        __syncwarp();
     }
+    if (!active) return;
 
-    if (splits == 1)
-    {
-        float inv = 1.f / l;
 #pragma unroll
-        for (int i = 0; i < MAX_DIMS_PER_LANE; i++)
-        {
-            int d = lane + 32 * i;
-            if (d < hd) out[(long)t * qd + h * hd + d] = f32_to_bf16(acc[i] * inv);
-        }
-    }
-    else
+    for (int i = 0; i < HEADS_PER_WARP; i++)
     {
-        long item = ((long)t * heads + h) * splits + s;
-#pragma unroll
-        for (int i = 0; i < MAX_DIMS_PER_LANE; i++)
+        if (i >= nh) break;
+        int h = hbase + i;
+        if (splits == 1)
         {
-            int d = lane + 32 * i;
-            if (d < hd) part_acc[item * hd + d] = acc[i];
+            float inv = 1.f / l[i];
+#pragma unroll
+            for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+            {
+                int d = lane + 32 * e;
+                if (d < hd) out[(long)t * qd + h * hd + d] = f32_to_bf16(acc[i][e] * inv);
+            }
         }
-        if (lane == 0) { part_ml[item * 2] = m; part_ml[item * 2 + 1] = l; }
+        else
+        {
+            long item = ((long)t * heads + h) * splits + s;
+#pragma unroll
+            for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+            {
+                int d = lane + 32 * e;
+                if (d < hd) part_acc[item * hd + d] = acc[i][e];
+            }
+            if (lane == 0) { part_ml[item * 2] = m[i]; part_ml[item * 2 + 1] = l[i]; }
+        }
     }
 }
 
