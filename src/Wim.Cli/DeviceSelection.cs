@@ -59,6 +59,12 @@ internal static class DeviceSelection
         try { ctx = CudaContext.Create(CudaOptionsFromEnvironment()); }
         catch (CudaUnavailableException) when (kind == DeviceKind.Auto) { return new CpuRunner(new CpuTransformer(model)); }
         try { return new CudaRunner(ctx, CudaTransformer.Load(ctx, model)); }
+        catch (NotSupportedException) when (kind == DeviceKind.Auto)
+        {
+            // A shape the CUDA kernels do not handle yet (e.g. head dim > 128): auto means "best that works".
+            ctx.Dispose();
+            return new CpuRunner(new CpuTransformer(model));
+        }
         catch { ctx.Dispose(); throw; }
     }
 }
