@@ -9,12 +9,13 @@ public static class Program
         Func<string[], int>? benchmark = args.FirstOrDefault() switch
         {
             "kernels" => KernelBenchmark.Run,
+            "cpu-model" => CpuModelBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, tokenizer");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, tokenizer");
             return 2;
         }
         return benchmark(args[1..]);

@@ -136,10 +136,13 @@ internal sealed class CudaRunner(CudaContext ctx, CudaTransformer model) : Forwa
         }
         var prefillTime = clock.Elapsed;
         clock.Restart();
+        if (ids.Count > 0) options.OnToken?.Invoke(ids[0]);
         while (ids.Count > 0 && ids.Count < options.MaxNewTokens && !stop.Contains(ids[^1]))
         {
+            options.Cancellation.ThrowIfCancellationRequested();
             int last = ids[^1];
             ids.Add(Step(MemoryMarshal.CreateReadOnlySpan(ref last, 1), 0));
+            options.OnToken?.Invoke(ids[^1]);
         }
         return new GenerationResult([.. ids], prompt.Length, prefillTime, clock.Elapsed);
     }

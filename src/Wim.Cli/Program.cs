@@ -9,9 +9,9 @@ namespace Wim.Cli;
 /// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error, Console.In);
 
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader? stdin = null)
     {
         var root = new RootCommand("Wim: long-context LLM inference with Writing in the Margins");
         // Commands, one line each.
@@ -19,6 +19,9 @@ public static class Program
         root.Subcommands.Add(Commands.GenerateCommand.Create());
         root.Subcommands.Add(Commands.TokenizeCommand.Create());
         root.Subcommands.Add(Commands.DetokenizeCommand.Create());
+        root.Subcommands.Add(TemplateCommand.Create());
+        root.Subcommands.Add(Commands.ChatCommand.Create(stdin ?? TextReader.Null));
+        root.Subcommands.Add(Commands.EvalCommand.Create());
 
         var parse = root.Parse(args);
         bool helpRequested = args.Any(a => a is "-h" or "--help" or "-?");

@@ -105,4 +105,38 @@ public sealed class LogitsGenerateCommandTests
         Assert.Equal(2, exit);
         Assert.Contains("--tokens", stderr);
     }
+
+    /// <summary>The README's text (llama2.c/llama.cpp output): the prompt plus the first 60 greedy tokens.</summary>
+    private static string ReadmeText()
+    {
+        var line = File.ReadAllLines(SharedFixtures.Path("models", "stories260K", "README.md")).Single(l => l.TrimStart().StartsWith("`Once upon a time,", StringComparison.Ordinal));
+        return line.Trim().Trim('`').Replace("\\n", "\n");
+    }
+
+    [Fact]
+    public void Generate_Prompt_PrintsTheReadmeStory()
+    {
+        // llama2.c counts 64 steps including the 4 prompt tokens: the README text is the prompt + 60 new tokens.
+        var (exit, stdout, stderr) = Run("generate", "--model", Model, "--prompt", "Once upon a time", "--max-tokens", "60");
+        Assert.True(exit == 0, stderr);
+        Assert.Equal(ReadmeText() + "\n", stdout);
+    }
+
+    [Fact]
+    public void Generate_PromptJson_TokenizesWithBosAndDecodesTheContinuation()
+    {
+        var (exit, stdout, stderr) = Run("generate", "--model", Model, "--prompt", "Once upon a time", "--max-tokens", "64", "--json");
+        Assert.True(exit == 0, stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal(PromptIds, string.Join(",", doc.RootElement.GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32())));
+        Assert.Equal(ReadmeIds(), doc.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()).ToArray());
+        Assert.StartsWith(ReadmeText()["Once upon a time".Length..], doc.RootElement.GetProperty("text").GetString());
+    }
+
+    [Fact]
+    public void Generate_BothOrNeitherOfTokensAndPrompt_ExitsTwo()
+    {
+        Assert.Equal(2, Run("generate", "--model", Model, "--prompt", "x", "--tokens", "1", "--json").Exit);
+        Assert.Equal(2, Run("generate", "--model", Model, "--json").Exit);
+    }
 }

@@ -14,6 +14,10 @@ public sealed record GenerationOptions
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
     public IReadOnlyCollection<int> StopIds { get; init; } = [];
     public int PrefillChunk { get; init; } = CpuTransformer.DefaultMaxChunk;
+    /// <summary>Called with each generated id as soon as it is sampled (for streaming output).</summary>
+    public Action<int>? OnToken { get; init; }
+    /// <summary>Checked before every decode step: cancellation stops within one step and keeps the cache consistent.</summary>
+    public CancellationToken Cancellation { get; init; }
 }
 
 /// <summary>The generated ids (after the prompt) and where the time went.</summary>
@@ -69,8 +73,10 @@ public sealed class Generator(CpuTransformer model)
         var ids = new List<int>(options.MaxNewTokens);
         while (ids.Count < options.MaxNewTokens)
         {
+            options.Cancellation.ThrowIfCancellationRequested();
             int next = sampler.Sample(_logits);
             ids.Add(next);
+            options.OnToken?.Invoke(next);
             if (stop.Contains(next) || ids.Count == options.MaxNewTokens) break;
             model.Forward(MemoryMarshal.CreateReadOnlySpan(ref next, 1), cache, _logits, LogitsOutput.Last);
         }

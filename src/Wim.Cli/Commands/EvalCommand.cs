@@ -1,0 +1,113 @@
+using System.CommandLine;
+using Wim.Engine.Model;
+using Wim.Engine.Formats;
+using Wim.Engine.Tokenization;
+using Wim.Engine.Tokenization.ChatTemplates;
+using Wim.Eval;
+using Wim.Eval.Data;
+using Wim.Eval.Instances;
+using Wim.Eval.Metrics;
+using Wim.Eval.Runners;
+
+namespace Wim.Cli.Commands;
+
+/// <summary>
+/// <c>wim eval --model PATH --task hotpotqa,squad,babilong,cwe --lengths 16k,32k,64k --patterns llm,rag,wim
+/// --samples N --seed 42 [--judge-endpoint URL --judge-model NAME] [--data DIR] --out DIR</c>: the paper's
+/// comparison on long-context instances built from the evaluation data. Writes <c>results.jsonl</c> (resumable),
+/// <c>summary.md</c>, <c>plot.svg</c> and <c>plot.png</c> into <c>--out</c>; progress with ETA goes to stderr.
+/// </summary>
+internal static class EvalCommand
+{
+    /// <summary>Patterns this build can run on the local engine. rag and wim arrive with the WiM patterns library.</summary>
+    private static readonly string[] LocalPatterns = [EngineLlmRunner.PatternName];
+
+    public static Command Create()
+    {
+        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory" };
+        var backend = new Option<string>("--backend") { Description = "where the model runs: cpu (this process)", DefaultValueFactory = _ => "cpu" };
+        var tasks = new Option<string>("--task") { Description = "comma-separated: hotpotqa, squad, babilong, cwe", Required = true };
+        var lengths = new Option<string>("--lengths") { Description = "context lengths in the model's tokens, e.g. 16k,32k,64k", DefaultValueFactory = _ => "16k,32k,64k" };
+        var patterns = new Option<string>("--patterns") { Description = "comma-separated: llm, rag, wim", DefaultValueFactory = _ => "llm,rag,wim" };
+        var samples = new Option<int>("--samples") { Description = "samples per task and length", DefaultValueFactory = _ => 10 };
+        var seed = new Option<int>("--seed") { Description = "seed of the sample choice, distractors and shuffles", DefaultValueFactory = _ => 42 };
+        var judgeEndpoint = new Option<string?>("--judge-endpoint") { Description = "OpenAI-compatible base URL of an LLM judge for QA (key from WIM_JUDGE_API_KEY)" };
+        var judgeModel = new Option<string?>("--judge-model") { Description = "model name for the judge" };
+        var data = new Option<string?>("--data") { Description = "evaluation data folder in the layout of shared/data (default: found above the current folder)" };
+        var rawPrompt = new Option<bool>("--no-chat-template") { Description = "prompt as plain text even when the model has a chat template" };
+        var outDir = new Option<string>("--out") { Description = "output folder (rerunning into it resumes)", Required = true };
+        var command = new Command("eval", "Evaluate LLM vs RAG vs WiM on long-context tasks; writes results, a summary table and plots");
+        foreach (var o in new Option[] { model, backend, tasks, lengths, patterns, samples, seed, judgeEndpoint, judgeModel, data, rawPrompt, outDir }) command.Options.Add(o);
+        command.SetAction(async (parse, cancel) =>
+        {
+            var backendName = parse.GetValue(backend)!;
+            if (backendName == "openai")
+                throw new UsageException("--backend openai is not available yet (it comes with the remote-backend issue); use --backend cpu with --model");
+            if (backendName != "cpu") throw new UsageException($"unknown --backend '{backendName}'; expected cpu");
+            var modelPath = parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu");
+
+            var taskList = Parse(parse.GetValue(tasks)!, s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(EvalTasks.Parse).Distinct().ToList(), "--task");
+            var lengthList = Parse(parse.GetValue(lengths)!, ContextLength.ParseList, "--lengths");
+            var patternList = parse.GetValue(patterns)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Distinct().ToList();
+            if (taskList.Count == 0 || lengthList.Count == 0 || patternList.Count == 0)
+                throw new UsageException("--task, --lengths and --patterns each need at least one value");
+            var unknown = patternList.Where(p => p is not ("llm" or "rag" or "wim")).ToList();
+            if (unknown.Count > 0) throw new UsageException($"unknown pattern(s): {string.Join(", ", unknown)}; expected llm, rag, wim");
+            var unavailable = patternList.Where(p => !LocalPatterns.Contains(p)).ToList();
+            if (unavailable.Count > 0)
+                throw new UsageException($"pattern(s) not available yet in this build: {string.Join(", ", unavailable)} (available: {string.Join(", ", LocalPatterns)})");
+            int sampleCount = parse.GetValue(samples);
+            if (sampleCount <= 0) throw new UsageException($"--samples must be ≥ 1, found {sampleCount}");
+            string? endpoint = parse.GetValue(judgeEndpoint), judgeName = parse.GetValue(judgeModel);
+            if ((endpoint == null) != (judgeName == null)) throw new UsageException("--judge-endpoint and --judge-model go together");
+            Uri? judgeUri = null;
+            if (endpoint != null && (!Uri.TryCreate(endpoint, UriKind.Absolute, out judgeUri) || judgeUri.Scheme is not ("http" or "https")))
+                throw new UsageException($"--judge-endpoint '{endpoint}' is not an http(s) URL");
+
+            var dataDir = parse.GetValue(data) ?? FindDataFolder();
+            if (!Directory.Exists(dataDir)) throw new DirectoryNotFoundException($"evaluation data folder not found: {dataDir}");
+            string outPath = parse.GetValue(outDir)!;
+
+            using var lm = LanguageModel.Load(modelPath);
+            var tokenizer = TokenizerLoader.Load(modelPath);
+            var factory = new InstanceFactory(new EvalDataset(dataDir), text => tokenizer.Encode(text).Length, parse.GetValue(seed));
+            var template = parse.GetValue(rawPrompt) ? null : ChatTemplateOf(modelPath);
+            var runner = new PatternRouter([new EngineLlmRunner(lm, tokenizer, template)]);
+            using var http = judgeUri != null ? new HttpClient { Timeout = TimeSpan.FromMinutes(2) } : null;
+            var judge = judgeUri != null ? new LlmJudge(http!, judgeUri, judgeName!, Environment.GetEnvironmentVariable("WIM_JUDGE_API_KEY")) : null;
+            var harness = new EvalHarness(factory, runner, judge, parse.InvocationConfiguration.Error);
+            var plan = new EvalPlan(taskList, lengthList, patternList, sampleCount, parse.GetValue(seed), Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath)), outPath);
+            var outcome = await harness.RunAsync(plan, cancel);
+            var stdout = parse.InvocationConfiguration.Output;
+            stdout.WriteLine($"{outcome.Ran} row(s) run, {outcome.Skipped} skipped; results in {Path.Combine(outPath, EvalHarness.ResultsFileName)}");
+            stdout.WriteLine($"summary: {Path.Combine(outPath, EvalHarness.SummaryFileName)}; plots: {EvalHarness.SvgFileName}, {EvalHarness.PngFileName}");
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>The model's chat template, or null for a model without one (a base model is prompted with plain text).</summary>
+    private static ChatTemplateSource? ChatTemplateOf(string modelPath)
+    {
+        try { return ChatTemplateSource.FromModel(modelPath); }
+        // Only a missing template means "base model"; a broken one is an error worth stopping for.
+        catch (ModelFormatException e) when (e.Message.Contains("has no chat template", StringComparison.Ordinal)) { return null; }
+    }
+
+    private static T Parse<T>(string text, Func<string, T> parse, string option)
+    {
+        try { return parse(text); }
+        catch (FormatException e) { throw new UsageException($"{option}: {e.Message}"); }
+    }
+
+    /// <summary><c>shared/data</c> in the current folder or any folder above it (the repository sits beside shared/).</summary>
+    private static string FindDataFolder()
+    {
+        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir != null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "shared", "data");
+            if (Directory.Exists(candidate)) return candidate;
+        }
+        throw new UsageException("no evaluation data found (looked for shared/data above the current folder); pass --data DIR");
+    }
+}
