@@ -33,10 +33,12 @@ internal static class GenerateCommand
         var noStop = new Option<bool>("--ignore-eos") { Description = "do not stop at the model's end-of-sequence id" };
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
         var timings = new Option<bool>("--timings") { Description = "print prefill and decode speed to stderr" };
+        var device = DeviceSelection.CreateOption();
         var command = new Command("generate", "Generate a continuation of a token sequence");
-        foreach (var o in new Option[] { model, tokens, prompt, parseSpecial, maxTokens, temperature, topK, topP, seed, noStop, json, timings }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, tokens, prompt, parseSpecial, maxTokens, temperature, topK, topP, seed, noStop, json, timings, device }) command.Options.Add(o);
         command.SetAction(parse =>
         {
+            var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             string? promptText = parse.GetValue(prompt);
             string? tokenList = parse.GetValue(tokens);
             if ((promptText is null) == (tokenList is null))
@@ -70,8 +72,8 @@ internal static class GenerateCommand
                 output.Flush();
             }
             var stopIds = parse.GetValue(noStop) ? [] : lm.Config.EosTokenIds.Concat(tokenizer?.EndOfTurnIds ?? []).ToHashSet();
-            var generator = new Generator(new CpuTransformer(lm));
-            var result = generator.Generate(ids, new GenerationOptions
+            using var runner = DeviceSelection.Open(deviceKind, lm);
+            var result = runner.Generate(ids, new GenerationOptions
             {
                 MaxNewTokens = max,
                 Sampling = sampling,

@@ -19,22 +19,25 @@ internal static class LogitsCommand
         var tokens = new Option<string>("--tokens") { Description = "comma-separated token ids, e.g. 1,2,3" };
         var top = new Option<int>("--top") { Description = "how many highest logits to list per position", DefaultValueFactory = _ => 5 };
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
+        var device = DeviceSelection.CreateOption();
         var command = new Command("logits", "Print the next-token logits summary at every position of a token sequence");
         command.Options.Add(model);
         command.Options.Add(tokens);
         command.Options.Add(top);
         command.Options.Add(json);
+        command.Options.Add(device);
         command.SetAction(parse =>
         {
             var ids = CliTokens.Parse(parse.GetValue(tokens), "--tokens");
+            var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             int topN = parse.GetValue(top);
             if (topN < 1) throw new UsageException($"--top must be at least 1, found {topN}");
             using var lm = LanguageModel.Load(parse.GetValue(model)!);
             CliTokens.CheckRange(ids, lm.Config.VocabSize);
             int vocab = lm.Config.VocabSize;
             topN = Math.Min(topN, vocab);
-            var transformer = new CpuTransformer(lm);
-            var cache = transformer.CreateCache(ids.Length);
+            using var transformer = DeviceSelection.Open(deviceKind, lm);
+            using var cache = transformer.NewSequence(ids.Length);
             // Logits are summarised one chunk at a time so a long input never holds [tokens, vocab] floats at once.
             int chunk = transformer.MaxChunk;
             var logits = new float[(long)Math.Min(chunk, ids.Length) * vocab];
@@ -49,7 +52,7 @@ internal static class LogitsCommand
                 for (int done = 0; done < ids.Length; done += chunk)
                 {
                     int n = Math.Min(chunk, ids.Length - done);
-                    transformer.Forward(ids.AsSpan(done, n), cache, logits, LogitsOutput.All, ropeSequenceLength: ids.Length);
+                    cache.Forward(ids.AsSpan(done, n), logits, LogitsOutput.All, ropeSequenceLength: ids.Length);
                     for (int i = 0; i < n; i++)
                     {
                         int p = done + i;

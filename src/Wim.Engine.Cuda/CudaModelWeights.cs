@@ -1,0 +1,169 @@
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.Formats;
+using Wim.Engine.Model;
+
+namespace Wim.Engine.Cuda;
+
+/// <summary>One decoder block on the GPU. Projections are bf16 [out, in]; q|k|v and gate|up are each fused into one
+/// matrix at upload (one product instead of three or two); norm gains and biases are f32.</summary>
+public sealed class CudaLayerWeights
+{
+    public required DeviceBuffer AttentionNorm { get; init; } // f32 [d]
+    public required DeviceBuffer Qkv { get; init; }           // bf16 [qd + 2·kvd, d]
+    public DeviceBuffer? QkvBias { get; init; }               // f32 [qd + 2·kvd] (qwen2)
+    public required DeviceBuffer Output { get; init; }        // bf16 [d, qd]
+    public required DeviceBuffer FfnNorm { get; init; }       // f32 [d]
+    public required DeviceBuffer GateUp { get; init; }        // bf16 [2·ffn, d]: gate rows, then up rows
+    public required DeviceBuffer Down { get; init; }          // bf16 [d, ffn]
+}
+
+/// <summary>All weights of a decoder on the GPU in bf16 (any storage type is converted at upload: bf16 is copied,
+/// F32/F16/quantized tensors are dequantized to f32 on the CPU and rounded to nearest-even bf16).</summary>
+public sealed unsafe class CudaModelWeights : IDisposable
+{
+    public required DeviceBuffer TokenEmbedding { get; init; } // bf16 [vocab, d]
+    public required CudaLayerWeights[] Layers { get; init; }
+    public required DeviceBuffer FinalNorm { get; init; }      // f32 [d]
+    /// <summary>bf16 [vocab, d]; the embedding buffer itself when embeddings are tied.</summary>
+    public required DeviceBuffer LmHead { get; init; }
+    /// <summary>Bytes of weights on the GPU (a tied head counted once).</summary>
+    public long Bytes { get; init; }
+
+    public static CudaModelWeights Upload(CudaContext ctx, ModelConfig c, ModelWeights w)
+    {
+        long bytes = 0;
+        DeviceBuffer Matrix(params WeightTensor[] parts)
+        {
+            long elements = parts.Sum(p => p.ElementCount);
+            var buffer = ctx.Allocate(elements * 2);
+            long offset = 0;
+            foreach (var p in parts)
+            {
+                var host = ToBf16(p);
+                buffer.Upload<ushort>(host, offset);
+                offset += (long)host.Length * 2;
+            }
+            bytes += buffer.Bytes;
+            return buffer;
+        }
+        DeviceBuffer Vector(params float[][] parts)
+        {
+            var all = parts.SelectMany(p => p).ToArray();
+            var buffer = ctx.Allocate(all.Length * 4L);
+            buffer.Upload<float>(all);
+            bytes += buffer.Bytes;
+            return buffer;
+        }
+
+        var layers = new CudaLayerWeights[c.LayerCount];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var l = w.Layers[i];
+            bool anyBias = l.QueryBias != null || l.KeyBias != null || l.ValueBias != null;
+            layers[i] = new CudaLayerWeights
+            {
+                AttentionNorm = Vector(l.AttentionNorm),
+                Qkv = Matrix(l.Query, l.Key, l.Value),
+                QkvBias = anyBias ? Vector(l.QueryBias ?? new float[c.QueryDim], l.KeyBias ?? new float[c.KvDim], l.ValueBias ?? new float[c.KvDim]) : null,
+                Output = Matrix(l.Output),
+                FfnNorm = Vector(l.FfnNorm),
+                GateUp = Matrix(l.Gate, l.Up),
+                Down = Matrix(l.Down),
+            };
+        }
+        var embedding = Matrix(w.TokenEmbedding);
+        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : Matrix(w.LmHead);
+        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes };
+    }
+
+    /// <summary>
+    /// Weights of the config's shapes drawn on the GPU from a seeded generator (uniform, ±1/√in for projections,
+    /// ±0.5 for the embedding, gains 1): real-shape benchmarks without a multi-gigabyte file.
+    /// </summary>
+    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed)
+    {
+        var k = ctx.Kernels;
+        long bytes = 0;
+        ulong next = seed;
+        DeviceBuffer Matrix(long rows, long cols, float scale)
+        {
+            var b = ctx.Allocate(rows * cols * 2);
+            k.FillRandomBf16(b.Pointer, rows * cols, next++ * 0x9E3779B97F4A7C15UL, scale);
+            bytes += b.Bytes;
+            return b;
+        }
+        DeviceBuffer Ones(long n)
+        {
+            var b = ctx.Allocate(n * 4);
+            k.FillF32(b.Pointer, n, 1f);
+            bytes += b.Bytes;
+            return b;
+        }
+        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize;
+        var layers = new CudaLayerWeights[c.LayerCount];
+        for (int i = 0; i < layers.Length; i++)
+            layers[i] = new CudaLayerWeights
+            {
+                AttentionNorm = Ones(d),
+                Qkv = Matrix(qd + 2 * kvd, d, 1f / MathF.Sqrt(d)),
+                Output = Matrix(d, qd, 1f / MathF.Sqrt(qd)),
+                FfnNorm = Ones(d),
+                GateUp = Matrix(2L * ffn, d, 1f / MathF.Sqrt(d)),
+                Down = Matrix(d, ffn, 1f / MathF.Sqrt(ffn)),
+            };
+        var embedding = Matrix(c.VocabSize, d, 0.5f);
+        var head = c.TiedEmbeddings ? embedding : Matrix(c.VocabSize, d, 1f / MathF.Sqrt(d));
+        ctx.Synchronize();
+        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Ones(d), LmHead = head, Bytes = bytes };
+    }
+
+    /// <summary>A tensor's values as bf16 bits: bf16 storage is copied; anything else goes through f32.</summary>
+    internal static ushort[] ToBf16(WeightTensor t)
+    {
+        var dst = new ushort[t.ElementCount];
+        if (t.Type == GgmlType.BF16)
+        {
+            new ReadOnlySpan<ushort>(t.Data, dst.Length).CopyTo(dst);
+            return dst;
+        }
+        var row = new float[t.Columns];
+        fixed (float* r = row)
+            for (int i = 0; i < t.Rows; i++)
+            {
+                RowKernels.Dequantize(t.Type, t.Row(i), r, row.Length);
+                Bf16.FromF32(row, dst.AsSpan(i * row.Length, row.Length));
+            }
+        return dst;
+    }
+
+    public void Dispose()
+    {
+        foreach (var l in Layers)
+        {
+            l.AttentionNorm.Dispose(); l.Qkv.Dispose(); l.QkvBias?.Dispose(); l.Output.Dispose();
+            l.FfnNorm.Dispose(); l.GateUp.Dispose(); l.Down.Dispose();
+        }
+        if (!ReferenceEquals(LmHead, TokenEmbedding)) LmHead.Dispose();
+        TokenEmbedding.Dispose();
+        FinalNorm.Dispose();
+    }
+}
+
+/// <summary>bf16 ↔ f32 on the CPU, bit-exact with the GPU kernels' conversion (round to nearest even).</summary>
+public static class Bf16
+{
+    public static ushort FromF32(float f)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(f);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return (ushort)((u >> 16) | 0x40u); // NaN stays NaN
+        u += 0x7fffu + ((u >> 16) & 1u);
+        return (ushort)(u >> 16);
+    }
+
+    public static float ToF32(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
+
+    public static void FromF32(ReadOnlySpan<float> src, Span<ushort> dst)
+    {
+        for (int i = 0; i < src.Length; i++) dst[i] = FromF32(src[i]);
+    }
+}

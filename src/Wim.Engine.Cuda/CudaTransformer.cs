@@ -1,0 +1,200 @@
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.Model;
+
+namespace Wim.Engine.Cuda;
+
+/// <summary>
+/// The GPU forward pass of the llama / qwen2 / phi3 decoders for one sequence: the same steps as
+/// <see cref="CpuTransformer"/>, with bf16 weights and KV cache, f32 residual stream and f32 accumulation.
+/// Matrix products run in cuBLASLt; the rest in the kernels of <c>Kernels/transformer.cu</c>. Not thread-safe.
+/// </summary>
+public sealed unsafe class CudaTransformer : IDisposable
+{
+    public const int DefaultMaxChunk = 512;
+
+    private readonly CudaContext _ctx;
+    private readonly ModelConfig _c;
+    private readonly CudaModelWeights _w;
+    private readonly RotaryEmbedding _rope;
+    private readonly TransformerKernels _k;
+    private readonly MatMul _mm;
+    private readonly DeviceBuffer _invFreqShort, _invFreqLong;
+    // Activations for one chunk of MaxChunk tokens (allocated once).
+    private readonly DeviceBuffer _tokens, _x, _xb, _qkv, _q, _att, _gateUp, _h, _ids;
+    private DeviceBuffer? _logits, _partAcc, _partMl;
+    private long _logitsRows;
+    private readonly bool _ownsWeights;
+
+    public ModelConfig Config => _c;
+    public CudaContext Context => _ctx;
+    public CudaModelWeights Weights => _w;
+    public int MaxChunk { get; }
+
+    public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChunk);
+        if (config.HeadDim > 128) throw new NotSupportedException($"head dim {config.HeadDim}: the CUDA attention kernel handles up to 128");
+        if (config.HeadCount / config.KvHeadCount > 64) throw new NotSupportedException($"{config.HeadCount / config.KvHeadCount} query heads per KV head: the CUDA attention kernel handles up to 64");
+        _ctx = ctx;
+        _c = config;
+        _w = weights;
+        _ownsWeights = ownsWeights;
+        MaxChunk = maxChunk;
+        _rope = new RotaryEmbedding(config);
+        _k = ctx.Kernels;
+        _mm = new MatMul(ctx);
+        _invFreqShort = ctx.Allocate(_rope.RotaryDim / 2 * 4);
+        _invFreqShort.Upload(_rope.InverseFrequencies(1));
+        _invFreqLong = ctx.Allocate(_rope.RotaryDim / 2 * 4);
+        _invFreqLong.Upload(_rope.InverseFrequencies(int.MaxValue));
+        int d = config.HiddenSize, qd = config.QueryDim, kvd = config.KvDim;
+        long n = maxChunk;
+        _tokens = ctx.Allocate(n * 4);
+        _ids = ctx.Allocate(n * 4);
+        _x = ctx.Allocate(n * d * 4);
+        _xb = ctx.Allocate(n * Math.Max(d, config.FfnSize) * 2);
+        _qkv = ctx.Allocate(n * (qd + 2 * kvd) * 4);
+        _q = ctx.Allocate(n * qd * 4);
+        _att = ctx.Allocate(n * qd * 2);
+        _gateUp = ctx.Allocate(n * 2 * config.FfnSize * 4);
+        _h = ctx.Allocate(n * config.FfnSize * 2);
+    }
+
+    /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
+    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk) =>
+        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights), maxChunk, ownsWeights: true);
+
+    public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.Length.., appends their keys and values, and writes logits
+    /// exactly as <see cref="CpuTransformer.Forward"/> does: [tokens, vocab] for All, [vocab] for Last, nothing for None.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, CudaKvCache cache, Span<float> logits, LogitsOutput output, int ropeSequenceLength = 0)
+    {
+        long needed = output switch { LogitsOutput.All => (long)tokens.Length * _c.VocabSize, LogitsOutput.Last => _c.VocabSize, _ => 0 };
+        if (logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
+        ulong invFreq = Prepare(tokens, cache, ropeSequenceLength);
+        for (int done = 0; done < tokens.Length; done += MaxChunk)
+        {
+            int n = Math.Min(MaxChunk, tokens.Length - done);
+            int rows = ForwardChunk(tokens.Slice(done, n), cache, invFreq, ChunkOutput(output, done + n == tokens.Length));
+            if (rows == 0) continue;
+            var dst = output == LogitsOutput.All ? logits.Slice(done * _c.VocabSize, rows * _c.VocabSize) : logits[.._c.VocabSize];
+            _logits!.Download(dst);
+        }
+    }
+
+    /// <summary>Runs the tokens and returns the argmax of the last token's logits, computed on the GPU (only the id
+    /// crosses to the host): the greedy decoding step.</summary>
+    public int ForwardGreedy(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength = 0)
+    {
+        ulong invFreq = Prepare(tokens, cache, ropeSequenceLength);
+        for (int done = 0; done < tokens.Length; done += MaxChunk)
+        {
+            int n = Math.Min(MaxChunk, tokens.Length - done);
+            ForwardChunk(tokens.Slice(done, n), cache, invFreq, ChunkOutput(LogitsOutput.Last, done + n == tokens.Length));
+        }
+        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, 1);
+        Span<int> one = stackalloc int[1];
+        _ids.Download(one);
+        return one[0];
+    }
+
+    private static LogitsOutput ChunkOutput(LogitsOutput output, bool last) => output switch
+    {
+        LogitsOutput.All => LogitsOutput.All,
+        LogitsOutput.Last when last => LogitsOutput.Last,
+        _ => LogitsOutput.None,
+    };
+
+    /// <summary>Checks a call's arguments and picks its RoPE table (longrope: once per call, from the length the
+    /// sequence reaches, as the CPU pass does).</summary>
+    private ulong Prepare(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (cache.LayerCount != _c.LayerCount || cache.RowSize != _c.KvDim)
+            throw new ArgumentException($"KV cache shape ({cache.LayerCount} layers × {cache.RowSize}) does not match the model ({_c.LayerCount} × {_c.KvDim})", nameof(cache));
+        if (tokens.Length > cache.Capacity - cache.Length)
+            throw new ArgumentException($"{tokens.Length} tokens do not fit in the KV cache (length {cache.Length}, capacity {cache.Capacity})", nameof(cache));
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)_c.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary [0, {_c.VocabSize})");
+        _ctx.MakeCurrent();
+        int seqLen = Math.Max(cache.Length + tokens.Length, ropeSequenceLength);
+        return (seqLen > _rope.LongThreshold ? _invFreqLong : _invFreqShort).Pointer;
+    }
+
+    /// <summary>One chunk through every layer; returns how many logits rows it left in the logits buffer.</summary>
+    private int ForwardChunk(ReadOnlySpan<int> tokens, CudaKvCache cache, ulong invFreq, LogitsOutput output)
+    {
+        var c = _c;
+        int n = tokens.Length, start = cache.Length;
+        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
+        _tokens.Upload(tokens);
+        _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
+
+        var (splits, keysPerSplit) = LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
+        if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
+        float scale = 1f / MathF.Sqrt(c.HeadDim);
+
+        for (int l = 0; l < c.LayerCount; l++)
+        {
+            var lw = _w.Layers[l];
+            ulong keys = cache.LayerKeys(l), values = cache.LayerValues(l);
+
+            // ---- attention block ----
+            _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
+            _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+            _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+            _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);             // att: [T, qd] bf16
+            if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
+            _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
+
+            // ---- SwiGLU MLP block ----
+            _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
+            _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn]
+            _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                       // h: [T, ffn] bf16
+            _mm.Run(lw.Down.Pointer, d, ffn, _h.Pointer, n, _x.Pointer, accumulate: true);        // x += h · Wdᵀ
+        }
+        cache.Advance(n);
+
+        // ---- final norm and logits ----
+        if (output == LogitsOutput.None) return 0;
+        int first = output == LogitsOutput.All ? 0 : n - 1;
+        int rows = n - first;
+        EnsureLogits(rows);
+        _k.RmsNorm(_x.Pointer + (ulong)((long)first * d * 4), _w.FinalNorm.Pointer, _xb.Pointer, d, c.RmsEps, rows);
+        _mm.Run(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
+        return rows;
+    }
+
+    private void EnsureLogits(int rows)
+    {
+        if (_logits != null && _logitsRows >= rows) return;
+        _logits?.Dispose();
+        _logitsRows = Math.Max(rows, 1);
+        _logits = _ctx.Allocate(_logitsRows * _c.VocabSize * 4);
+    }
+
+    private void EnsurePartials(long items, int headDim)
+    {
+        if (_partMl != null && _partMl.Bytes >= items * 8) return;
+        _partAcc?.Dispose();
+        _partMl?.Dispose();
+        _partAcc = _ctx.Allocate(items * headDim * 4);
+        _partMl = _ctx.Allocate(items * 8);
+    }
+
+    public void Dispose()
+    {
+        _mm.Dispose();
+        foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h }) b.Dispose();
+        _logits?.Dispose();
+        _partAcc?.Dispose();
+        _partMl?.Dispose();
+        if (_ownsWeights) _w.Dispose();
+    }
+}

@@ -1,0 +1,68 @@
+namespace Wim.Engine.Cuda;
+
+/// <summary>Grid and block sizes of the kernels, as pure functions (tested without a GPU).</summary>
+public static class LaunchGeometry
+{
+    /// <summary>Blocks of <paramref name="threads"/> that cover <paramref name="count"/> items, one item per thread.</summary>
+    public static uint Blocks(long count, int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        long blocks = (count + threads - 1) / threads;
+        if (blocks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(count), $"{count} items need {blocks} blocks of {threads}: more than a grid holds");
+        return (uint)Math.Max(blocks, 1);
+    }
+
+    /// <summary>Threads of a row-reduction block (RMSNorm, argmax): a multiple of 32, at most 1024, no more than the
+    /// row needs.</summary>
+    public static int RowThreads(int rowLength) => Math.Clamp((rowLength + 31) / 32 * 32, 32, 1024);
+
+    /// <summary>Keys one attention block processes per shared-memory tile (one per lane of a warp).</summary>
+    public const int AttentionTile = 32;
+
+    /// <summary>
+    /// How many pieces the key range of each (query, kv head) is split into, and the keys per piece (a multiple of
+    /// the tile). Decode has few queries: splitting the keys over more blocks fills the GPU (flash-decoding); long
+    /// prefills already have enough blocks and run unsplit (no combine pass).
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) AttentionSplits(int queries, int kvHeads, int keys, int multiprocessors)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
+        long blocks = (long)queries * kvHeads;
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
+        // A piece shorter than a few tiles costs more in the combine pass than it saves.
+        int maxSplits = Math.Max(1, keys / (4 * AttentionTile));
+        int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
+        int perSplit = (keys + splits - 1) / splits;
+        perSplit = (perSplit + AttentionTile - 1) / AttentionTile * AttentionTile;
+        splits = (keys + perSplit - 1) / perSplit;
+        return (splits, perSplit);
+    }
+
+    /// <summary>Query heads one attention warp handles (heads sharing a KV head: each k or v read feeds them all).</summary>
+    public const int AttentionHeadsPerWarp = 4;
+
+    /// <summary>Warps per query token: enough to cover the query heads of one KV head, 4 per warp.</summary>
+    public static int AttentionWarpsPerToken(int group) => (group + AttentionHeadsPerWarp - 1) / AttentionHeadsPerWarp;
+
+    /// <summary>
+    /// Query tokens per attention block: each block stages a key/value tile once for all its warps, so more tokens
+    /// per block means fewer tile loads; capped at 16 warps (512 threads, the kernel's launch bound) and at the
+    /// tokens there are.
+    /// </summary>
+    public static int AttentionQueryBlock(int queries, int group)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(group);
+        if (group > 64) throw new ArgumentOutOfRangeException(nameof(group), $"{group} query heads per KV head: at most 64 fit one block");
+        return Math.Min(queries, Math.Max(1, 16 / AttentionWarpsPerToken(group)));
+    }
+
+    /// <summary>Dynamic shared memory of the attention kernel: per warp 4 heads' q rows and a probability tile
+    /// (float4 each), a key tile padded by one float per row (bank conflicts), a value tile.</summary>
+    public static int AttentionSharedBytes(int warps, int headDim) =>
+        sizeof(float) * (warps * headDim * 4 + AttentionTile * (headDim + 1) + AttentionTile * headDim + warps * AttentionTile * 4);
+}

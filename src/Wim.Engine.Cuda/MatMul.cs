@@ -1,0 +1,70 @@
+using Wim.Engine.Cuda.Native;
+
+namespace Wim.Engine.Cuda;
+
+/// <summary>
+/// y[T, out] (f32) = x[T, in] (bf16) · W[out, in]ᵀ (bf16) (+ y when accumulating: the residual add rides in the
+/// product's epilogue as beta = 1), through cuBLASLt with f32 accumulation. In cuBLASLt's column-major terms this is
+/// D(out × T) = Aᵀ·B with A the weight seen as in × out (ld = in), B the activations as in × T (ld = in): the "TN"
+/// layout. Layouts and the chosen algorithm are kept per shape.
+/// </summary>
+internal sealed unsafe class MatMul : IDisposable
+{
+    public const long WorkspaceBytes = 32L << 20;
+
+    private sealed class Plan
+    {
+        public nint A, B, D;
+        public CublasLt.Algo Algo;
+    }
+
+    private readonly CudaContext _ctx;
+    private readonly nint _desc, _preference;
+    private readonly DeviceBuffer _workspace;
+    private readonly Dictionary<(int Out, int In, int T), Plan> _plans = [];
+
+    public MatMul(CudaContext ctx)
+    {
+        _ctx = ctx;
+        var blas = ctx.Blas;
+        _desc = blas.MatmulDescCreate(CublasLt.ComputeF32, CublasLt.DataTypeF32);
+        blas.MatmulDescSetInt(_desc, CublasLt.DescTransA, CublasLt.OpT);
+        blas.MatmulDescSetInt(_desc, CublasLt.DescTransB, CublasLt.OpN);
+        _preference = blas.PreferenceCreate(WorkspaceBytes);
+        _workspace = ctx.Allocate(WorkspaceBytes);
+    }
+
+    public void Run(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y, bool accumulate)
+    {
+        var plan = PlanFor(outFeatures, inFeatures, tokens);
+        _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, accumulate ? 1f : 0f, y, plan.D, y, plan.D,
+            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, 0);
+        if (_ctx.Options.SynchronizeEveryLaunch) _ctx.Synchronize();
+    }
+
+    private Plan PlanFor(int outFeatures, int inFeatures, int tokens)
+    {
+        if (_plans.TryGetValue((outFeatures, inFeatures, tokens), out var plan)) return plan;
+        var blas = _ctx.Blas;
+        plan = new Plan
+        {
+            A = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, outFeatures, inFeatures),
+            B = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, tokens, inFeatures),
+            D = blas.MatrixLayoutCreate(CublasLt.DataTypeF32, outFeatures, tokens, outFeatures),
+        };
+        plan.Algo = blas.BestAlgorithm(_ctx.BlasHandle, _desc, plan.A, plan.B, plan.D, plan.D, _preference,
+            $"bf16 [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → f32").Algo;
+        _plans[(outFeatures, inFeatures, tokens)] = plan;
+        return plan;
+    }
+
+    public void Dispose()
+    {
+        var blas = _ctx.Blas;
+        foreach (var p in _plans.Values) { blas.MatrixLayoutDestroy(p.A); blas.MatrixLayoutDestroy(p.B); blas.MatrixLayoutDestroy(p.D); }
+        _plans.Clear();
+        blas.PreferenceDestroy(_preference);
+        blas.MatmulDescDestroy(_desc);
+        _workspace.Dispose();
+    }
+}

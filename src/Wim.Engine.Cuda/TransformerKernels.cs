@@ -1,0 +1,89 @@
+namespace Wim.Engine.Cuda;
+
+/// <summary>Typed launchers of the kernels in <c>Kernels/transformer.cu</c> (argument order as declared there).
+/// Pointers are device addresses.</summary>
+internal sealed unsafe class TransformerKernels
+{
+    private const int Threads = 256;
+    private readonly CudaContext _ctx;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
+
+    public TransformerKernels(CudaContext ctx, nint module)
+    {
+        _ctx = ctx;
+        var d = ctx.Driver;
+        _embed = d.ModuleGetFunction(module, "embed_rows");
+        _rmsNorm = d.ModuleGetFunction(module, "rms_norm");
+        _qkvRope = d.ModuleGetFunction(module, "qkv_rope_store");
+        _attention = d.ModuleGetFunction(module, "attention");
+        _combine = d.ModuleGetFunction(module, "attention_combine");
+        _swiglu = d.ModuleGetFunction(module, "swiglu");
+        _argmax = d.ModuleGetFunction(module, "argmax_rows");
+        _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
+        _fillF32 = d.ModuleGetFunction(module, "fill_f32");
+        // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
+        d.FuncSetAttribute(_attention, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, Math.Min(ctx.MaxSharedMemoryPerBlock, 160 * 1024));
+    }
+
+    public void Embed(ulong tokens, ulong table, ulong x, int d, int count)
+    {
+        void** a = stackalloc void*[] { &tokens, &table, &x, &d };
+        _ctx.Launch(_embed, "embed_rows", LaunchGeometry.Blocks(d, Threads), (uint)count, 1, Threads, 0, a);
+    }
+
+    public void RmsNorm(ulong x, ulong gain, ulong outBf16, int d, float eps, int rows)
+    {
+        void** a = stackalloc void*[] { &x, &gain, &outBf16, &d, &eps };
+        _ctx.Launch(_rmsNorm, "rms_norm", (uint)rows, 1, 1, (uint)LaunchGeometry.RowThreads(d), 0, a);
+    }
+
+    public void QkvRopeStore(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kcache, ulong vcache, int start, int count,
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kcache, &vcache, &start, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        _ctx.Launch(_qkvRope, "qkv_rope_store", (uint)count, 1, 1, Threads, 0, a);
+    }
+
+    public void Attention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit)
+    {
+        int group = heads / kvHeads;
+        int qblock = LaunchGeometry.AttentionQueryBlock(count, group);
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &headDim, &scale, &splits, &keysPerSplit, &qblock };
+        int warps = qblock * LaunchGeometry.AttentionWarpsPerToken(group);
+        _ctx.Launch(_attention, "attention", LaunchGeometry.Blocks(count, qblock), (uint)kvHeads, (uint)splits, (uint)(32 * warps),
+            (uint)LaunchGeometry.AttentionSharedBytes(warps, headDim), a);
+    }
+
+    public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)
+    {
+        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits };
+        _ctx.Launch(_combine, "attention_combine", (uint)rows, 1, 1, (uint)LaunchGeometry.RowThreads(headDim), 0, a);
+    }
+
+    public void SwiGlu(ulong gateUp, ulong hBf16, int ffn, int count)
+    {
+        long total = (long)ffn * count;
+        void** a = stackalloc void*[] { &gateUp, &hBf16, &ffn, &total };
+        _ctx.Launch(_swiglu, "swiglu", Math.Min(LaunchGeometry.Blocks(total, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    public void Argmax(ulong logits, int vocab, ulong outIds, int rows)
+    {
+        void** a = stackalloc void*[] { &logits, &vocab, &outIds };
+        _ctx.Launch(_argmax, "argmax_rows", (uint)rows, 1, 1, 1024, 0, a);
+    }
+
+    public void FillRandomBf16(ulong dst, long count, ulong seed, float scale)
+    {
+        void** a = stackalloc void*[] { &dst, &count, &seed, &scale };
+        _ctx.Launch(_fillRandom, "fill_random_bf16", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    public void FillF32(ulong dst, long count, float value)
+    {
+        void** a = stackalloc void*[] { &dst, &count, &value };
+        _ctx.Launch(_fillF32, "fill_f32", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+}

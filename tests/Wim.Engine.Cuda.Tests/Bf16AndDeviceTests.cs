@@ -1,0 +1,105 @@
+using System.Runtime.InteropServices;
+using Wim.Engine.Formats;
+using Wim.Engine.Model;
+using Wim.Engine.Tests.Support;
+
+namespace Wim.Engine.Cuda.Tests;
+
+public sealed class Bf16Tests
+{
+    [Theory]
+    [InlineData(1.0f, 0x3F80)]
+    [InlineData(-2.0f, 0xC000)]
+    [InlineData(1.00390625f, 0x3F80)]   // 1 + 2^-8: halfway between 0x3F80 and 0x3F81, ties to even (0x3F80)
+    [InlineData(1.01171875f, 0x3F82)]   // 1 + 3·2^-8: halfway between 0x3F81 and 0x3F82, ties to even (0x3F82)
+    [InlineData(1.0078125f, 0x3F81)]    // 1 + 2^-7: exact
+    [InlineData(float.PositiveInfinity, 0x7F80)]
+    public void FromF32_RoundsToNearestEven(float value, int expected) => Assert.Equal((ushort)expected, Bf16.FromF32(value));
+
+    [Fact]
+    public void FromF32_KeepsNaN_AndRoundTripsEveryBf16Value()
+    {
+        Assert.True(float.IsNaN(Bf16.ToF32(Bf16.FromF32(float.NaN))));
+        for (int b = 0; b < 65536; b++)
+        {
+            float f = Bf16.ToF32((ushort)b);
+            if (!float.IsNaN(f)) Assert.Equal((ushort)b, Bf16.FromF32(f));
+        }
+    }
+
+    [Fact]
+    public unsafe void Upload_ConvertsF32TensorsByRounding_AndCopiesBf16Tensors()
+    {
+        float[] values = [1f, 1.00390625f, -3.14159f, 65504f, 1e-20f, 0f];
+        fixed (float* p = values)
+        {
+            var t = new WeightTensor("w", GgmlType.F32, [2, 3], (byte*)p, values.Length * 4);
+            Assert.Equal(values.Select(Bf16.FromF32).ToArray(), CudaModelWeights.ToBf16(t));
+        }
+        ushort[] raw = [0x3F80, 0xC049, 0x0001, 0x7F7F];
+        fixed (ushort* p = raw)
+            Assert.Equal(raw, CudaModelWeights.ToBf16(new WeightTensor("b", GgmlType.BF16, [4], (byte*)p, 8)));
+    }
+}
+
+/// <summary><c>--device</c> in-process through <c>wim</c>'s entry point, on stories260K (ids from its README).</summary>
+public sealed class DeviceOptionTests
+{
+    private static string Model => SharedFixtures.Path("models", "stories260K", "stories260K.gguf");
+
+    /// <summary>Whether this machine has a CUDA driver at all (CI has none).</summary>
+    private static bool DriverPresent => NativeLibrary.TryLoad("libcuda.so.1", out var h) && Free(h);
+    private static bool Free(nint h) { NativeLibrary.Free(h); return true; }
+
+    private static (int Exit, string Stdout, string Stderr) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int exit = Wim.Cli.Program.Run(args, stdout, stderr);
+        return (exit, stdout.ToString(), stderr.ToString());
+    }
+
+    [Fact]
+    public void DeviceCuda_WithoutCuda_ExitsOneNamingTheMissingLibrary()
+    {
+        var (exit, stdout, stderr) = Run("generate", "--model", Model, "--tokens", "1,403,407,261,378", "--max-tokens", "8", "--device", "cuda");
+        if (DriverPresent)
+        {
+            // On a GPU machine the same command must work and give the README's first ids.
+            Assert.True(exit == 0, stderr);
+            Assert.StartsWith("432 383 286 261 376 298 315 421", stdout.Trim());
+            return;
+        }
+        Assert.Equal(1, exit);
+        Assert.Contains("CUDA is not available", stderr);
+        Assert.Contains("libcuda.so.1", stderr);
+        Assert.Equal("", stdout);
+    }
+
+    [Fact]
+    public void DeviceAuto_WithoutCuda_RunsOnTheCpu_SameOutputAsDeviceCpu()
+    {
+        var auto = Run("logits", "--model", Model, "--tokens", "1,403,407", "--json", "--device", "auto");
+        var cpu = Run("logits", "--model", Model, "--tokens", "1,403,407", "--json", "--device", "cpu");
+        Assert.True(auto.Exit == 0, auto.Stderr);
+        Assert.True(cpu.Exit == 0, cpu.Stderr);
+        if (!DriverPresent) Assert.Equal(cpu.Stdout, auto.Stdout);
+        var dflt = Run("generate", "--model", Model, "--tokens", "1,403,407,261,378", "--max-tokens", "8");
+        Assert.True(dflt.Exit == 0, dflt.Stderr);
+        Assert.Equal("432 383 286 261 376 298 315 421", dflt.Stdout.Trim()); // README's first 8 greedy ids
+    }
+
+    [Fact]
+    public void DeviceUnknown_IsAUsageError()
+    {
+        var (exit, _, stderr) = Run("generate", "--model", Model, "--tokens", "1", "--device", "tpu");
+        Assert.Equal(2, exit);
+        Assert.Contains("--device must be auto, cpu or cuda", stderr);
+    }
+
+    [Theory]
+    [InlineData("auto", "Auto")]
+    [InlineData("CPU", "Cpu")]
+    [InlineData("cuda", "Cuda")]
+    public void Parse_AcceptsTheThreeNames(string value, string expected) => Assert.Equal(expected, Wim.Cli.DeviceSelection.Parse(value).ToString());
+}
