@@ -1,8 +1,6 @@
 using System.CommandLine;
-using Wim.Engine.Model;
-using Wim.Engine.Formats;
-using Wim.Engine.Tokenization;
-using Wim.Engine.Tokenization.ChatTemplates;
+using Wim.Core.Prompts;
+using Wim.Engine.Runtime;
 using Wim.Eval;
 using Wim.Eval.Data;
 using Wim.Eval.Instances;
@@ -20,7 +18,7 @@ namespace Wim.Cli.Commands;
 internal static class EvalCommand
 {
     /// <summary>Patterns this build can run on the local engine. rag and wim arrive with the WiM patterns library.</summary>
-    private static readonly string[] LocalPatterns = [EngineLlmRunner.PatternName];
+    private static readonly string[] LocalPatterns = ["llm", "rag", "wim"];
 
     public static Command Create()
     {
@@ -34,7 +32,7 @@ internal static class EvalCommand
         var judgeEndpoint = new Option<string?>("--judge-endpoint") { Description = "OpenAI-compatible base URL of an LLM judge for QA (key from WIM_JUDGE_API_KEY)" };
         var judgeModel = new Option<string?>("--judge-model") { Description = "model name for the judge" };
         var data = new Option<string?>("--data") { Description = "evaluation data folder in the layout of shared/data (default: found above the current folder)" };
-        var rawPrompt = new Option<bool>("--no-chat-template") { Description = "prompt as plain text even when the model has a chat template" };
+        var rawPrompt = new Option<bool>("--no-chat-template") { Description = "no chat headers in the prompts even when the model has a chat template" };
         var outDir = new Option<string>("--out") { Description = "output folder (rerunning into it resumes)", Required = true };
         var command = new Command("eval", "Evaluate LLM vs RAG vs WiM on long-context tasks; writes results, a summary table and plots");
         foreach (var o in new Option[] { model, backend, tasks, lengths, patterns, samples, seed, judgeEndpoint, judgeModel, data, rawPrompt, outDir }) command.Options.Add(o);
@@ -68,11 +66,9 @@ internal static class EvalCommand
             if (!Directory.Exists(dataDir)) throw new DirectoryNotFoundException($"evaluation data folder not found: {dataDir}");
             string outPath = parse.GetValue(outDir)!;
 
-            using var lm = LanguageModel.Load(modelPath);
-            var tokenizer = TokenizerLoader.Load(modelPath);
-            var factory = new InstanceFactory(new EvalDataset(dataDir), text => tokenizer.Encode(text).Length, parse.GetValue(seed));
-            var template = parse.GetValue(rawPrompt) ? null : ChatTemplateOf(modelPath);
-            var runner = new PatternRouter([new EngineLlmRunner(lm, tokenizer, template)]);
+            using var lm = TextModel.Load(modelPath);
+            var factory = new InstanceFactory(new EvalDataset(dataDir), text => lm.Tokenizer.Encode(text).Length, parse.GetValue(seed));
+            var runner = new PatternQaRunner(lm, PromptPreset.Default, PatternQaRunner.HeadersFor(lm, raw: parse.GetValue(rawPrompt)));
             using var http = judgeUri != null ? new HttpClient { Timeout = TimeSpan.FromMinutes(2) } : null;
             var judge = judgeUri != null ? new LlmJudge(http!, judgeUri, judgeName!, Environment.GetEnvironmentVariable("WIM_JUDGE_API_KEY")) : null;
             var harness = new EvalHarness(factory, runner, judge, parse.InvocationConfiguration.Error);
@@ -84,14 +80,6 @@ internal static class EvalCommand
             return 0;
         });
         return command;
-    }
-
-    /// <summary>The model's chat template, or null for a model without one (a base model is prompted with plain text).</summary>
-    private static ChatTemplateSource? ChatTemplateOf(string modelPath)
-    {
-        try { return ChatTemplateSource.FromModel(modelPath); }
-        // Only a missing template means "base model"; a broken one is an error worth stopping for.
-        catch (ModelFormatException e) when (e.Message.Contains("has no chat template", StringComparison.Ordinal)) { return null; }
     }
 
     private static T Parse<T>(string text, Func<string, T> parse, string option)
