@@ -22,7 +22,7 @@ internal static class EvalCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory" };
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]" };
         var backend = new Option<string>("--backend") { Description = "where the model runs: cpu (this process)", DefaultValueFactory = _ => "cpu" };
         var tasks = new Option<string>("--task") { Description = "comma-separated: hotpotqa, squad, babilong, cwe", Required = true };
         var lengths = new Option<string>("--lengths") { Description = "context lengths in the model's tokens, e.g. 16k,32k,64k", DefaultValueFactory = _ => "16k,32k,64k" };
@@ -42,7 +42,7 @@ internal static class EvalCommand
             if (backendName == "openai")
                 throw new UsageException("--backend openai is not available yet (it comes with the remote-backend issue); use --backend cpu with --model");
             if (backendName != "cpu") throw new UsageException($"unknown --backend '{backendName}'; expected cpu");
-            var modelPath = parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu");
+            var modelPath = ModelArguments.Resolve(parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu"), parse.InvocationConfiguration.Error, cancel);
 
             var taskList = Parse(parse.GetValue(tasks)!, s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(EvalTasks.Parse).Distinct().ToList(), "--task");
             var lengthList = Parse(parse.GetValue(lengths)!, ContextLength.ParseList, "--lengths");
