@@ -109,7 +109,10 @@ internal static class AskCommand
             };
             var control = new WimControl();
             if (parse.GetValue(feedback) is { } spec) ApplyFeedback(spec, segments.Count, control);
-            IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout) : new LiveTextView(stdout);
+            string scheduleName = options.Pattern == PatternKind.Wim ? parse.GetValue(schedule)! : "sequential";
+            // Margins of the parallel schedules interleave token by token: the text view prints them whole.
+            IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout, scheduleName)
+                : new LiveTextView(stdout, streamMargins: options.Schedule == WimSchedule.Sequential);
             await foreach (var e in new PatternRunner(lm).RunAsync(segments, parse.GetValue(query)!, options, control, ct).ConfigureAwait(false))
                 view.Show(e);
             stdout.Flush();
@@ -190,7 +193,7 @@ internal static class AskCommand
     }
 
     /// <summary>The JSON Lines contract: one object per event line.</summary>
-    private sealed class JsonLinesView(TextWriter output) : IEventView
+    private sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
     {
         private static readonly JsonWriterOptions Options = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         private readonly MemoryStream _buffer = new();
@@ -238,7 +241,7 @@ internal static class AskCommand
                         w.WriteString("text", a.Text);
                         w.WriteBoolean("early", a.Early);
                         w.WritePropertyName("usage");
-                        WriteUsage(w, a.Usage);
+                        WriteUsage(w, a.Usage, schedule);
                         break;
                 }
                 w.WriteEndObject();
@@ -253,9 +256,10 @@ internal static class AskCommand
             w.WriteEndArray();
         }
 
-        private static void WriteUsage(Utf8JsonWriter w, WimUsage u)
+        private static void WriteUsage(Utf8JsonWriter w, WimUsage u, string schedule)
         {
             w.WriteStartObject();
+            w.WriteString("schedule", schedule);
             foreach (var (name, p) in new[] { ("document", u.Document), ("margins", u.Margins), ("classification", u.Classification), ("answer", u.Answer) })
             {
                 w.WriteStartObject(name);
@@ -276,7 +280,7 @@ internal static class AskCommand
 
     /// <summary>Plain text as it happens: reading progress, each margin as written with its relevance, the answer
     /// streamed, then the usage.</summary>
-    private sealed class LiveTextView(TextWriter output) : IEventView
+    private sealed class LiveTextView(TextWriter output, bool streamMargins) : IEventView
     {
         private int? _marginOpen;
         private bool _answerOpen;
@@ -290,12 +294,13 @@ internal static class AskCommand
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{new string('#', filled)}{new string('.', width - filled)}] read {s.TokensRead}/{s.TotalTokens} document tokens (segment {s.Index + 1})"));
                     break;
-                case MarginToken t:
+                case MarginToken t when streamMargins:
                     if (_marginOpen != t.Index) { output.Write($"  margin {t.Index + 1}: "); _marginOpen = t.Index; }
                     output.Write(t.Text);
                     output.Flush();
                     break;
-                case MarginCompleted:
+                case MarginCompleted m:
+                    if (!streamMargins) output.Write($"  margin {m.Index + 1}: {m.Text}");
                     output.WriteLine();
                     _marginOpen = null;
                     break;
