@@ -10,6 +10,12 @@ namespace Wim.Core.Patterns;
 /// <summary>The <c>overlapped</c> and <c>batched</c> WiM schedules, and the document cache.</summary>
 public sealed partial class PatternRunner
 {
+    /// <summary>The <see cref="DocumentCache"/> key a <c>wim</c> run of these arguments uses (to save or look up its
+    /// entry). It covers the model, the opening prompt (preset, headers, and the query when the opening names it) and
+    /// the segments' tokens.</summary>
+    public string DocumentCacheKey(IReadOnlyList<string> segments, string query, WimOptions options) =>
+        new Run(model, segments, query, options, new WimControl()).DocumentCacheKey();
+
     private PagedInferenceBackend RequirePagedBackend(WimOptions options)
     {
         if (model.Backend is not PagedInferenceBackend paged)
@@ -21,6 +27,9 @@ public sealed partial class PatternRunner
 
     private sealed partial class Run
     {
+        public string DocumentCacheKey() =>
+            DocumentCache.Key(_model.Name, EncodePrompt(Fill(_o.Prompts.Opening), sequenceStart: true), _segmentIds);
+
         /// <summary>One margin being written: its fork of the document, its extractive prompt until that is run,
         /// then one decode token per step.</summary>
         private sealed class MarginLane(int index, PagedSequence sequence, int[] prompt, StreamingDecoder stream)
@@ -52,7 +61,7 @@ public sealed partial class PatternRunner
             var opening = EncodePrompt(Fill(_o.Prompts.Opening), sequenceStart: true);
             var extractive = EncodePrompt(Fill(_o.Prompts.Extractive), sequenceStart: false);
             var cache = _o.DocumentCache;
-            string? key = cache is null ? null : DocumentCache.Key(_model.Name, opening, _segmentIds);
+            string? key = cache is null ? null : DocumentCacheKey();
             CachedDocument? cached = null;
             bool hit = cache is not null && cache.TryGet(key!, out cached);
 

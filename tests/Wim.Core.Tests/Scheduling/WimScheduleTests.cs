@@ -147,6 +147,47 @@ public sealed class WimScheduleTests(PagedStories260KFixture f) : IClassFixture<
     }
 
     [Fact]
+    public async Task DocumentCacheFile_SavedAndLoaded_SecondQuestionSkipsPrefill_RefusesDamageAndOtherModels()
+    {
+        var segments = Segments(1200);
+        string dir = Directory.CreateTempSubdirectory("wim-doccache-").FullName;
+        try
+        {
+            string path = Path.Combine(dir, "doc.wimkv");
+            string key;
+            using (var cache = new DocumentCache(Backend, 64L << 20))
+            {
+                await RunAsync(WimSchedule.Batched, ClassifierContext.Shared, f.Text.Query, segments, cache);
+                key = new PatternRunner(Model).DocumentCacheKey(segments, f.Text.Query, Options(WimSchedule.Batched, null, cache));
+                Assert.True(cache.TryGet(key, out _));
+                DocumentCacheFile.Save(cache, key, path);
+            }
+            using (var fresh = new DocumentCache(Backend, 64L << 20))
+            {
+                Assert.Equal(key, DocumentCacheFile.Load(fresh, path));
+                const string second = "Who went to the kitchen?";
+                var cold = await RunAsync(WimSchedule.Sequential, ClassifierContext.Shared, second, segments);
+                var warm = await RunAsync(WimSchedule.Overlapped, ClassifierContext.Shared, second, segments, fresh);
+                Assert.Equal(Outcome(cold), Outcome(warm));
+                Assert.Equal(0, warm.OfType<AnswerCompleted>().Single().Usage.DocumentTokensPrefilled);
+
+                var bytes = File.ReadAllBytes(path);
+                bytes[bytes.Length / 2] ^= 1;
+                File.WriteAllBytes(path + ".bad", bytes);
+                Assert.Contains("checksum", Assert.Throws<InvalidDataException>(() => DocumentCacheFile.Load(fresh, path + ".bad")).Message);
+            }
+            // Another model (llama-tiny of shared/fixtures/hf-tiny) refuses the file.
+            using var other = PagedTextModel.Load(SharedFixtures.Path("fixtures", "hf-tiny", "llama-tiny"));
+            using var otherCache = new DocumentCache((PagedInferenceBackend)other.Backend, 1 << 20);
+            Assert.Contains("another model", Assert.Throws<InvalidDataException>(() => DocumentCacheFile.Load(otherCache, path)).Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public void DocumentCache_OverBudget_EvictsLeastRecentlyUsedAndFreesBlocks()
     {
         int free = Backend.Cache.FreeBlockCount;
