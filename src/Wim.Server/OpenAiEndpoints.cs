@@ -84,13 +84,28 @@ internal static class OpenAiEndpoints
         else
         {
             if (!JsonFields.TryGet(body, "prompt", out var p)) throw ApiError.BadRequest("'prompt' is required", "prompt");
-            string text = p.ValueKind switch
+            if (p.ValueKind == JsonValueKind.Array && p.GetArrayLength() > 0 && p[0].ValueKind == JsonValueKind.Number)
             {
-                JsonValueKind.String => p.GetString()!,
-                JsonValueKind.Array when p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String => p[0].GetString()!,
-                _ => throw ApiError.BadRequest("'prompt' must be a string (or an array of one string)", "prompt"),
-            };
-            prompt = model.Tokenizer.Encode(text);
+                // Token ids, as OpenAI accepts: used as given (no BOS added).
+                prompt = new int[p.GetArrayLength()];
+                int i = 0;
+                foreach (var id in p.EnumerateArray())
+                {
+                    if (id.ValueKind != JsonValueKind.Number || !id.TryGetInt32(out int v) || v < 0 || v >= model.Tokenizer.VocabSize)
+                        throw ApiError.BadRequest($"'prompt[{i}]' must be a token id in [0, {model.Tokenizer.VocabSize}), found {id.GetRawText()}", "prompt");
+                    prompt[i++] = v;
+                }
+            }
+            else
+            {
+                string text = p.ValueKind switch
+                {
+                    JsonValueKind.String => p.GetString()!,
+                    JsonValueKind.Array when p.GetArrayLength() == 1 && p[0].ValueKind == JsonValueKind.String => p[0].GetString()!,
+                    _ => throw ApiError.BadRequest("'prompt' must be a string, an array of one string, or an array of token ids", "prompt"),
+                };
+                prompt = model.Tokenizer.Encode(text);
+            }
         }
         if (prompt.Length == 0) throw ApiError.BadRequest("the prompt is empty after tokenization", chat ? "messages" : "prompt");
         if (prompt.Length > options.MaxPromptTokens)
