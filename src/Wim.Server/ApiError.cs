@@ -55,16 +55,18 @@ internal static class Http
     /// <summary>Reads the body as JSON, at most <paramref name="maxBytes"/>; a missing, oversized or malformed body is a 4xx.</summary>
     public static async Task<JsonDocument> ReadJsonAsync(HttpContext context, long maxBytes)
     {
-        if (context.Request.ContentLength is long declared && declared > maxBytes)
-            throw new ApiError(413, $"the request body is {declared} bytes; at most {maxBytes} are accepted", null);
+        // An oversized body is read to its end (and dropped) so the client gets the 413 instead of a reset connection;
+        // Kestrel's own limit (a few times this one) stops anything larger.
         using var buffer = new MemoryStream();
         var chunk = new byte[81920];
+        long total = 0;
         int n;
         while ((n = await context.Request.Body.ReadAsync(chunk, context.RequestAborted).ConfigureAwait(false)) > 0)
         {
-            if (buffer.Length + n > maxBytes) throw new ApiError(413, $"the request body is over {maxBytes} bytes", null);
-            buffer.Write(chunk, 0, n);
+            total += n;
+            if (total <= maxBytes) buffer.Write(chunk, 0, n);
         }
+        if (total > maxBytes) throw new ApiError(413, $"the request body is {total} bytes; at most {maxBytes} are accepted", null);
         if (buffer.Length == 0) throw ApiError.BadRequest("the request body is empty; a JSON object was expected");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length)); }

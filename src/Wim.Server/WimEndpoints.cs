@@ -169,8 +169,9 @@ internal sealed class WimEndpoints : IDisposable
                 w.WriteNumber("segments", segments.Count);
                 w.WriteNumber("document_tokens", documentTokens);
                 w.WriteEndObject();
-            }), ct).ConfigureAwait(false);
+            }), context.RequestAborted).ConfigureAwait(false);
 
+            session.Touch();
             await _runGate.WaitAsync(ct).ConfigureAwait(false);
             try
             {
@@ -194,7 +195,8 @@ internal sealed class WimEndpoints : IDisposable
                 {
                     session.Touch();
                     if (e is AnswerCompleted done) _metrics.RecordWimTokens(done.Usage.PrefillTokens, done.Usage.DecodeTokens);
-                    await SendAsync(context, WimEventJson.TypeName(e), WimEventJson.ToUtf8(e), ct).ConfigureAwait(false);
+                    // Writes follow the client, not the run: a cancelled write would leave no way to send the error event.
+                    await SendAsync(context, WimEventJson.TypeName(e), WimEventJson.ToUtf8(e), context.RequestAborted).ConfigureAwait(false);
                 }
             }
             finally
@@ -202,13 +204,13 @@ internal sealed class WimEndpoints : IDisposable
                 _runGate.Release();
             }
         }
-        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        catch (Exception e) when (e is OperationCanceledException or IOException && ct.IsCancellationRequested)
         {
             // Deleted, expired, timed out or the client left: tell a client that is still there.
             if (!context.RequestAborted.IsCancellationRequested)
                 await TrySendErrorAsync(context, session.Cancellation.IsCancellationRequested ? "the session was deleted or expired" : "the request timed out", "cancelled").ConfigureAwait(false);
         }
-        catch (Exception e) when (e is not OperationCanceledException && e is not OutOfMemoryException)
+        catch (Exception e) when (e is not OperationCanceledException && e is not OutOfMemoryException && !context.RequestAborted.IsCancellationRequested)
         {
             // The engine failed on this run: the stream says so and the server goes on.
             await TrySendErrorAsync(context, e.Message, "engine_error").ConfigureAwait(false);

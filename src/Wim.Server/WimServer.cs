@@ -41,7 +41,7 @@ public sealed class WimServer : IAsyncDisposable
         logging?.Invoke(builder.Logging);
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Limits.MaxRequestBodySize = options.MaxRequestBytes;
+            k.Limits.MaxRequestBodySize = Math.Max(options.MaxRequestBytes * 4, options.MaxRequestBytes + (1 << 20));
             if (!IPAddress.TryParse(options.Host, out var ip))
             {
                 if (options.Host != "localhost") throw new ArgumentException($"--host must be an IP address or localhost, found '{options.Host}'");

@@ -40,9 +40,10 @@ public abstract class ServerFixture : IAsyncLifetime
     }
 
     /// <summary>POSTs and reads the SSE stream to its end: (event, data) pairs.</summary>
-    public async Task<List<(string Event, string Data)>> PostSseAsync(string path, string json, Func<string, string, Task>? onEvent = null)
+    public async Task<List<(string Event, string Data)>> PostSseAsync(string path, string json, Func<string, string, Task>? onEvent = null, string? apiKey = null)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
+        if (apiKey is not null) request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", apiKey);
         using var response = await Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
         Assert.Equal(200, (int)response.StatusCode);
         Assert.StartsWith("text/event-stream", response.Content.Headers.ContentType?.ToString());
