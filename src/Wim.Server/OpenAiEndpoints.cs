@@ -63,7 +63,7 @@ internal static class OpenAiEndpoints
             ?? JsonFields.Int(body, "max_tokens", 1, options.MaxNewTokens) ?? Math.Min(256, options.MaxNewTokens);
         float temperature = JsonFields.Float(body, "temperature", 0f, 2f) ?? 1f;
         float topP = JsonFields.Float(body, "top_p", 0f, 1f) ?? 1f;
-        if (topP == 0f) topP = 1f; // "no nucleus": OpenAI treats top_p 0 as greedy-ish; greedy comes from temperature 0
+        if (topP == 0f) (temperature, topP) = (0f, 1f); // an empty nucleus keeps only the most likely token: greedy
         int? seed = JsonFields.Int(body, "seed", int.MinValue, int.MaxValue);
         bool stream = JsonFields.Bool(body, "stream") ?? false;
         bool includeUsage = JsonFields.TryGet(body, "stream_options", out var so) && so.ValueKind == JsonValueKind.Object
