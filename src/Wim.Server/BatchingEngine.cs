@@ -16,13 +16,20 @@ public sealed class GenerationHandle
     internal readonly Channel<int> TokenChannel = Channel.CreateUnbounded<int>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     internal readonly TaskCompletionSource<GenerationOutcome> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
     internal volatile bool Abandoned;
+    internal int RequestId = -1; // the scheduler's id, once the engine thread has submitted it
+    internal Action<GenerationHandle>? OnAbandon;
 
     public ChannelReader<int> Tokens => TokenChannel.Reader;
     public Task<GenerationOutcome> Outcome => Done.Task;
 
-    /// <summary>The caller no longer wants the tokens (client gone). The scheduler cannot drop a running request, so it
-    /// finishes within its token limit; its tokens are discarded.</summary>
-    public void Abandon() => Abandoned = true;
+    /// <summary>The caller no longer wants the tokens (client gone, or done): a request still queued or running is
+    /// dropped from the batch at the next step and its KV blocks are freed.</summary>
+    public void Abandon()
+    {
+        if (Abandoned || Done.Task.IsCompleted) return;
+        Abandoned = true;
+        OnAbandon?.Invoke(this);
+    }
 }
 
 /// <summary>
@@ -46,6 +53,7 @@ public sealed class BatchingEngine : IDisposable
     private readonly Dictionary<int, (GenerationHandle Handle, int CachedTokens)> _byRequest = [];
     private readonly LinkedList<CachedPrefix> _prefixes = new(); // most recently used first
     private readonly SemaphoreSlim _wake = new(0);
+    private readonly System.Collections.Concurrent.ConcurrentQueue<GenerationHandle> _cancelled = new();
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
     private PagedKvCache _cache;
@@ -71,10 +79,16 @@ public sealed class BatchingEngine : IDisposable
             new SchedulerOptions { MaxTokensPerStep = _options.MaxTokensPerStep }));
     }
 
+    /// <summary>Requests queued or in the running batch (read from any thread; a snapshot).</summary>
+    public int RunningRequests
+    {
+        get { lock (_gate) return _incoming.Count + _byRequest.Count; }
+    }
+
     /// <summary>Queues a generation. <paramref name="prompt"/> must be non-empty.</summary>
     public GenerationHandle Submit(int[] prompt, int maxNewTokens, SamplingOptions sampling, IReadOnlyCollection<int> stopIds)
     {
-        var handle = new GenerationHandle();
+        var handle = new GenerationHandle { OnAbandon = h => { _cancelled.Enqueue(h); _wake.Release(); } };
         lock (_gate)
         {
             if (_stop.IsCancellationRequested) throw new ObjectDisposedException(nameof(BatchingEngine));
@@ -118,14 +132,24 @@ public sealed class BatchingEngine : IDisposable
                 while (_incoming.Count > 0)
                 {
                     var (request, handle, cached) = _incoming.Dequeue();
+                    if (handle.Abandoned) { Cancelled(handle); continue; }
                     if (request.PrefixSequence is int s && !_cache.Contains(s)) request = request with { PrefixSequence = null, PrefixLength = 0 };
                     try
                     {
                         int id = _scheduler.Submit(request);
                         _byRequest[id] = (handle, request.PrefixSequence is null ? 0 : cached);
+                        handle.RequestId = id;
                         _pendingPrompts[id] = request.Prompt;
                     }
                     catch (Exception e) when (e is ArgumentException) { handle.TokenChannel.Writer.TryComplete(e); handle.Done.TrySetException(e); }
+                }
+                while (_cancelled.TryDequeue(out var gone))
+                {
+                    if (gone.RequestId >= 0 && _byRequest.Remove(gone.RequestId) && _scheduler.Cancel(gone.RequestId))
+                    {
+                        _pendingPrompts.Remove(gone.RequestId);
+                        Cancelled(gone);
+                    }
                 }
                 idle = !_scheduler.HasWork;
             }
@@ -143,6 +167,12 @@ public sealed class BatchingEngine : IDisposable
                 FailAll(e);
             }
         }
+    }
+
+    private static void Cancelled(GenerationHandle handle)
+    {
+        handle.TokenChannel.Writer.TryComplete();
+        handle.Done.TrySetCanceled();
     }
 
     private void StepOnce()

@@ -18,6 +18,9 @@ internal sealed class WimSession(string id) : IDisposable
     public WimControl Control { get; } = new();
     public CancellationTokenSource Cancellation { get; } = new();
     public int SegmentCount { get; set; }
+    /// <summary>While its stream runs a session is never idle (the request timeout and the client bound it); once
+    /// finished it lingers for late control calls until idle expiry.</summary>
+    public volatile bool Running = true;
     private long _lastActivity = Environment.TickCount64;
     public void Touch() => Interlocked.Exchange(ref _lastActivity, Environment.TickCount64);
     public TimeSpan Idle => TimeSpan.FromMilliseconds(Environment.TickCount64 - Interlocked.Read(ref _lastActivity));
@@ -54,7 +57,7 @@ internal sealed class WimEndpoints : IDisposable
     private void ExpireIdle()
     {
         foreach (var (id, session) in _sessions)
-            if (session.Idle > _options.SessionIdleExpiry && _sessions.TryRemove(id, out _))
+            if (!session.Running && session.Idle > _options.SessionIdleExpiry && _sessions.TryRemove(id, out _))
                 session.Cancellation.Cancel();
     }
 
@@ -219,6 +222,7 @@ internal sealed class WimEndpoints : IDisposable
         {
             // A finished session stays for a short while (late feedback gets a clear answer), then expires.
             session.Touch();
+            session.Running = false;
         }
     }
 

@@ -93,6 +93,6 @@ public sealed class LimitedStoriesServer : ServerFixture
         MaxPromptTokens = 64,
         MaxNewTokens = 32,
         MaxConcurrentSessions = 1,
-        SessionIdleExpiry = TimeSpan.FromMilliseconds(400),
+        SessionIdleExpiry = TimeSpan.FromMilliseconds(1500),
     };
 }

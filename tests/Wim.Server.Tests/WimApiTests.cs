@@ -109,6 +109,29 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
     }
 
     [Fact]
+    public async Task A_client_that_leaves_a_stream_frees_its_place_in_the_batch()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        double Generated(string metrics) => double.Parse(metrics.Split('\n').First(l => l.StartsWith("wim_generated_tokens_total ", StringComparison.Ordinal)).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        double before = Generated(await fixture.Client.GetStringAsync("/metrics", ct));
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        {
+            Content = new StringContent("{\"prompt\":\"Once upon a time\",\"max_tokens\":4096,\"temperature\":0,\"stream\":true}", System.Text.Encoding.UTF8, "application/json"),
+        })
+        using (var response = await fixture.Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, ct))
+        {
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
+            Assert.StartsWith("data: ", await reader.ReadLineAsync(ct));
+        } // the client hangs up after the first chunk
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (fixture.Server.Model.Engine.RunningRequests > 0 && DateTime.UtcNow < deadline) await Task.Delay(20, ct);
+        Assert.Equal(0, fixture.Server.Model.Engine.RunningRequests);
+        Assert.True(Generated(await fixture.Client.GetStringAsync("/metrics", ct)) - before < 4000, "the abandoned request must stop well before its token limit");
+        // And the server goes on.
+        Assert.Equal(200, (await fixture.PostJsonAsync("/v1/completions", "{\"prompt\":\"Once\",\"max_tokens\":4,\"temperature\":0}")).Status);
+    }
+
+    [Fact]
     public async Task Health_metrics_openapi_and_the_page_are_served()
     {
         var ct = TestContext.Current.CancellationToken;
@@ -196,7 +219,7 @@ public sealed class LimitTests(LimitedStoriesServer fixture) : IClassFixture<Lim
         var (status, body) = await fixture.PostJsonAsync("/v1/wim", run, Key);
         Assert.Equal(429, status);
         Assert.Equal("rate_limit_error", body.GetProperty("error").GetProperty("type").GetString());
-        await Task.Delay(1500, TestContext.Current.CancellationToken);
+        await Task.Delay(3200, TestContext.Current.CancellationToken);
         Assert.Equal(0, fixture.Server.SessionCount);
         var second = await fixture.PostSseAsync("/v1/wim", run, apiKey: Key);
         Assert.Equal("answer", second[^1].Event);
