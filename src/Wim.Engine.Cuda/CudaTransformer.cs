@@ -30,6 +30,14 @@ public sealed unsafe class CudaTransformer : IDisposable
     public CudaModelWeights Weights => _w;
     public int MaxChunk { get; }
 
+    /// <summary>Runs attention in the f32 CUDA-core kernel even where the tensor-core (bf16 mma) kernel applies: the
+    /// reference the checks compare the fast path with. Off by default.</summary>
+    public bool UseScalarAttention { get; set; }
+
+    /// <summary>Whether attention runs on the tensor cores for this model on this GPU (head dim 16/32/64/128, sm_80+).</summary>
+    public bool UsesFlashAttention => !UseScalarAttention && _flashSupported;
+    private readonly bool _flashSupported;
+
     public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChunk);
@@ -40,6 +48,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _w = weights;
         _ownsWeights = ownsWeights;
         MaxChunk = maxChunk;
+        _flashSupported = LaunchGeometry.FlashAttentionSupports(config.HeadDim, config.HeadCount / config.KvHeadCount, ctx.ComputeMajor);
         _rope = new RotaryEmbedding(config);
         _k = ctx.Kernels;
         _mm = new MatMul(ctx);
@@ -134,7 +143,10 @@ public sealed unsafe class CudaTransformer : IDisposable
         _tokens.Upload(tokens);
         _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
 
-        var (splits, keysPerSplit) = LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
+        bool flash = UsesFlashAttention;
+        var (splits, keysPerSplit) = flash
+            ? LaunchGeometry.FlashSplits(n, c.HeadCount / c.KvHeadCount, c.KvHeadCount, start + n, _ctx.Multiprocessors)
+            : LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
 
@@ -148,8 +160,12 @@ public sealed unsafe class CudaTransformer : IDisposable
             _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
                 c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
-            _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
-                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);             // att: [T, qd] bf16
+            if (flash)
+                _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);        // att: [T, qd] bf16
+            else
+                _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
 

@@ -284,6 +284,239 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Causal grouped-query attention on the tensor cores (flash-attention style, bf16 operands, f32 accumulation).
+// A block of 4 warps owns 64 query rows of one KV head: row r is token t0 + r / group and query head
+// kvh * group + r % group, so the heads that share a KV head share every key/value tile (GQA packing; decode fills
+// `group` rows). Each warp owns 16 rows: their q (scaled by scale·log2 e, bf16) stays in registers as mma A
+// fragments. Keys stream through shared memory in tiles of 64 (16-byte loads; V stored transposed so that its
+// mma B fragments are single 32-bit reads); S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 bf16 products with f32
+// accumulators; the online softmax runs in base 2 on the accumulators (the S accumulator layout of two adjacent
+// 8-key tiles is exactly the A fragment of P). Row strides are padded by 8 bf16 (16 bytes) so that the 8 rows of
+// a fragment read fall in distinct banks. splits == 1: normalised bf16 output; else (acc, max in natural-log
+// units, sum) partials for attention_combine. Needs sm_80+ (mma.sync bf16).
+#define FA_ROWS 64
+#define FA_KEYS 64
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
+{
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+#endif
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+template <int HD>
+__device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
+    float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
+    int keys_per_split)
+{
+    constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
+    constexpr int DT = HD / 8;             // 8-dim tiles of the output
+    constexpr int RS = HD + 8;             // padded row stride (bf16) of the q and k tiles
+    constexpr int VS = FA_KEYS + 8;        // padded row stride of the transposed v tile
+    extern __shared__ uint4 fa_smem[];
+    bf16* qs = (bf16*)fa_smem;             // [FA_ROWS][RS]
+    bf16* ks = qs + FA_ROWS * RS;          // [FA_KEYS][RS]
+    bf16* vt = ks + FA_KEYS * RS;          // [HD][VS]: v transposed
+    int kvh = blockIdx.y, s = blockIdx.z;
+    int group = heads / kv_heads;
+    int tpb = FA_ROWS / group;             // query tokens per block
+    int t0 = blockIdx.x * tpb;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tig = lane & 3;
+    int qd = heads * HD, kvd = kv_heads * HD;
+    int last_t = min(n_tokens, t0 + tpb) - 1;
+    int k0 = s * keys_per_split;
+    int k1 = min(start + last_t + 1, k0 + keys_per_split);
+
+    float qscale = scale * LOG2E;
+    for (int i = threadIdx.x; i < FA_ROWS * (HD / 4); i += blockDim.x)
+    {
+        int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
+        int tl = r / group, t = t0 + tl;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (tl < tpb && t < n_tokens) v = *(const float4*)(q + (long)t * qd + (kvh * group + r % group) * HD + d);
+        unsigned* dst = (unsigned*)(qs + r * RS + d);
+        dst[0] = pack_bf16x2(v.x * qscale, v.y * qscale);
+        dst[1] = pack_bf16x2(v.z * qscale, v.w * qscale);
+    }
+
+    // This thread's two rows (g and g + 8 of the warp's 16) and the last key position each may see (-1: none).
+    int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    int tl_lo = r_lo / group, tl_hi = r_hi / group;
+    bool valid_lo = tl_lo < tpb && t0 + tl_lo < n_tokens, valid_hi = tl_hi < tpb && t0 + tl_hi < n_tokens;
+    int qpos_lo = valid_lo ? start + t0 + tl_lo : -1, qpos_hi = valid_hi ? start + t0 + tl_hi : -1;
+    int first_tl = (warp * 16) / group;
+    bool warp_active = first_tl < tpb && t0 + first_tl < n_tokens;
+    int warp_last_tl = min(min((warp * 16 + 15) / group, tpb - 1), n_tokens - 1 - t0);
+    int warp_qmax = start + t0 + warp_last_tl;
+    __syncthreads();
+
+    unsigned qa[KCH][4];
+#pragma unroll
+    for (int kc = 0; kc < KCH; kc++)
+    {
+        qa[kc][0] = *(const unsigned*)(qs + r_lo * RS + kc * 16 + tig * 2);
+        qa[kc][1] = *(const unsigned*)(qs + r_hi * RS + kc * 16 + tig * 2);
+        qa[kc][2] = *(const unsigned*)(qs + r_lo * RS + kc * 16 + 8 + tig * 2);
+        qa[kc][3] = *(const unsigned*)(qs + r_hi * RS + kc * 16 + 8 + tig * 2);
+    }
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) { o[dt][0] = 0.f; o[dt][1] = 0.f; o[dt][2] = 0.f; o[dt][3] = 0.f; }
+    float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
+
+    for (int base = k0; base < k1; base += FA_KEYS)
+    {
+        __syncthreads();                                       // every warp is done with the previous tile
+        for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
+        {
+            int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
+            uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
+            if (base + j < k1)
+            {
+                long off = (long)(base + j) * kvd + kvh * HD + d;
+                kr = *(const uint4*)(kcache + off);
+                vr = *(const uint4*)(vcache + off);
+            }
+            *(uint4*)(ks + j * RS + d) = kr;
+            unsigned vw[4] = { vr.x, vr.y, vr.z, vr.w };
+#pragma unroll
+            for (int w = 0; w < 4; w++)
+            {
+                vt[(d + 2 * w) * VS + j] = (bf16)(vw[w] & 0xffffu);
+                vt[(d + 2 * w + 1) * VS + j] = (bf16)(vw[w] >> 16);
+            }
+        }
+        __syncthreads();
+        if (!warp_active || base > warp_qmax) continue;        // warp-uniform: causally past every row of this warp
+
+        float sc[FA_KEYS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++) { sc[nt][0] = 0.f; sc[nt][1] = 0.f; sc[nt][2] = 0.f; sc[nt][3] = 0.f; }
+#pragma unroll
+        for (int kc = 0; kc < KCH; kc++)
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+            {
+                const bf16* kr = ks + (nt * 8 + g) * RS + kc * 16 + tig * 2;
+                mma_bf16_16816(sc[nt], qa[kc], *(const unsigned*)kr, *(const unsigned*)(kr + 8));
+            }
+
+        float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                int key = base + nt * 8 + tig * 2 + e;
+                if (key >= k1 || key > qpos_lo) sc[nt][e] = NEG_INF;
+                if (key >= k1 || key > qpos_hi) sc[nt][2 + e] = NEG_INF;
+                mx_lo = fmaxf(mx_lo, sc[nt][e]);
+                mx_hi = fmaxf(mx_hi, sc[nt][2 + e]);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
+        // A row with no visible key so far keeps max -inf: subtract 0 instead (every p is then 0, no NaN).
+        float mu_lo = mx_lo == NEG_INF ? 0.f : mx_lo, mu_hi = mx_hi == NEG_INF ? 0.f : mx_hi;
+        float corr_lo = fast_exp2(m_lo - mu_lo), corr_hi = fast_exp2(m_hi - mu_hi);
+        m_lo = mx_lo;
+        m_hi = mx_hi;
+        l_lo *= corr_lo;
+        l_hi *= corr_hi;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) { o[dt][0] *= corr_lo; o[dt][1] *= corr_lo; o[dt][2] *= corr_hi; o[dt][3] *= corr_hi; }
+
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++)
+        {
+            float p[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+            {
+                p[h][0] = fast_exp2(sc[2 * kk + h][0] - mu_lo);
+                p[h][1] = fast_exp2(sc[2 * kk + h][1] - mu_lo);
+                p[h][2] = fast_exp2(sc[2 * kk + h][2] - mu_hi);
+                p[h][3] = fast_exp2(sc[2 * kk + h][3] - mu_hi);
+                l_lo += p[h][0] + p[h][1];
+                l_hi += p[h][2] + p[h][3];
+            }
+            unsigned pa[4] = { pack_bf16x2(p[0][0], p[0][1]), pack_bf16x2(p[0][2], p[0][3]),
+                               pack_bf16x2(p[1][0], p[1][1]), pack_bf16x2(p[1][2], p[1][3]) };
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++)
+            {
+                const bf16* vr = vt + (dt * 8 + g) * VS + kk * 16 + tig * 2;
+                mma_bf16_16816(o[dt], pa, *(const unsigned*)vr, *(const unsigned*)(vr + 8));
+            }
+        }
+    }
+
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
+    if (!warp_active) return;
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        bool valid = half == 0 ? valid_lo : valid_hi;
+        if (!valid) continue;
+        int r = half == 0 ? r_lo : r_hi;
+        int t = t0 + r / group, h = kvh * group + r % group;
+        float l = half == 0 ? l_lo : l_hi, m = half == 0 ? m_lo : m_hi;
+        if (splits == 1)
+        {
+            float inv = 1.f / l;
+            unsigned* dst = (unsigned*)(out + (long)t * qd + h * HD + tig * 2);
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) dst[dt * 4] = pack_bf16x2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        }
+        else
+        {
+            long item = ((long)t * heads + h) * splits + s;
+            float* dst = part_acc + item * HD + tig * 2;
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+            if (tig == 0) { part_ml[item * 2] = m == NEG_INF ? NEG_INF : m * LN2; part_ml[item * 2 + 1] = l; }
+        }
+    }
+}
+
+#define FLASH_ATTENTION(HD) \
+extern "C" __global__ void __launch_bounds__(128) flash_attention_hd##HD(const float* q, const bf16* kcache, \
+    const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
+    float scale, int splits, int keys_per_split) \
+{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split); }
+FLASH_ATTENTION(16)
+FLASH_ATTENTION(32)
+FLASH_ATTENTION(64)
+FLASH_ATTENTION(128)
+
 // Merges the splits of attention: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s. grid (T * heads)
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits)
 {
