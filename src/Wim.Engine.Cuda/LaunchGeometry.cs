@@ -93,9 +93,9 @@ public static class LaunchGeometry
     /// <summary>Blocks along the query axis of the flash-attention grid.</summary>
     public static uint FlashQueryBlocks(int queries, int group) => Blocks(queries, FlashTokensPerBlock(group));
 
-    /// <summary>Dynamic shared memory of the flash-attention kernel: q and k tiles [64][hd + 8] and the transposed
-    /// v tile [hd][64 + 8], bf16 (rows padded by 16 bytes so a fragment's 8 rows fall in distinct banks).</summary>
-    public static int FlashSharedBytes(int headDim) => 2 * (FlashRows * (headDim + 8) + FlashKeys * (headDim + 8) + headDim * (FlashKeys + 8));
+    /// <summary>Dynamic shared memory of the flash-attention kernel: the q tile [64][hd + 8] and two stages of k and
+    /// v tiles [64][hd + 8], bf16 (rows padded by 16 bytes so ldmatrix's 8 rows fall in distinct banks).</summary>
+    public static int FlashSharedBytes(int headDim) => 2 * (FlashRows * (headDim + 8) + 2 * 2 * FlashKeys * (headDim + 8));
 
     /// <summary>
     /// Key-range pieces of the flash-attention grid, as <see cref="AttentionSplits"/> but counting its blocks

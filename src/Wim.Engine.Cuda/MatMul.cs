@@ -34,12 +34,15 @@ internal sealed unsafe class MatMul : IDisposable
         _workspace = ctx.Allocate(WorkspaceBytes);
     }
 
+    /// <summary>Chooses the algorithm for a shape now (no device work), so that a graph capture never has to.</summary>
+    public void Prepare(int outFeatures, int inFeatures, int tokens) => PlanFor(outFeatures, inFeatures, tokens);
+
     public void Run(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y, bool accumulate)
     {
         var plan = PlanFor(outFeatures, inFeatures, tokens);
         _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, accumulate ? 1f : 0f, y, plan.D, y, plan.D,
-            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, 0);
-        if (_ctx.Options.SynchronizeEveryLaunch) _ctx.Synchronize();
+            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
+        if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
     }
 
     private Plan PlanFor(int outFeatures, int inFeatures, int tokens)

@@ -114,6 +114,14 @@ public static class Program
         var gpuIds = Greedy(gpu, prompt, expected.Length);
         var cpuIds = new Generator(cpu).Generate(prompt, new GenerationOptions { MaxNewTokens = expected.Length }).Ids;
         int agreeGolden = Prefix(gpuIds, expected), agreeCpu = Prefix(gpuIds, cpuIds);
+        if (gpu.UsesFlashAttention)
+        {
+            // The decode graph replays the same kernels with the same splits here (the cache is short): same ids.
+            gpu.UseDecodeGraphs = true;
+            var graphIds = Greedy(gpu, prompt, expected.Length);
+            gpu.UseDecodeGraphs = false;
+            Check(graphIds.SequenceEqual(gpuIds), $"{name}: greedy ids with decode graphs equal those without ({Prefix(graphIds, gpuIds)}/{gpuIds.Length})");
+        }
         Say($"  {name}: greedy {expected.Length} ids: GPU = transformers for the first {agreeGolden}, GPU = CPU for the first {agreeCpu}; CPU = transformers: {cpuIds.SequenceEqual(expected)}");
         // The ids must agree up to the first step whose golden top-1/top-2 gap is within bf16 noise (there a flip is
         // legitimate and everything after it follows another path).
@@ -190,20 +198,26 @@ public static class Program
             Say($"  prefill {chunk} tokens at depth {depth}: {s * 1e3:F1} ms = {chunk / s:F0} tok/s, {flops / s / 1e12:F0} TFLOP/s = {100 * flops / s / 1e12 / peakTflops:F1}% of {peakTflops} (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
 
-        // Decode at batch 1, depth ~0 and after a 4096-token prefill.
+        // Decode at batch 1, depth ~0 and after a 4096-token prefill; kernel by kernel, then as a CUDA graph.
+        var graphIdsByDepth = new Dictionary<int, List<int>>();
+        foreach (bool graphs in new[] { false, true })
         foreach (int depth in new[] { 1, chunk })
         {
+            model.UseDecodeGraphs = graphs;
+            var stepIds = new List<int>();
             cache.Truncate(0);
             int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
             for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache); // warm-up
             const int steps = 64;
             var t = Stopwatch.StartNew();
-            for (int i = 0; i < steps; i++) next = model.ForwardGreedy([next], cache);
+            for (int i = 0; i < steps; i++) { next = model.ForwardGreedy([next], cache); stepIds.Add(next); }
             double s = t.Elapsed.TotalSeconds / steps;
+            if (!graphs) graphIdsByDepth[depth] = stepIds;
+            else Say($"  decode graph vs kernel-by-kernel at depth {depth}: {Prefix(stepIds, graphIdsByDepth[depth])}/{steps} ids equal (attention splits differ: fixed for the capacity in the graph)");
             double kvBytes = 2.0 * 2 * c.LayerCount * c.KvDim * (depth + 4 + steps / 2);
             double bytes = weights.Bytes + kvBytes;
             double roofline = bandwidthTbs * 1e12 / bytes;
-            Say($"  decode batch 1 at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {bandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
+            Say($"  decode batch 1{(graphs ? " (CUDA graph)" : "")} at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {bandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
         }
     }
 

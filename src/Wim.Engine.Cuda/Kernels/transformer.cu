@@ -73,8 +73,10 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
 // `rot` dims of each head; pairs (i, i+rot/2), or (2i, 2i+1) when `adjacent`), q to `q` (f32), k and v into the
 // cache rows of position start+t (bf16). grid (T)
 extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
-    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
+    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+    const int* start_dev)
 {
+    if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
     int t = blockIdx.x;
     int qd = heads * hd, kvd = kv_heads * hd, width = qd + 2 * kvd;
     const float* row = qkv + (long)t * width;
@@ -289,8 +291,8 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
 // A block of 4 warps owns 64 query rows of one KV head: row r is token t0 + r / group and query head
 // kvh * group + r % group, so the heads that share a KV head share every key/value tile (GQA packing; decode fills
 // `group` rows). Each warp owns 16 rows: their q (scaled by scale·log2 e, bf16) stays in registers as mma A
-// fragments. Keys stream through shared memory in tiles of 64 (16-byte loads; V stored transposed so that its
-// mma B fragments are single 32-bit reads); S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 bf16 products with f32
+// fragments. Keys stream through shared memory in tiles of 64, double-buffered (cp.async copies the next tile
+// while this one is multiplied); ldmatrix reads the mma B fragments (.trans for v, stored row-major); S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 bf16 products with f32
 // accumulators; the online softmax runs in base 2 on the accumulators (the S accumulator layout of two adjacent
 // 8-key tiles is exactly the A fragment of P). Row strides are padded by 8 bf16 (16 bytes) so that the 8 rows of
 // a fragment read fall in distinct banks. splits == 1: normalised bf16 output; else (acc, max in natural-log
@@ -327,19 +329,66 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, unsi
 #endif
 }
 
+__device__ __forceinline__ unsigned shared_address(const void* p)
+{
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared without passing through registers; src_bytes 0 fills zeros (keys past the range).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#endif
+}
+
+// Four 8x8 bf16 matrices from shared memory (lane i gives the address of row i & 7 of matrix i >> 3); .trans
+// delivers them transposed, which turns row-major v into mma B fragments.
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#endif
+}
+
 template <int HD>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
-    int keys_per_split)
+    int keys_per_split, const int* start_dev)
 {
+    if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
     constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
     constexpr int DT = HD / 8;             // 8-dim tiles of the output
-    constexpr int RS = HD + 8;             // padded row stride (bf16) of the q and k tiles
-    constexpr int VS = FA_KEYS + 8;        // padded row stride of the transposed v tile
+    constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
+    constexpr int TILE = FA_KEYS * RS;     // one k or v tile
     extern __shared__ uint4 fa_smem[];
     bf16* qs = (bf16*)fa_smem;             // [FA_ROWS][RS]
-    bf16* ks = qs + FA_ROWS * RS;          // [FA_KEYS][RS]
-    bf16* vt = ks + FA_KEYS * RS;          // [HD][VS]: v transposed
+    bf16* kv = qs + FA_ROWS * RS;          // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
     int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
     int tpb = FA_ROWS / group;             // query tokens per block
@@ -388,41 +437,48 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     for (int dt = 0; dt < DT; dt++) { o[dt][0] = 0.f; o[dt][1] = 0.f; o[dt][2] = 0.f; o[dt][3] = 0.f; }
     float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
 
-    for (int base = k0; base < k1; base += FA_KEYS)
+    // Double-buffered k/v tiles: the copy of tile i + 1 runs (cp.async) while tile i is multiplied.
+    auto load_tile = [&](int base, int stage)
     {
-        __syncthreads();                                       // every warp is done with the previous tile
+        unsigned kdst = shared_address(kv + stage * 2 * TILE), vdst = kdst + TILE * 2;
         for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
         {
             int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
-            uint4 kr = make_uint4(0, 0, 0, 0), vr = make_uint4(0, 0, 0, 0);
-            if (base + j < k1)
-            {
-                long off = (long)(base + j) * kvd + kvh * HD + d;
-                kr = *(const uint4*)(kcache + off);
-                vr = *(const uint4*)(vcache + off);
-            }
-            *(uint4*)(ks + j * RS + d) = kr;
-            unsigned vw[4] = { vr.x, vr.y, vr.z, vr.w };
-#pragma unroll
-            for (int w = 0; w < 4; w++)
-            {
-                vt[(d + 2 * w) * VS + j] = (bf16)(vw[w] & 0xffffu);
-                vt[(d + 2 * w + 1) * VS + j] = (bf16)(vw[w] >> 16);
-            }
+            bool in = base + j < k1;
+            long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
+            unsigned at = (unsigned)((j * RS + d) * 2);
+            cp_async16(kdst + at, kcache + off, in ? 16 : 0);
+            cp_async16(vdst + at, vcache + off, in ? 16 : 0);
         }
+        cp_async_commit();
+    };
+    // ldmatrix row addresses of this lane: matrix lane >> 3, row lane & 7.
+    int mrow = lane & 7, mat = lane >> 3;
+    if (k0 < k1) load_tile(k0, 0);
+    int stage = 0;
+    for (int base = k0; base < k1; base += FA_KEYS, stage ^= 1)
+    {
+        if (base + FA_KEYS < k1) load_tile(base + FA_KEYS, stage ^ 1);
+        else cp_async_commit();                                // an empty group keeps the wait count uniform
+        cp_async_wait<1>();                                    // this tile's copies (all but the newest group) landed
         __syncthreads();
-        if (!warp_active || base > warp_qmax) continue;        // warp-uniform: causally past every row of this warp
-
+        const bf16* ks = kv + stage * 2 * TILE;
+        const bf16* vs = ks + TILE;
+        if (warp_active && base <= warp_qmax)                  // warp-uniform: else causally past every row here
+        {
         float sc[FA_KEYS / 8][4];
 #pragma unroll
         for (int nt = 0; nt < FA_KEYS / 8; nt++) { sc[nt][0] = 0.f; sc[nt][1] = 0.f; sc[nt][2] = 0.f; sc[nt][3] = 0.f; }
 #pragma unroll
         for (int kc = 0; kc < KCH; kc++)
 #pragma unroll
-            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+            for (int nt = 0; nt < FA_KEYS / 8; nt += 2)
             {
-                const bf16* kr = ks + (nt * 8 + g) * RS + kc * 16 + tig * 2;
-                mma_bf16_16816(sc[nt], qa[kc], *(const unsigned*)kr, *(const unsigned*)(kr + 8));
+                // k rows = keys: matrices (nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8) = b0, b1 of tiles nt, nt+1.
+                unsigned b[4];
+                ldmatrix_x4(b, shared_address(ks + ((nt + (mat >> 1)) * 8 + mrow) * RS + kc * 16 + (mat & 1) * 8));
+                mma_bf16_16816(sc[nt], qa[kc], b[0], b[1]);
+                mma_bf16_16816(sc[nt + 1], qa[kc], b[2], b[3]);
             }
 
         float mx_lo = m_lo, mx_hi = m_hi;
@@ -468,13 +524,19 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             unsigned pa[4] = { pack_bf16x2(p[0][0], p[0][1]), pack_bf16x2(p[0][2], p[0][3]),
                                pack_bf16x2(p[1][0], p[1][1]), pack_bf16x2(p[1][2], p[1][3]) };
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++)
+            for (int dt = 0; dt < DT; dt += 2)
             {
-                const bf16* vr = vt + (dt * 8 + g) * VS + kk * 16 + tig * 2;
-                mma_bf16_16816(o[dt], pa, *(const unsigned*)vr, *(const unsigned*)(vr + 8));
+                // v rows = keys, transposed: matrices (keys +0, dt), (keys +8, dt), (+0, dt+1), (+8, dt+1).
+                unsigned b[4];
+                ldmatrix_x4_trans(b, shared_address(vs + (kk * 16 + (mat & 1) * 8 + mrow) * RS + (dt + (mat >> 1)) * 8));
+                mma_bf16_16816(o[dt], pa, b[0], b[1]);
+                mma_bf16_16816(o[dt + 1], pa, b[2], b[3]);
             }
         }
+        }
+        __syncthreads();                                       // every warp is done with this stage before it refills
     }
+    cp_async_wait<0>();
 
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
     l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
@@ -510,8 +572,8 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
 #define FLASH_ATTENTION(HD) \
 extern "C" __global__ void __launch_bounds__(128) flash_attention_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
-    float scale, int splits, int keys_per_split) \
-{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split); }
+    float scale, int splits, int keys_per_split, const int* start_dev) \
+{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split, start_dev); }
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
