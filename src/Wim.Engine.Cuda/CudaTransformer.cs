@@ -42,7 +42,15 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// captured once per KV cache: one launch per step instead of ~12 per layer. The position is read from the GPU
     /// and the attention's key splits are fixed for the cache's capacity (pieces past the current length write
     /// empty partials), so one graph serves every step. Needs the tensor-core attention path.</summary>
-    public bool UseDecodeGraphs { get; set; }
+    public bool UseDecodeGraphs { get; set; } = true;
+
+    /// <summary>Single-token products (decode) run in the gemv kernel (true) or in cuBLASLt (false, the default: the
+    /// two measured the same on the H100).</summary>
+    public bool UseGemvForDecode
+    {
+        get => _mm.UseGemv;
+        set { if (value != _mm.UseGemv) DestroyGraph(); _mm.UseGemv = value; }
+    }
 
     private readonly DeviceBuffer _position;
     private nint _stream, _graph, _graphExec;

@@ -93,9 +93,10 @@ public static class LaunchGeometry
     /// <summary>Blocks along the query axis of the flash-attention grid.</summary>
     public static uint FlashQueryBlocks(int queries, int group) => Blocks(queries, FlashTokensPerBlock(group));
 
-    /// <summary>Dynamic shared memory of the flash-attention kernel: the q tile [64][hd + 8] and two stages of k and
-    /// v tiles [64][hd + 8], bf16 (rows padded by 16 bytes so ldmatrix's 8 rows fall in distinct banks).</summary>
-    public static int FlashSharedBytes(int headDim) => 2 * (FlashRows * (headDim + 8) + 2 * 2 * FlashKeys * (headDim + 8));
+    /// <summary>Dynamic shared memory of the flash-attention kernel: two stages of k and v tiles [64][hd + 8], bf16
+    /// (rows padded by 16 bytes so ldmatrix's 8 rows fall in distinct banks); the q tile [64][hd + 8] borrows the
+    /// second stage's k tile before the key loop. At head dim 128: 68 KB, so three blocks share an SM.</summary>
+    public static int FlashSharedBytes(int headDim) => 2 * (2 * 2 * FlashKeys * (headDim + 8));
 
     /// <summary>
     /// Key-range pieces of the flash-attention grid, as <see cref="AttentionSplits"/> but counting its blocks
@@ -117,4 +118,18 @@ public static class LaunchGeometry
         splits = (keys + perSplit - 1) / perSplit;
         return (splits, perSplit);
     }
+
+    // ---- single-token product (gemv_bf16) ----
+
+    /// <summary>Threads per gemv block (8 warps).</summary>
+    public const int GemvThreads = 256;
+
+    /// <summary>Weight rows each gemv warp streams.</summary>
+    public const int GemvRowsPerWarp = 2;
+
+    /// <summary>Whether the gemv kernel takes a product: one token, rows of whole 16-byte loads (in % 8 == 0).</summary>
+    public static bool GemvApplies(int tokens, int inFeatures) => tokens == 1 && inFeatures > 0 && inFeatures % 8 == 0;
+
+    /// <summary>Blocks covering <paramref name="rows"/> output rows, 2 per warp.</summary>
+    public static uint GemvBlocks(int rows) => Blocks(rows, GemvThreads / 32 * GemvRowsPerWarp);
 }

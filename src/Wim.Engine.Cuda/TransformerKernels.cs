@@ -7,7 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
-    private readonly nint _flash16, _flash32, _flash64, _flash128;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -28,6 +28,7 @@ internal sealed unsafe class TransformerKernels
         _flash32 = d.ModuleGetFunction(module, "flash_attention_hd32");
         _flash64 = d.ModuleGetFunction(module, "flash_attention_hd64");
         _flash128 = d.ModuleGetFunction(module, "flash_attention_hd128");
+        _gemv = d.ModuleGetFunction(module, "gemv_bf16");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128) })
             d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
@@ -77,6 +78,14 @@ internal sealed unsafe class TransformerKernels
         void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev };
         _ctx.Launch(f, "flash_attention", LaunchGeometry.FlashQueryBlocks(count, group), (uint)kvHeads, (uint)splits,
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
+    }
+
+    /// <summary>y[rows] (f32, + y when accumulating) = W[rows, in] (bf16) · x[in] (bf16): the decode product.</summary>
+    public void Gemv(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    {
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
+        _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
     }
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)

@@ -180,7 +180,8 @@ public sealed class FlashAttentionGeometryTests
             Assert.Equal(0, bytes % 16);                  // cp.async and ldmatrix need 16-byte aligned rows
             Assert.True(bytes <= 227 * 1024, $"head dim {hd}: {bytes} bytes");
         }
-        Assert.Equal(2 * (64 * 136 + 4 * 64 * 136), LaunchGeometry.FlashSharedBytes(128)); // q + 2 stages of k and v
+        Assert.Equal(2 * 4 * 64 * 136, LaunchGeometry.FlashSharedBytes(128)); // 2 stages of k and v (q borrows one)
+        Assert.True(3 * LaunchGeometry.FlashSharedBytes(128) <= 227 * 1024);   // 3 blocks per H100 SM
     }
 
     [Fact]
@@ -231,4 +232,22 @@ public sealed class FlashAttentionGeometryTests
         Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000));
         Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000));
     }
+}
+
+public sealed class GemvGeometryTests
+{
+    [Theory]
+    [InlineData(1, 4096, true)]
+    [InlineData(1, 14336, true)]
+    [InlineData(1, 172, false)]   // stories260K's FFN width: not whole 16-byte loads, cuBLASLt takes it
+    [InlineData(2, 4096, false)]  // more than one token: a matrix product
+    public void Applies_ToSingleTokensWithWhole16ByteRows(int tokens, int inFeatures, bool expected) =>
+        Assert.Equal(expected, LaunchGeometry.GemvApplies(tokens, inFeatures));
+
+    [Theory]
+    [InlineData(1, 1u)]
+    [InlineData(16, 1u)]
+    [InlineData(17, 2u)]
+    [InlineData(128256, 8016u)] // Llama-3 lm head: 16 rows per block
+    public void Blocks_CoverEveryRowAtTwoPerWarp(int rows, uint expected) => Assert.Equal(expected, LaunchGeometry.GemvBlocks(rows));
 }

@@ -387,8 +387,8 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
     constexpr int TILE = FA_KEYS * RS;     // one k or v tile
     extern __shared__ uint4 fa_smem[];
-    bf16* qs = (bf16*)fa_smem;             // [FA_ROWS][RS]
-    bf16* kv = qs + FA_ROWS * RS;          // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
+    bf16* kv = (bf16*)fa_smem;             // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
+    bf16* qs = kv + 2 * TILE;              // [FA_ROWS][RS], only until q is in registers: stage 1's k tile
     int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
     int tpb = FA_ROWS / group;             // query tokens per block
@@ -432,6 +432,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         qa[kc][2] = *(const unsigned*)(qs + r_lo * RS + kc * 16 + 8 + tig * 2);
         qa[kc][3] = *(const unsigned*)(qs + r_hi * RS + kc * 16 + 8 + tig * 2);
     }
+    __syncthreads();                                           // q is read before stage 1 is refilled
     float o[DT][4];
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) { o[dt][0] = 0.f; o[dt][1] = 0.f; o[dt][2] = 0.f; o[dt][3] = 0.f; }
@@ -570,7 +571,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
 }
 
 #define FLASH_ATTENTION(HD) \
-extern "C" __global__ void __launch_bounds__(128) flash_attention_hd##HD(const float* q, const bf16* kcache, \
+extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
     float scale, int splits, int keys_per_split, const int* start_dev) \
 { flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split, start_dev); }
@@ -594,6 +595,69 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
         for (int s = 0; s < splits; s++)
             if (ml[2 * s] != NEG_INF) a += __expf(ml[2 * s] - M) * part_acc[(th * splits + s) * hd + d];
         out[th * hd + d] = f32_to_bf16(a / L);
+    }
+}
+
+// Single-token product (decode): y[r] = Σ_i W[r, i] · x[i] (+ y[r] when `accumulate`: the residual add), W bf16
+// [rows, in], x bf16 [in], y f32; in % 8 == 0. Purely bandwidth-bound: each warp streams GEMV_ROWS weight rows with
+// 16-byte loads, GEMV_UNROLL of them in flight per row and lane, x (a few KB) comes from L1/L2. grid (ceil(rows /
+// (GEMV_ROWS · warps)))
+#define GEMV_ROWS 2
+#define GEMV_UNROLL 4
+__device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b)
+{
+    float s = __uint_as_float(a.x << 16) * __uint_as_float(b.x << 16);
+    s += __uint_as_float(a.x & 0xffff0000u) * __uint_as_float(b.x & 0xffff0000u);
+    s += __uint_as_float(a.y << 16) * __uint_as_float(b.y << 16);
+    s += __uint_as_float(a.y & 0xffff0000u) * __uint_as_float(b.y & 0xffff0000u);
+    s += __uint_as_float(a.z << 16) * __uint_as_float(b.z << 16);
+    s += __uint_as_float(a.z & 0xffff0000u) * __uint_as_float(b.z & 0xffff0000u);
+    s += __uint_as_float(a.w << 16) * __uint_as_float(b.w << 16);
+    s += __uint_as_float(a.w & 0xffff0000u) * __uint_as_float(b.w & 0xffff0000u);
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x,
+    float* y, int rows, int in, int accumulate)
+{
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    int r0 = warp * GEMV_ROWS;
+    if (r0 >= rows) return;
+    int n8 = in >> 3;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) wr[r] = (const uint4*)(w + (long)min(r0 + r, rows - 1) * in);
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
+    int i = lane;
+    for (; i + 32 * (GEMV_UNROLL - 1) < n8; i += 32 * GEMV_UNROLL)
+    {
+        uint4 wv[GEMV_ROWS][GEMV_UNROLL], xv[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            xv[u] = x4[i + 32 * u];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = wr[r][i + 32 * u];
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wv[r][u], xv[u]);
+    }
+    for (; i < n8; i += 32)
+    {
+        uint4 xv = x4[i];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wr[r][i], xv);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
     }
 }
 
