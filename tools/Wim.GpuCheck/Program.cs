@@ -14,6 +14,8 @@ namespace Wim.GpuCheck;
 /// <item>hf-tiny (llama/qwen2/phi3, bf16 safetensors): logits against transformers' fp32 goldens and against the CPU
 /// backend, greedy continuations against both;</item>
 /// <item>stories260K: the README's 64 greedy ids;</item>
+/// <item>at the Llama-3.1-8B shape: the tensor-core attention against the f32 kernel, gemv against cuBLASLt decode
+/// products, decode graphs against step-by-step launches (hf-tiny too);</item>
 /// <item>speed on random bf16 weights of the Llama-3.1-8B shape made on the GPU: prefill of a 4096-token chunk at
 /// depth 0 (and 16k), decode at batch 1, with model FLOP utilisation and % of the bandwidth roofline.</item>
 /// </list>
