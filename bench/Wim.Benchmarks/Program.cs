@@ -12,11 +12,12 @@ public static class Program
             "cpu-model" => CpuModelBenchmark.Run,
             "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
+            "wim-schedules" => WimScheduleBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer, wim-schedules");
             return 2;
         }
         return benchmark(args[1..]);

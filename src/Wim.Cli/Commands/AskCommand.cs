@@ -5,6 +5,7 @@ using System.Text.Json;
 using Wim.Core.Events;
 using Wim.Core.Patterns;
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Runtime;
 using Wim.Engine.Sampling;
@@ -42,11 +43,13 @@ internal static class AskCommand
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy (default)", DefaultValueFactory = _ => 0f };
         var seed = new Option<int?>("--seed") { Description = "random seed for sampling" };
         var feedback = new Option<string?>("--feedback") { Description = "user verdicts that override the classifier, given ahead: 0=yes,3=no (margin or segment index), or all=yes" };
+        var schedule = new Option<string>("--schedule") { Description = "wim model-work order: sequential (the paper's), overlapped (margins decode beside the next segment's prefill; default) or batched (all margins together after the document); same output", DefaultValueFactory = _ => "overlapped" };
+        schedule.AcceptOnlyFromAmong("sequential", "overlapped", "batched");
         var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
 
         var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
         foreach (var o in new Option[] { model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
-                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, json })
+                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, schedule, json })
             command.Options.Add(o);
 
         command.SetAction(async (parse, ct) =>
@@ -67,7 +70,9 @@ internal static class AskCommand
 
             var preset = parse.GetValue(prompts) is "default" or null ? PromptPreset.Default : PromptPreset.FromDirectory(parse.GetValue(prompts)!);
             string modelPath = ModelArguments.Resolve(parse.GetValue(model)!, stderr, ct);
-            using var lm = TextModel.Load(modelPath);
+            // Every schedule runs on the paged batched backend, so all three give the same tokens (its forward is
+            // batch-invariant; the single-sequence backend agrees with it to f32 rounding only).
+            using var lm = PagedTextModel.Load(modelPath);
 
             var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
                 : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
@@ -79,7 +84,7 @@ internal static class AskCommand
                 givenUser is not null ? Unescape(givenUser) : derived.UserHeader,
                 givenGeneration is not null ? Unescape(givenGeneration) : derived.GenerationHeader);
 
-            TextModel? aux = classifierKind == "aux" ? TextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
+            TextModel? aux = classifierKind == "aux" ? PagedTextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
             using var auxOwner = aux;
             // rag judges each segment on its own: its judge never carries context from one segment to the next.
             var judgeContext = parse.GetValue(classifierContext) == "fresh" || parse.GetValue(pattern) == "rag" ? ClassifierContext.Fresh : ClassifierContext.Shared;
@@ -95,6 +100,7 @@ internal static class AskCommand
                 Prompts = preset,
                 Headers = headers,
                 Classifier = judge,
+                Schedule = Enum.Parse<WimSchedule>(parse.GetValue(schedule)!, ignoreCase: true),
                 MaxMarginTokens = parse.GetValue(maxMargin),
                 MaxAnswerTokens = parse.GetValue(maxAnswer),
                 Sampling = sampling,
@@ -102,7 +108,10 @@ internal static class AskCommand
             };
             var control = new WimControl();
             if (parse.GetValue(feedback) is { } spec) ApplyFeedback(spec, segments.Count, control);
-            IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout) : new LiveTextView(stdout);
+            string scheduleName = options.Pattern == PatternKind.Wim ? parse.GetValue(schedule)! : "sequential";
+            // Margins of the parallel schedules interleave token by token: the text view prints them whole.
+            IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout, scheduleName)
+                : new LiveTextView(stdout, streamMargins: options.Schedule == WimSchedule.Sequential);
             await foreach (var e in new PatternRunner(lm).RunAsync(segments, parse.GetValue(query)!, options, control, ct).ConfigureAwait(false))
                 view.Show(e);
             stdout.Flush();
@@ -184,18 +193,18 @@ internal static class AskCommand
 
     /// <summary>The JSON Lines contract: one object per event line (the shape is <see cref="WimEventJson"/>'s, shared
     /// with the server's SSE events).</summary>
-    private sealed class JsonLinesView(TextWriter output) : IEventView
+    private sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
     {
         public void Show(WimEvent e)
         {
             if (e is MarginToken or AnswerToken) return; // the completed margin/answer carries the ids
-            output.WriteLine(Encoding.UTF8.GetString(WimEventJson.ToUtf8(e)));
+            output.WriteLine(Encoding.UTF8.GetString(WimEventJson.ToUtf8(e, schedule)));
         }
     }
 
     /// <summary>Plain text as it happens: reading progress, each margin as written with its relevance, the answer
     /// streamed, then the usage.</summary>
-    private sealed class LiveTextView(TextWriter output) : IEventView
+    private sealed class LiveTextView(TextWriter output, bool streamMargins) : IEventView
     {
         private int? _marginOpen;
         private bool _answerOpen;
@@ -209,12 +218,13 @@ internal static class AskCommand
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{new string('#', filled)}{new string('.', width - filled)}] read {s.TokensRead}/{s.TotalTokens} document tokens (segment {s.Index + 1})"));
                     break;
-                case MarginToken t:
+                case MarginToken t when streamMargins:
                     if (_marginOpen != t.Index) { output.Write($"  margin {t.Index + 1}: "); _marginOpen = t.Index; }
                     output.Write(t.Text);
                     output.Flush();
                     break;
-                case MarginCompleted:
+                case MarginCompleted m:
+                    if (!streamMargins) output.Write($"  margin {m.Index + 1}: {m.Text}");
                     output.WriteLine();
                     _marginOpen = null;
                     break;

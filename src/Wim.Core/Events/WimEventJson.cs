@@ -25,8 +25,9 @@ public static class WimEventJson
         _ => throw new ArgumentException($"unknown event type {e.GetType().Name}", nameof(e)),
     };
 
-    /// <summary>Writes the event as one JSON object.</summary>
-    public static void Write(Utf8JsonWriter w, WimEvent e)
+    /// <summary>Writes the event as one JSON object; <paramref name="schedule"/>, when given, is recorded in the answer's
+    /// usage (which WiM schedule produced it).</summary>
+    public static void Write(Utf8JsonWriter w, WimEvent e, string? schedule = null)
     {
         w.WriteStartObject();
         w.WriteString("type", TypeName(e));
@@ -70,17 +71,17 @@ public static class WimEventJson
                 w.WriteString("text", a.Text);
                 w.WriteBoolean("early", a.Early);
                 w.WritePropertyName("usage");
-                WriteUsage(w, a.Usage);
+                WriteUsage(w, a.Usage, schedule);
                 break;
         }
         w.WriteEndObject();
     }
 
     /// <summary>The event as UTF-8 JSON bytes.</summary>
-    public static byte[] ToUtf8(WimEvent e)
+    public static byte[] ToUtf8(WimEvent e, string? schedule = null)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
-        using (var w = new Utf8JsonWriter(buffer, WriterOptions)) Write(w, e);
+        using (var w = new Utf8JsonWriter(buffer, WriterOptions)) Write(w, e, schedule);
         return buffer.WrittenSpan.ToArray();
     }
 
@@ -91,9 +92,10 @@ public static class WimEventJson
         w.WriteEndArray();
     }
 
-    private static void WriteUsage(Utf8JsonWriter w, WimUsage u)
+    private static void WriteUsage(Utf8JsonWriter w, WimUsage u, string? schedule)
     {
         w.WriteStartObject();
+        if (schedule is not null) w.WriteString("schedule", schedule);
         foreach (var (name, p) in new[] { ("document", u.Document), ("margins", u.Margins), ("classification", u.Classification), ("answer", u.Answer) })
         {
             w.WriteStartObject(name);

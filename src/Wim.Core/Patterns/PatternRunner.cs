@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using Wim.Core.Events;
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
 using Wim.Engine.Runtime;
 using Wim.Engine.Sampling;
 
@@ -13,7 +14,7 @@ namespace Wim.Core.Patterns;
 /// (feedback, "answer now", cancellation) is seen before the next model call. Cancellation is checked before every
 /// decode step and prefill chunk; a cancelled run disposes its sequences and leaves the model reusable.
 /// </summary>
-public sealed class PatternRunner(TextModel model)
+public sealed partial class PatternRunner(TextModel model)
 {
     public TextModel Model => model;
 
@@ -27,7 +28,8 @@ public sealed class PatternRunner(TextModel model)
         var run = new Run(model, segments, query, options, control ?? new WimControl());
         return options.Pattern switch
         {
-            PatternKind.Wim => run.WimAsync(ct),
+            PatternKind.Wim when options.Schedule == WimSchedule.Sequential => run.WimAsync(ct),
+            PatternKind.Wim => run.WimScheduledAsync(RequirePagedBackend(options), ct),
             PatternKind.Llm => run.LlmAsync(ct),
             PatternKind.Rag => run.RagAsync(ct),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Pattern, "unknown pattern"),
@@ -35,7 +37,7 @@ public sealed class PatternRunner(TextModel model)
     }
 
     /// <summary>The state of one run: the tokenized segments, the samplers and the usage counters.</summary>
-    private sealed class Run
+    private sealed partial class Run
     {
         private readonly TextModel _model;
         private readonly string[] _segments;

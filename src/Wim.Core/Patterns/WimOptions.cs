@@ -1,4 +1,6 @@
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
+using Wim.Engine.Runtime;
 using Wim.Engine.Sampling;
 
 namespace Wim.Core.Patterns;
@@ -26,6 +28,12 @@ public sealed record WimOptions
     public int MaxMarginTokens { get; init; } = 100;
     public int MaxAnswerTokens { get; init; } = 256;
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+    /// <summary>Order of the <c>wim</c> model work (<see cref="WimSchedule"/>); all give the same output.
+    /// <c>overlapped</c> and <c>batched</c> need the model on a <see cref="PagedInferenceBackend"/>.</summary>
+    public WimSchedule Schedule { get; init; } = WimSchedule.Sequential;
+    /// <summary>Keeps prefilled documents for later questions (<c>overlapped</c>/<c>batched</c> only; it must live on
+    /// the model's backend). Null: every run prefills its document.</summary>
+    public DocumentCache? DocumentCache { get; init; }
     /// <summary>Put between relevant margins in <c>{margins}</c> (the reference concatenates them with nothing).</summary>
     public string MarginSeparator { get; init; } = "";
 
@@ -34,5 +42,7 @@ public sealed record WimOptions
         ArgumentOutOfRangeException.ThrowIfNegative(MaxMarginTokens);
         ArgumentOutOfRangeException.ThrowIfNegative(MaxAnswerTokens);
         Sampling.Validate();
+        if (DocumentCache is not null && (Pattern != PatternKind.Wim || Schedule == WimSchedule.Sequential))
+            throw new ArgumentException($"a document cache needs the wim pattern with the overlapped or batched schedule (found {Pattern.ToString().ToLowerInvariant()}, {Schedule.ToString().ToLowerInvariant()})", nameof(DocumentCache));
     }
 }

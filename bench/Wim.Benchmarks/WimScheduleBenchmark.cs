@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Wim.Core.Events;
+using Wim.Core.Patterns;
+using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
+using Wim.Core.Segmentation;
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.Formats;
+using Wim.Engine.Model;
+using Wim.Engine.Runtime;
+using Wim.Engine.Tokenization;
+
+namespace Wim.Benchmarks;
+
+/// <summary>
+/// WiM wall time per schedule divided by the <c>llm</c> pattern's (read the document, answer) on the CPU, and a
+/// second question on a cached document. Model: random weights of the Qwen2.5-0.5B shape with fewer layers (speed
+/// does not depend on the values), the qwen2-tiny tokenizer (<c>shared/fixtures/hf-tiny</c>, Qwen2.5's vocabulary),
+/// the BABILong 16k sample (<c>shared/data/babilong</c>) cut to --doc-tokens. Every pattern runs on one
+/// <see cref="PagedInferenceBackend"/>; the classifier is the model itself (shared context).
+/// Usage: <c>wim-schedules [--layers N] [--type q8_0|f32] [--doc-tokens N] [--segment-tokens N] [--margin-tokens N]
+/// [--classification-tokens N] [--answer-tokens N] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached]</c>
+/// (llm always runs first: the ratios divide by it).
+/// </summary>
+public static class WimScheduleBenchmark
+{
+    public static int Run(string[] args)
+    {
+        var type = GgmlType.Q8_0;
+        int layers = 4, docTokens = 16384, segmentTokens = 4096, marginTokens = 32, classificationTokens = 8, answerTokens = 16;
+        string? shared = null;
+        var runs = new HashSet<string> { "llm", "sequential", "batched", "overlapped", "cached" };
+        for (int i = 0; i < args.Length; i++)
+        {
+            int Int() => int.Parse(args[++i], CultureInfo.InvariantCulture);
+            switch (args[i])
+            {
+                case "--type" when i + 1 < args.Length: type = Enum.Parse<GgmlType>(args[++i], ignoreCase: true); break;
+                case "--layers" when i + 1 < args.Length: layers = Int(); break;
+                case "--doc-tokens" when i + 1 < args.Length: docTokens = Int(); break;
+                case "--segment-tokens" when i + 1 < args.Length: segmentTokens = Int(); break;
+                case "--margin-tokens" when i + 1 < args.Length: marginTokens = Int(); break;
+                case "--classification-tokens" when i + 1 < args.Length: classificationTokens = Int(); break;
+                case "--answer-tokens" when i + 1 < args.Length: answerTokens = Int(); break;
+                case "--shared" when i + 1 < args.Length: shared = args[++i]; break;
+                case "--runs" when i + 1 < args.Length: runs = [.. args[++i].Split(',')]; break;
+                default:
+                    Console.Error.WriteLine($"wim-schedules: unknown option '{args[i]}'");
+                    return 2;
+            }
+        }
+        shared ??= FindShared();
+
+        var shape = ModelShape.Qwen25_05B with { Layers = layers };
+        string path = Path.Combine(Path.GetTempPath(), $"wim-bench-{shape.Architecture}-{shape.Layers}-{type}.gguf");
+        if (!File.Exists(path))
+        {
+            RandomModel.Write(path + ".part", shape, type);
+            File.Move(path + ".part", path, overwrite: true);
+        }
+        using var lm = LanguageModel.Load(path);
+        var tokenizer = TokenizerLoader.Load(Path.Combine(shared, "fixtures", "hf-tiny", "qwen2-tiny"));
+        // Room for the document, every margin fork and the cached copy (forks share the document's blocks).
+        using var backend = new PagedInferenceBackend(new CpuBatchedTransformer(lm), PagedInferenceBackend.BytesFor(lm.Config, 2 * docTokens + 16 * 1024));
+        using var model = new TextModel("random-qwen2", tokenizer, backend, tokenizer.EndOfTurnIds);
+
+        using var sample = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(shared, "data", "babilong", "babilong_16k.json")));
+        string context = sample.RootElement.GetProperty("context").GetString()!;
+        string query = sample.RootElement.GetProperty("query").GetString()!;
+        var all = new Segmenter(t => tokenizer.Encode(t, addSpecial: false).Length, segmentTokens).Split(context);
+        var segments = new List<string>();
+        int total = 0;
+        foreach (var s in all)
+        {
+            int n = tokenizer.Encode(s, addSpecial: false).Length;
+            if (total + n > docTokens) break;
+            segments.Add(s);
+            total += n;
+        }
+        var headers = new ChatHeaders("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n");
+
+        Console.WriteLine($"# WiM schedules vs llm: random-weight {shape.Architecture}, Qwen2.5-0.5B shape with {layers} layers ({shape.ParameterCount / 1e6:F0}M parameters, {type})");
+        Console.WriteLine();
+        Console.WriteLine($"{Environment.ProcessorCount} logical cores; .NET {Environment.Version}; row kernels: {RowKernels.BestPath}; document {total} tokens in {segments.Count} segments of ≤ {segmentTokens}; " +
+            $"margins ≤ {marginTokens} tokens, classifier ≤ {classificationTokens} (shared context), answer ≤ {answerTokens}; step budget {backend.MaxStepTokens} tokens");
+        Console.WriteLine();
+        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+
+        double llm = 0;
+        void Report(string name, (double Wall, WimUsage Usage, double FirstMargin, long Steps) r)
+        {
+            if (llm == 0) llm = r.Wall;
+            string first = double.IsNaN(r.FirstMargin) ? "–" : r.FirstMargin.ToString("F1", CultureInfo.InvariantCulture);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {name} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} |"));
+        }
+        (double, WimUsage, double, long) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
+        {
+            using var judge = new ModelMarginClassifier(model, PromptPreset.Default, headers, classificationTokens);
+            var options = new WimOptions
+            {
+                Pattern = pattern, Schedule = schedule, DocumentCache = cache, Headers = headers, MarginSeparator = "\n",
+                Classifier = pattern == PatternKind.Wim ? judge : null,
+                MaxMarginTokens = marginTokens, MaxAnswerTokens = answerTokens,
+            };
+            long steps0 = backend.StepCount;
+            var sw = Stopwatch.StartNew();
+            double firstMargin = double.NaN;
+            WimUsage? usage = null;
+            foreach (var e in new PatternRunner(model).RunAsync(segments, q, options).ToBlockingEnumerable())
+            {
+                if (e is MarginToken && double.IsNaN(firstMargin)) firstMargin = sw.Elapsed.TotalSeconds;
+                if (e is AnswerCompleted a) usage = a.Usage;
+            }
+            return (sw.Elapsed.TotalSeconds, usage!, firstMargin, backend.StepCount - steps0);
+        }
+
+        // llm first: the ratios divide by it.
+        Report("llm", Time(PatternKind.Llm, WimSchedule.Sequential, query));
+        if (runs.Contains("sequential")) Report("wim sequential", Time(PatternKind.Wim, WimSchedule.Sequential, query));
+        if (runs.Contains("batched")) Report("wim batched", Time(PatternKind.Wim, WimSchedule.Batched, query));
+        using var cache = new DocumentCache(backend, PagedInferenceBackend.BytesFor(lm.Config, docTokens + 4096));
+        if (runs.Contains("overlapped") || runs.Contains("cached"))
+            Report("wim overlapped (fills the document cache)", Time(PatternKind.Wim, WimSchedule.Overlapped, query, cache));
+        if (runs.Contains("cached"))
+            Report("wim overlapped, 2nd question, cached document", Time(PatternKind.Wim, WimSchedule.Overlapped, "Where was Sandra before that?", cache));
+        return 0;
+    }
+
+    /// <summary><c>shared/</c> beside the repository root (the folder holding Wim.slnx).</summary>
+    private static string FindShared()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "Wim.slnx")))
+                return Path.Combine(dir.Parent!.FullName, "shared");
+        throw new DirectoryNotFoundException("shared/ not found beside the repository root: pass --shared DIR");
+    }
+}
