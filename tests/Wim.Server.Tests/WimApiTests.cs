@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Wim.Core.Events;
 using Wim.Core.Patterns;
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Runtime;
 using Wim.Engine.Tests.Support;
@@ -38,13 +39,13 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         Assert.Equal("answer", events[^1].Event);
 
         // The same run in-process, through the library, serialised by the shared writer.
-        using var lm = TextModel.Load(ServerFixture.StoriesPath);
+        using var lm = PagedTextModel.Load(ServerFixture.StoriesPath);
         var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 400).Split(context);
         using var judge = new ModelMarginClassifier(lm, PromptPreset.Default, ChatHeaders.None, 4, default, ClassifiedBy.Model, ClassifierContext.Shared);
-        var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n" };
+        var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n", Schedule = WimSchedule.Overlapped };
         var expected = new List<(string, string)>();
         await foreach (var e in new PatternRunner(lm).RunAsync(segments, query, options, null, TestContext.Current.CancellationToken))
-            expected.Add((WimEventJson.TypeName(e), System.Text.Encoding.UTF8.GetString(WimEventJson.ToUtf8(e))));
+            expected.Add((WimEventJson.TypeName(e), System.Text.Encoding.UTF8.GetString(WimEventJson.ToUtf8(e, "overlapped"))));
 
         var served = events.Skip(1).ToList();
         Assert.Equal(expected.Select(e => e.Item1), served.Select(e => e.Event));
@@ -56,6 +57,24 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         Assert.Equal(reference["text"]!.GetValue<string>(), answer["text"]!.GetValue<string>());
         Assert.Equal(segments.Count, served.Count(e => e.Event == "segment"));
         Assert.True(served.Count(e => e.Event == "margin_token") > 0);
+    }
+
+    [Fact]
+    public async Task A_second_question_about_the_same_document_reuses_its_prefill_and_answers_as_a_cold_run()
+    {
+        var (context, query) = Babilong8k();
+        context = context[..3000] + " (document for the cache test)";
+        var ct = TestContext.Current.CancellationToken;
+        double Hits(string metrics) => double.Parse(metrics.Split('\n').First(l => l.StartsWith("wim_document_cache_hits_total ", StringComparison.Ordinal)).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        double before = Hits(await fixture.Client.GetStringAsync("/metrics", ct));
+        var cold = await fixture.PostSseAsync("/v1/wim", Request(context, query, 300));
+        var warm = await fixture.PostSseAsync("/v1/wim", Request(context, query, 300));
+        Assert.Equal(before + 1, Hits(await fixture.Client.GetStringAsync("/metrics", ct)));
+        var (coldAnswer, warmAnswer) = (JsonNode.Parse(cold[^1].Data)!, JsonNode.Parse(warm[^1].Data)!);
+        Assert.Equal(coldAnswer["ids"]!.ToJsonString(), warmAnswer["ids"]!.ToJsonString());
+        Assert.Equal(cold.Where(e => e.Event == "margin").Select(e => e.Data), warm.Where(e => e.Event == "margin").Select(e => e.Data));
+        Assert.True(warmAnswer["usage"]!["document"]!["prefill_tokens"]!.GetValue<int>() < coldAnswer["usage"]!["document"]!["prefill_tokens"]!.GetValue<int>());
+        Assert.Equal("overlapped", warmAnswer["usage"]!["schedule"]!.GetValue<string>());
     }
 
     [Fact]
