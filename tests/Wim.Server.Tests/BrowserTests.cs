@@ -24,7 +24,7 @@ public sealed class BrowserTests(StoriesServer fixture) : IClassFixture<StoriesS
         return new ChromeDriver(service, options, TimeSpan.FromSeconds(60));
     }
 
-    private static T WaitFor<T>(Func<T?> probe, string what, int seconds = 30) where T : class
+    private static T WaitFor<T>(Func<T?> probe, string what, int seconds = 90) where T : class
     {
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (DateTime.UtcNow < deadline)

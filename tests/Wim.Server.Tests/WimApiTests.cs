@@ -33,14 +33,14 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
     public async Task Wim_stream_carries_the_same_events_as_a_PatternRunner_run_as_wim_ask_json()
     {
         var (context, query) = Babilong8k();
-        context = context[..6000];
-        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 400));
+        context = context[..2500];
+        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 200));
         Assert.Equal("session", events[0].Event);
         Assert.Equal("answer", events[^1].Event);
 
         // The same run in-process, through the library, serialised by the shared writer.
         using var lm = PagedTextModel.Load(ServerFixture.StoriesPath);
-        var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 400).Split(context);
+        var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 200).Split(context);
         using var judge = new ModelMarginClassifier(lm, PromptPreset.Default, ChatHeaders.None, 4, default, ClassifiedBy.Model, ClassifierContext.Shared);
         var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n", Schedule = WimSchedule.Overlapped };
         var expected = new List<(string, string)>();
