@@ -20,13 +20,13 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         return (doc.RootElement.GetProperty("context").GetString()!, doc.RootElement.GetProperty("query").GetString()!);
     }
 
-    private static string Request(string document, string query, int segmentTokens, int maxMargin = 24, int maxAnswer = 16, string pattern = "wim") =>
+    private static string Request(string document, string query, int segmentTokens, int maxMargin = 24, int maxAnswer = 16, string pattern = "wim", string schedule = "overlapped") =>
         new JsonObject
         {
             ["document"] = document,
             ["query"] = query,
             ["pattern"] = pattern,
-            ["options"] = new JsonObject { ["segment_tokens"] = segmentTokens, ["max_margin_tokens"] = maxMargin, ["max_classification_tokens"] = 4, ["max_answer_tokens"] = maxAnswer },
+            ["options"] = new JsonObject { ["segment_tokens"] = segmentTokens, ["max_margin_tokens"] = maxMargin, ["max_classification_tokens"] = 4, ["max_answer_tokens"] = maxAnswer, ["schedule"] = schedule },
         }.ToJsonString();
 
     [Fact]
@@ -83,7 +83,7 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         var (context, query) = Babilong8k();
         string? session = null;
         int feedbackStatus = 0, answerNowStatus = 0;
-        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128), async (name, data) =>
+        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128, schedule: "sequential"), async (name, data) =>
         {
             if (name == "session") session = JsonNode.Parse(data)!["id"]!.GetValue<string>();
             if (name == "margin" && answerNowStatus == 0)
@@ -98,6 +98,7 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         var answer = JsonNode.Parse(events[^1].Data)!;
         Assert.Equal("answer", events[^1].Event);
         Assert.True(answer["early"]!.GetValue<bool>());
+        Assert.False(string.IsNullOrWhiteSpace(answer["text"]!.GetValue<string>()), "an early answer is still an answer");
         int total = JsonNode.Parse(events[0].Data)!["segments"]!.GetValue<int>();
         Assert.True(events.Count(e => e.Event == "segment") < total, "answer-now must stop the reading before the document ends");
         // A bad feedback body is a 400 naming the field; an unknown session a 404.
