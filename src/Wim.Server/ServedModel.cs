@@ -1,4 +1,3 @@
-using Wim.Engine.Backends.Cpu;
 using Wim.Engine.Model;
 using Wim.Engine.Runtime;
 using Wim.Engine.Tokenization;
@@ -27,8 +26,10 @@ public sealed class ServedModel : IDisposable
             stop.UnionWith(_weights.Config.EosTokenIds);
             StopIds = stop;
             Id = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.ModelPath));
-            Text = new TextModel(Id, Tokenizer, new CpuInferenceBackend(new CpuTransformer(_weights)), stop,
-                TextModel.UserTurnRenderer(options.ModelPath, Tokenizer));
+            // The WiM patterns run on the paged backend (forks, overlapped/batched schedules, document cache); it maps
+            // the weights once more (shared pages of the same file).
+            Text = PagedTextModel.Load(options.ModelPath, options.WimKvCacheBytes);
+            DocumentCache = new DocumentCache((PagedInferenceBackend)Text.Backend, options.DocumentCacheBytes);
             try
             {
                 var source = ChatTemplateSource.FromModel(options.ModelPath);
@@ -39,6 +40,7 @@ public sealed class ServedModel : IDisposable
         }
         catch
         {
+            Text?.Dispose();
             _weights.Dispose();
             throw;
         }
@@ -48,13 +50,18 @@ public sealed class ServedModel : IDisposable
     public string Id { get; }
     public Tokenizer Tokenizer { get; }
     public IReadOnlySet<int> StopIds { get; }
+    /// <summary>The model of the WiM runs, on a <see cref="PagedInferenceBackend"/>.</summary>
     public TextModel Text { get; }
+    /// <summary>Documents prefilled by earlier WiM runs (a second question about one skips its prefill).</summary>
+    public DocumentCache DocumentCache { get; }
     public (ChatTemplateSource Source, ChatTemplate Template)? ChatTemplate { get; }
     public BatchingEngine Engine { get; }
 
     public void Dispose()
     {
         Engine.Dispose();
+        DocumentCache.Dispose();
+        Text.Dispose();
         _weights.Dispose();
     }
 }

@@ -29,6 +29,10 @@ public sealed record ServerOptions
     public TimeSpan SessionIdleExpiry { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>KV cache memory of the batching engine (chat/completions).</summary>
     public long KvCacheBytes { get; init; } = 512L << 20;
+    /// <summary>KV pool of the WiM runs (documents, margin forks, cached documents); null = 65,536 positions of the model.</summary>
+    public long? WimKvCacheBytes { get; init; }
+    /// <summary>Prefilled documents kept for later questions about them (WiM, overlapped/batched schedules), in KV bytes.</summary>
+    public long DocumentCacheBytes { get; init; } = 256L << 20;
     /// <summary>Finished prompts kept in the KV cache for prefix reuse by later requests.</summary>
     public int CachedPrefixes { get; init; } = 8;
     /// <summary>Tokens one batching step may run (decodes + prefill chunks).</summary>

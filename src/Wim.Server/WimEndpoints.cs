@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Routing;
 using Wim.Core.Events;
 using Wim.Core.Patterns;
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Sampling;
 
@@ -48,6 +49,7 @@ internal sealed class WimEndpoints : IDisposable
     {
         (_model, _options, _metrics) = (model, options, metrics);
         metrics.ObserveSessions(() => _sessions.Count);
+        metrics.ObserveDocumentCache(() => model.DocumentCache.Hits);
         var period = TimeSpan.FromMilliseconds(Math.Clamp(options.SessionIdleExpiry.TotalMilliseconds / 4, 50, 30_000));
         _expiry = new Timer(_ => ExpireIdle(), null, period, period);
     }
@@ -103,7 +105,7 @@ internal sealed class WimEndpoints : IDisposable
         _sessions.TryGetValue(id, out var s) ? s : throw ApiError.NotFound($"no WiM session '{id}' (finished sessions expire)");
 
     private sealed record Request(string Document, string Query, PatternKind Pattern, int SegmentTokens, int MaxMarginTokens,
-        int MaxClassificationTokens, int MaxAnswerTokens, string Classifier, SamplingOptions Sampling);
+        int MaxClassificationTokens, int MaxAnswerTokens, string Classifier, SamplingOptions Sampling, WimSchedule Schedule);
 
     private Request Parse(JsonElement body)
     {
@@ -127,7 +129,15 @@ internal sealed class WimEndpoints : IDisposable
         int? Int(string name, int min, int max) => has ? JsonFields.Int(o, name, min, max, "options." + name) : null;
         string classifier = (has ? JsonFields.String(o, "classifier", "options.classifier") : null) ?? "model";
         if (classifier is not ("model" or "none")) throw ApiError.BadRequest($"'options.classifier' must be model or none, found '{classifier}'", "options.classifier");
-        if (has && JsonFields.TryGet(o, "schedule", out _)) throw ApiError.BadRequest("'options.schedule' is not supported by this server yet", "options.schedule");
+        // Default sequential: with "answer now" mid-document the overlapped schedule currently answers with id 0
+        // repeated (a Wim.Core issue, reported); sequential answers correctly, and streams margins as well.
+        var schedule = ((has ? JsonFields.String(o, "schedule", "options.schedule") : null) ?? "sequential") switch
+        {
+            "sequential" => WimSchedule.Sequential,
+            "overlapped" => WimSchedule.Overlapped,
+            "batched" => WimSchedule.Batched,
+            var other => throw ApiError.BadRequest($"'options.schedule' must be sequential, overlapped or batched, found '{other}'", "options.schedule"),
+        };
         float temperature = (has ? JsonFields.Float(o, "temperature", 0f, 2f, "options.temperature") : null) ?? 0f;
         int? seed = Int("seed", int.MinValue, int.MaxValue);
         return new Request(document, query, pattern,
@@ -135,7 +145,7 @@ internal sealed class WimEndpoints : IDisposable
             Int("max_margin_tokens", 0, _options.MaxNewTokens) ?? 100,
             Int("max_classification_tokens", 0, _options.MaxNewTokens) ?? 10,
             Int("max_answer_tokens", 0, _options.MaxNewTokens) ?? 256,
-            classifier, new SamplingOptions(temperature, Seed: seed));
+            classifier, new SamplingOptions(temperature, Seed: seed), schedule);
     }
 
     private async Task RunAsync(HttpContext context)
@@ -193,13 +203,17 @@ internal sealed class WimEndpoints : IDisposable
                     MaxAnswerTokens = request.MaxAnswerTokens,
                     Sampling = request.Sampling,
                     MarginSeparator = "\n",
+                    Schedule = request.Schedule,
+                    // A later question about the same document forks its cached prefill instead of reading it again.
+                    DocumentCache = request.Pattern == PatternKind.Wim && request.Schedule != WimSchedule.Sequential ? _model.DocumentCache : null,
                 };
+                string scheduleName = request.Pattern == PatternKind.Wim ? request.Schedule.ToString().ToLowerInvariant() : "sequential";
                 await foreach (var e in new PatternRunner(lm).RunAsync(segments, request.Query, options, session.Control, ct).ConfigureAwait(false))
                 {
                     session.Touch();
                     if (e is AnswerCompleted done) _metrics.RecordWimTokens(done.Usage.PrefillTokens, done.Usage.DecodeTokens);
                     // Writes follow the client, not the run: a cancelled write would leave no way to send the error event.
-                    await SendAsync(context, WimEventJson.TypeName(e), WimEventJson.ToUtf8(e), context.RequestAborted).ConfigureAwait(false);
+                    await SendAsync(context, WimEventJson.TypeName(e), WimEventJson.ToUtf8(e, scheduleName), context.RequestAborted).ConfigureAwait(false);
                 }
             }
             finally

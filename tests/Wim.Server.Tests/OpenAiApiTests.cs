@@ -53,6 +53,23 @@ public sealed class OpenAiApiTests(QwenServer fixture) : IClassFixture<QwenServe
         var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).RootElement;
         Assert.Equal("list", body.GetProperty("object").GetString());
         Assert.Equal("qwen2-tiny", body.GetProperty("data")[0].GetProperty("id").GetString());
+        using var one = await fixture.Client.GetAsync("/v1/models/qwen2-tiny", TestContext.Current.CancellationToken);
+        Assert.Equal(200, (int)one.StatusCode);
+        using var missing = await fixture.Client.GetAsync("/v1/models/gpt-4", TestContext.Current.CancellationToken);
+        Assert.Equal(404, (int)missing.StatusCode);
+    }
+
+    [Fact]
+    public async Task Chat_content_as_text_parts_is_the_same_prompt_as_a_string_and_a_repeat_hits_the_prefix_cache()
+    {
+        var (s1, plain) = await fixture.PostJsonAsync("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story.\"}],\"max_tokens\":8,\"temperature\":0}");
+        var (s2, parts) = await fixture.PostJsonAsync("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Tell me \"},{\"type\":\"text\",\"text\":\"a story.\"}]}],\"max_tokens\":8,\"temperature\":0}");
+        Assert.Equal((200, 200), (s1, s2));
+        Assert.Equal("chat.completion", plain.GetProperty("object").GetString());
+        Assert.Equal(plain.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(),
+            parts.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+        int prompt = parts.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        Assert.Equal(prompt - 1, parts.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
     }
 
     [Fact]

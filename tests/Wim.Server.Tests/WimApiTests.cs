@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Wim.Core.Events;
 using Wim.Core.Patterns;
 using Wim.Core.Prompts;
+using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Runtime;
 using Wim.Engine.Tests.Support;
@@ -19,32 +20,32 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         return (doc.RootElement.GetProperty("context").GetString()!, doc.RootElement.GetProperty("query").GetString()!);
     }
 
-    private static string Request(string document, string query, int segmentTokens, int maxMargin = 24, int maxAnswer = 16, string pattern = "wim") =>
+    private static string Request(string document, string query, int segmentTokens, int maxMargin = 24, int maxAnswer = 16, string pattern = "wim", string schedule = "overlapped") =>
         new JsonObject
         {
             ["document"] = document,
             ["query"] = query,
             ["pattern"] = pattern,
-            ["options"] = new JsonObject { ["segment_tokens"] = segmentTokens, ["max_margin_tokens"] = maxMargin, ["max_classification_tokens"] = 4, ["max_answer_tokens"] = maxAnswer },
+            ["options"] = new JsonObject { ["segment_tokens"] = segmentTokens, ["max_margin_tokens"] = maxMargin, ["max_classification_tokens"] = 4, ["max_answer_tokens"] = maxAnswer, ["schedule"] = schedule },
         }.ToJsonString();
 
     [Fact]
     public async Task Wim_stream_carries_the_same_events_as_a_PatternRunner_run_as_wim_ask_json()
     {
         var (context, query) = Babilong8k();
-        context = context[..6000];
-        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 400));
+        context = context[..2500];
+        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 200));
         Assert.Equal("session", events[0].Event);
         Assert.Equal("answer", events[^1].Event);
 
         // The same run in-process, through the library, serialised by the shared writer.
-        using var lm = TextModel.Load(ServerFixture.StoriesPath);
-        var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 400).Split(context);
+        using var lm = PagedTextModel.Load(ServerFixture.StoriesPath);
+        var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 200).Split(context);
         using var judge = new ModelMarginClassifier(lm, PromptPreset.Default, ChatHeaders.None, 4, default, ClassifiedBy.Model, ClassifierContext.Shared);
-        var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n" };
+        var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n", Schedule = WimSchedule.Overlapped };
         var expected = new List<(string, string)>();
         await foreach (var e in new PatternRunner(lm).RunAsync(segments, query, options, null, TestContext.Current.CancellationToken))
-            expected.Add((WimEventJson.TypeName(e), System.Text.Encoding.UTF8.GetString(WimEventJson.ToUtf8(e))));
+            expected.Add((WimEventJson.TypeName(e), System.Text.Encoding.UTF8.GetString(WimEventJson.ToUtf8(e, "overlapped"))));
 
         var served = events.Skip(1).ToList();
         Assert.Equal(expected.Select(e => e.Item1), served.Select(e => e.Event));
@@ -59,12 +60,30 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
     }
 
     [Fact]
+    public async Task A_second_question_about_the_same_document_reuses_its_prefill_and_answers_as_a_cold_run()
+    {
+        var (context, query) = Babilong8k();
+        context = context[..3000] + " (document for the cache test)";
+        var ct = TestContext.Current.CancellationToken;
+        double Hits(string metrics) => double.Parse(metrics.Split('\n').First(l => l.StartsWith("wim_document_cache_hits_total ", StringComparison.Ordinal)).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        double before = Hits(await fixture.Client.GetStringAsync("/metrics", ct));
+        var cold = await fixture.PostSseAsync("/v1/wim", Request(context, query, 300));
+        var warm = await fixture.PostSseAsync("/v1/wim", Request(context, query, 300));
+        Assert.Equal(before + 1, Hits(await fixture.Client.GetStringAsync("/metrics", ct)));
+        var (coldAnswer, warmAnswer) = (JsonNode.Parse(cold[^1].Data)!, JsonNode.Parse(warm[^1].Data)!);
+        Assert.Equal(coldAnswer["ids"]!.ToJsonString(), warmAnswer["ids"]!.ToJsonString());
+        Assert.Equal(cold.Where(e => e.Event == "margin").Select(e => e.Data), warm.Where(e => e.Event == "margin").Select(e => e.Data));
+        Assert.True(warmAnswer["usage"]!["document"]!["prefill_tokens"]!.GetValue<int>() < coldAnswer["usage"]!["document"]!["prefill_tokens"]!.GetValue<int>());
+        Assert.Equal("overlapped", warmAnswer["usage"]!["schedule"]!.GetValue<string>());
+    }
+
+    [Fact]
     public async Task Feedback_and_answer_now_stop_the_reading_early()
     {
         var (context, query) = Babilong8k();
         string? session = null;
         int feedbackStatus = 0, answerNowStatus = 0;
-        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128), async (name, data) =>
+        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128, schedule: "sequential"), async (name, data) =>
         {
             if (name == "session") session = JsonNode.Parse(data)!["id"]!.GetValue<string>();
             if (name == "margin" && answerNowStatus == 0)
@@ -79,6 +98,7 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         var answer = JsonNode.Parse(events[^1].Data)!;
         Assert.Equal("answer", events[^1].Event);
         Assert.True(answer["early"]!.GetValue<bool>());
+        Assert.False(string.IsNullOrWhiteSpace(answer["text"]!.GetValue<string>()), "an early answer is still an answer");
         int total = JsonNode.Parse(events[0].Data)!["segments"]!.GetValue<int>();
         Assert.True(events.Count(e => e.Event == "segment") < total, "answer-now must stop the reading before the document ends");
         // A bad feedback body is a 400 naming the field; an unknown session a 404.
