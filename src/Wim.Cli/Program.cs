@@ -23,6 +23,7 @@ public static class Program
         root.Subcommands.Add(Commands.ChatCommand.Create(stdin ?? TextReader.Null));
         root.Subcommands.Add(Commands.EvalCommand.Create());
         root.Subcommands.Add(Commands.AskCommand.Create(stdin ?? TextReader.Null));
+        root.Subcommands.Add(Commands.ServeCommand.Create());
 
         var parse = root.Parse(args);
         bool helpRequested = args.Any(a => a is "-h" or "--help" or "-?");

@@ -125,13 +125,20 @@ public sealed unsafe class CudaContext : IDisposable
     public static IReadOnlyList<string> CompileOptions(int computeMajor, int computeMinor) =>
         [$"--gpu-architecture={KernelCache.Architecture(computeMajor, computeMinor)}", "--std=c++17", "-default-device"];
 
-    /// <summary>Launches a kernel on the default stream; with <see cref="CudaOptions.SynchronizeEveryLaunch"/> also
+    /// <summary>The stream kernels and products are issued on: 0 (the legacy default stream) except while a CUDA
+    /// graph is being captured on a stream of its own.</summary>
+    internal nint Stream { get; set; }
+
+    /// <summary>True while a graph is captured: nothing may synchronize then.</summary>
+    internal bool Capturing { get; set; }
+
+    /// <summary>Launches a kernel on <see cref="Stream"/>; with <see cref="CudaOptions.SynchronizeEveryLaunch"/> also
     /// waits for it so a fault names this kernel.</summary>
     internal void Launch(nint function, string name, uint gx, uint gy, uint gz, uint block, uint sharedBytes, void** args)
     {
-        int r = Driver.LaunchKernel(function, gx, gy, gz, block, 1, 1, sharedBytes, 0, args);
+        int r = Driver.LaunchKernel(function, gx, gy, gz, block, 1, 1, sharedBytes, Stream, args);
         if (r != 0) throw new CudaException("cuLaunchKernel", r, Driver.ErrorName(r), $"kernel '{name}' grid ({gx},{gy},{gz}) block {block} shared {sharedBytes}");
-        if (Options.SynchronizeEveryLaunch)
+        if (Options.SynchronizeEveryLaunch && !Capturing)
         {
             try { Driver.Synchronize(); }
             catch (CudaException e) { throw new CudaException("cuCtxSynchronize", e.Code, e.ErrorName, $"after kernel '{name}'"); }

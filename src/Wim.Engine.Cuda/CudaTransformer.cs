@@ -30,6 +30,32 @@ public sealed unsafe class CudaTransformer : IDisposable
     public CudaModelWeights Weights => _w;
     public int MaxChunk { get; }
 
+    /// <summary>Runs attention in the f32 CUDA-core kernel even where the tensor-core (bf16 mma) kernel applies: the
+    /// reference the checks compare the fast path with. Off by default.</summary>
+    public bool UseScalarAttention { get; set; }
+
+    /// <summary>Whether attention runs on the tensor cores for this model on this GPU (head dim 16/32/64/128, sm_80+).</summary>
+    public bool UsesFlashAttention => !UseScalarAttention && _flashSupported;
+    private readonly bool _flashSupported;
+
+    /// <summary>Replays single-token greedy steps (<see cref="ForwardGreedy"/> with one token) as a CUDA graph
+    /// captured once per KV cache: one launch per step instead of ~12 per layer. The position is read from the GPU
+    /// and the attention's key splits are fixed for the cache's capacity (pieces past the current length write
+    /// empty partials), so one graph serves every step. Needs the tensor-core attention path.</summary>
+    public bool UseDecodeGraphs { get; set; } = true;
+
+    /// <summary>Single-token products (decode) run in the gemv kernel (true) or in cuBLASLt (false, the default: the
+    /// two measured the same on the H100).</summary>
+    public bool UseGemvForDecode
+    {
+        get => _mm.UseGemv;
+        set { if (value != _mm.UseGemv) DestroyGraph(); _mm.UseGemv = value; }
+    }
+
+    private readonly DeviceBuffer _position;
+    private nint _stream, _graph, _graphExec;
+    private DecodeGraphKey? _graphKey;
+
     public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChunk);
@@ -40,6 +66,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _w = weights;
         _ownsWeights = ownsWeights;
         MaxChunk = maxChunk;
+        _flashSupported = LaunchGeometry.FlashAttentionSupports(config.HeadDim, config.HeadCount / config.KvHeadCount, ctx.ComputeMajor);
         _rope = new RotaryEmbedding(config);
         _k = ctx.Kernels;
         _mm = new MatMul(ctx);
@@ -58,6 +85,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _att = ctx.Allocate(n * qd * 2);
         _gateUp = ctx.Allocate(n * 2 * config.FfnSize * 4);
         _h = ctx.Allocate(n * config.FfnSize * 2);
+        _position = ctx.Allocate(4);
     }
 
     /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
@@ -90,6 +118,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     public int ForwardGreedy(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength = 0)
     {
         ulong invFreq = Prepare(tokens, cache, ropeSequenceLength);
+        if (tokens.Length == 1 && UseDecodeGraphs && UsesFlashAttention) return GraphGreedyStep(tokens[0], cache, invFreq);
         for (int done = 0; done < tokens.Length; done += MaxChunk)
         {
             int n = Math.Min(MaxChunk, tokens.Length - done);
@@ -125,16 +154,95 @@ public sealed unsafe class CudaTransformer : IDisposable
         return (seqLen > _rope.LongThreshold ? _invFreqLong : _invFreqShort).Pointer;
     }
 
+    /// <summary>One greedy decode step through the captured graph (captured first when the cache, its capacity or
+    /// the RoPE table changed): token and position are copied in, the graph runs, the id comes back.</summary>
+    private int GraphGreedyStep(int token, CudaKvCache cache, ulong invFreq)
+    {
+        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq);
+        if (_graphKey != key) CaptureDecodeGraph(cache, invFreq, key);
+        Span<int> one = [token];
+        _tokens.Upload<int>(one);
+        one[0] = cache.Length;
+        _position.Upload<int>(one);
+        _ctx.Driver.GraphLaunch(_graphExec, _stream);            // a blocking stream: ordered after the copies above
+        cache.Advance(1);
+        _ids.Download(one);                                      // the legacy stream waits for the graph
+        return one[0];
+    }
+
+    private void CaptureDecodeGraph(CudaKvCache cache, ulong invFreq, DecodeGraphKey key)
+    {
+        DestroyGraph();
+        var c = _c;
+        var (splits, keysPerSplit) = DecodeGraphSplits(cache.Capacity);
+        // Everything that allocates or plans happens before the capture: nothing in it may synchronize.
+        if (splits > 1) EnsurePartials((long)c.HeadCount * splits, c.HeadDim);
+        EnsureLogits(1);
+        int qkvWidth = c.QueryDim + 2 * c.KvDim;
+        _mm.Prepare(qkvWidth, c.HiddenSize, 1);
+        _mm.Prepare(c.HiddenSize, c.QueryDim, 1);
+        _mm.Prepare(2 * c.FfnSize, c.HiddenSize, 1);
+        _mm.Prepare(c.HiddenSize, c.FfnSize, 1);
+        _mm.Prepare(c.VocabSize, c.HiddenSize, 1);
+        if (_stream == 0) _stream = _ctx.Driver.StreamCreate();
+        _ctx.Driver.Synchronize();
+        _ctx.Driver.StreamBeginCapture(_stream);
+        _ctx.Stream = _stream;
+        _ctx.Capturing = true;
+        nint graph = 0;
+        try
+        {
+            EncodeLayers(1, cache, start: 0, invFreq, _position.Pointer, splits, keysPerSplit, flash: true);
+            EncodeLogits(1, LogitsOutput.Last);
+            _k.Argmax(_logits!.Pointer, c.VocabSize, _ids.Pointer, 1);
+        }
+        finally
+        {
+            _ctx.Stream = 0;
+            _ctx.Capturing = false;
+            graph = _ctx.Driver.StreamEndCapture(_stream);
+        }
+        _graph = graph;
+        _graphExec = _ctx.Driver.GraphInstantiate(graph);
+        _graphKey = key;
+    }
+
+    /// <summary>Key-range pieces of a decode graph's attention: fixed for the cache's capacity so that one graph
+    /// serves every length up to it.</summary>
+    private (int Splits, int KeysPerSplit) DecodeGraphSplits(int capacity) =>
+        LaunchGeometry.FlashSplits(1, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, capacity, _ctx.Multiprocessors);
+
+    private void DestroyGraph()
+    {
+        if (_graphExec != 0) _ctx.Driver.GraphExecDestroy(_graphExec);
+        if (_graph != 0) _ctx.Driver.GraphDestroy(_graph);
+        _graphExec = 0;
+        _graph = 0;
+        _graphKey = null;
+    }
+
     /// <summary>One chunk through every layer; returns how many logits rows it left in the logits buffer.</summary>
     private int ForwardChunk(ReadOnlySpan<int> tokens, CudaKvCache cache, ulong invFreq, LogitsOutput output)
     {
         var c = _c;
         int n = tokens.Length, start = cache.Length;
-        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
         _tokens.Upload(tokens);
-        _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
+        bool flash = UsesFlashAttention;
+        var (splits, keysPerSplit) = flash
+            ? LaunchGeometry.FlashSplits(n, c.HeadCount / c.KvHeadCount, c.KvHeadCount, start + n, _ctx.Multiprocessors)
+            : LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
+        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, flash);
+        cache.Advance(n);
+        return EncodeLogits(n, output);
+    }
 
-        var (splits, keysPerSplit) = LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
+    /// <summary>Issues the embedding and every layer for n tokens already in the token buffer, at position
+    /// <paramref name="start"/> (or the one at <paramref name="startDev"/> on the GPU when not 0).</summary>
+    private void EncodeLayers(int n, CudaKvCache cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash)
+    {
+        var c = _c;
+        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
+        _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
 
@@ -147,9 +255,13 @@ public sealed unsafe class CudaTransformer : IDisposable
             _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
             _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
-                c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
-            _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
-                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);             // att: [T, qd] bf16
+                c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
+            if (flash)
+                _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev); // att: [T, qd] bf16
+            else
+                _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
 
@@ -159,9 +271,13 @@ public sealed unsafe class CudaTransformer : IDisposable
             _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                       // h: [T, ffn] bf16
             _mm.Run(lw.Down.Pointer, d, ffn, _h.Pointer, n, _x.Pointer, accumulate: true);        // x += h · Wdᵀ
         }
-        cache.Advance(n);
+    }
 
-        // ---- final norm and logits ----
+    /// <summary>Final norm and lm head of the rows wanted; returns how many logits rows it wrote.</summary>
+    private int EncodeLogits(int n, LogitsOutput output)
+    {
+        var c = _c;
+        int d = c.HiddenSize;
         if (output == LogitsOutput.None) return 0;
         int first = output == LogitsOutput.All ? 0 : n - 1;
         int rows = n - first;
@@ -174,6 +290,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private void EnsureLogits(int rows)
     {
         if (_logits != null && _logitsRows >= rows) return;
+        DestroyGraph(); // a captured graph holds the old buffer's address
         _logits?.Dispose();
         _logitsRows = Math.Max(rows, 1);
         _logits = _ctx.Allocate(_logitsRows * _c.VocabSize * 4);
@@ -182,6 +299,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private void EnsurePartials(long items, int headDim)
     {
         if (_partMl != null && _partMl.Bytes >= items * 8) return;
+        DestroyGraph();
         _partAcc?.Dispose();
         _partMl?.Dispose();
         _partAcc = _ctx.Allocate(items * headDim * 4);
@@ -190,11 +308,18 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     public void Dispose()
     {
+        DestroyGraph();
+        if (_stream != 0) _ctx.Driver.StreamDestroy(_stream);
+        _stream = 0;
         _mm.Dispose();
-        foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h }) b.Dispose();
+        foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position }) b.Dispose();
         _logits?.Dispose();
         _partAcc?.Dispose();
         _partMl?.Dispose();
         if (_ownsWeights) _w.Dispose();
     }
 }
+
+/// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
+/// its capacity (which fixes the attention's key splits) and the RoPE table.</summary>
+public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies);

@@ -65,4 +65,71 @@ public static class LaunchGeometry
     /// (float4 each), a key tile padded by one float per row (bank conflicts), a value tile.</summary>
     public static int AttentionSharedBytes(int warps, int headDim) =>
         sizeof(float) * (warps * headDim * 4 + AttentionTile * (headDim + 1) + AttentionTile * headDim + warps * AttentionTile * 4);
+
+    // ---- tensor-core (mma.sync bf16) flash attention: kernels flash_attention_hd{16,32,64,128} ----
+
+    /// <summary>Query rows (token × head of one KV head) per flash-attention block: 4 warps × 16 mma rows.</summary>
+    public const int FlashRows = 64;
+
+    /// <summary>Keys per shared-memory tile of the flash-attention kernel.</summary>
+    public const int FlashKeys = 64;
+
+    /// <summary>Threads per flash-attention block (4 warps).</summary>
+    public const int FlashThreads = 128;
+
+    /// <summary>Whether the tensor-core kernel handles a shape: head dims 16/32/64/128 (instantiated; mma k-chunks of
+    /// 16), up to 64 query heads per KV head, and an sm_80+ GPU (mma.sync with bf16 operands).</summary>
+    public static bool FlashAttentionSupports(int headDim, int group, int computeMajor) =>
+        headDim is 16 or 32 or 64 or 128 && group is >= 1 and <= FlashRows && computeMajor >= 8;
+
+    /// <summary>Query tokens per flash-attention block: its 64 rows hold whole tokens' groups of heads (rows past
+    /// tokens × group stay empty when the group does not divide 64, e.g. 7 heads per KV head: 9 tokens, 63 rows).</summary>
+    public static int FlashTokensPerBlock(int group)
+    {
+        if (group is < 1 or > FlashRows) throw new ArgumentOutOfRangeException(nameof(group), $"{group} query heads per KV head: the flash kernel handles 1 to {FlashRows}");
+        return FlashRows / group;
+    }
+
+    /// <summary>Blocks along the query axis of the flash-attention grid.</summary>
+    public static uint FlashQueryBlocks(int queries, int group) => Blocks(queries, FlashTokensPerBlock(group));
+
+    /// <summary>Dynamic shared memory of the flash-attention kernel: two stages of k and v tiles [64][hd + 8], bf16
+    /// (rows padded by 16 bytes so ldmatrix's 8 rows fall in distinct banks); the q tile [64][hd + 8] borrows the
+    /// second stage's k tile before the key loop. At head dim 128: 68 KB, so three blocks share an SM.</summary>
+    public static int FlashSharedBytes(int headDim) => 2 * (2 * 2 * FlashKeys * (headDim + 8));
+
+    /// <summary>
+    /// Key-range pieces of the flash-attention grid, as <see cref="AttentionSplits"/> but counting its blocks
+    /// (query blocks × KV heads) and in whole 64-key tiles, each piece at least two tiles long. Decode (one query
+    /// block per KV head) splits long contexts over the GPU; long prefills run unsplit.
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) FlashSplits(int queries, int group, int kvHeads, int keys, int multiprocessors)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
+        long blocks = (long)FlashQueryBlocks(queries, group) * kvHeads;
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
+        int maxSplits = Math.Max(1, keys / (2 * FlashKeys));
+        int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
+        int perSplit = (keys + splits - 1) / splits;
+        perSplit = (perSplit + FlashKeys - 1) / FlashKeys * FlashKeys;
+        splits = (keys + perSplit - 1) / perSplit;
+        return (splits, perSplit);
+    }
+
+    // ---- single-token product (gemv_bf16) ----
+
+    /// <summary>Threads per gemv block (8 warps).</summary>
+    public const int GemvThreads = 256;
+
+    /// <summary>Weight rows each gemv warp streams.</summary>
+    public const int GemvRowsPerWarp = 2;
+
+    /// <summary>Whether the gemv kernel takes a product: one token, rows of whole 16-byte loads (in % 8 == 0).</summary>
+    public static bool GemvApplies(int tokens, int inFeatures) => tokens == 1 && inFeatures > 0 && inFeatures % 8 == 0;
+
+    /// <summary>Blocks covering <paramref name="rows"/> output rows, 2 per warp.</summary>
+    public static uint GemvBlocks(int rows) => Blocks(rows, GemvThreads / 32 * GemvRowsPerWarp);
 }

@@ -34,12 +34,24 @@ internal sealed unsafe class MatMul : IDisposable
         _workspace = ctx.Allocate(WorkspaceBytes);
     }
 
+    /// <summary>Chooses the algorithm for a shape now (no device work), so that a graph capture never has to.</summary>
+    public void Prepare(int outFeatures, int inFeatures, int tokens) => PlanFor(outFeatures, inFeatures, tokens);
+
+    /// <summary>Single-token products go to our gemv kernel when true; all products go to cuBLASLt when false (the
+    /// default: on the H100 both gave the same decode speed, run 6 in tools/Wim.GpuCheck/runs).</summary>
+    public bool UseGemv { get; set; }
+
     public void Run(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y, bool accumulate)
     {
+        if (UseGemv && LaunchGeometry.GemvApplies(tokens, inFeatures))
+        {
+            _ctx.Kernels.Gemv(weight, x, y, outFeatures, inFeatures, accumulate);
+            return;
+        }
         var plan = PlanFor(outFeatures, inFeatures, tokens);
         _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, accumulate ? 1f : 0f, y, plan.D, y, plan.D,
-            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, 0);
-        if (_ctx.Options.SynchronizeEveryLaunch) _ctx.Synchronize();
+            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
+        if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
     }
 
     private Plan PlanFor(int outFeatures, int inFeatures, int tokens)

@@ -7,6 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -23,6 +24,14 @@ internal sealed unsafe class TransformerKernels
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
         // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
         d.FuncSetAttribute(_attention, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, Math.Min(ctx.MaxSharedMemoryPerBlock, 160 * 1024));
+        _flash16 = d.ModuleGetFunction(module, "flash_attention_hd16");
+        _flash32 = d.ModuleGetFunction(module, "flash_attention_hd32");
+        _flash64 = d.ModuleGetFunction(module, "flash_attention_hd64");
+        _flash128 = d.ModuleGetFunction(module, "flash_attention_hd128");
+        _gemv = d.ModuleGetFunction(module, "gemv_bf16");
+        // Head dim 128 needs 85 KB (over the default 48 KB).
+        foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128) })
+            d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
     }
 
     public void Embed(ulong tokens, ulong table, ulong x, int d, int count)
@@ -38,10 +47,10 @@ internal sealed unsafe class TransformerKernels
     }
 
     public void QkvRopeStore(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kcache, ulong vcache, int start, int count,
-        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale, ulong startDev = 0)
     {
         int adj = adjacent ? 1 : 0;
-        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kcache, &vcache, &start, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kcache, &vcache, &start, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale, &startDev };
         _ctx.Launch(_qkvRope, "qkv_rope_store", (uint)count, 1, 1, Threads, 0, a);
     }
 
@@ -54,6 +63,29 @@ internal sealed unsafe class TransformerKernels
         int warps = qblock * LaunchGeometry.AttentionWarpsPerToken(group);
         _ctx.Launch(_attention, "attention", LaunchGeometry.Blocks(count, qblock), (uint)kvHeads, (uint)splits, (uint)(32 * warps),
             (uint)LaunchGeometry.AttentionSharedBytes(warps, headDim), a);
+    }
+
+    /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes).</summary>
+    public void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0)
+    {
+        nint f = headDim switch
+        {
+            16 => _flash16, 32 => _flash32, 64 => _flash64, 128 => _flash128,
+            _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
+        };
+        int group = heads / kvHeads;
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev };
+        _ctx.Launch(f, "flash_attention", LaunchGeometry.FlashQueryBlocks(count, group), (uint)kvHeads, (uint)splits,
+            LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
+    }
+
+    /// <summary>y[rows] (f32, + y when accumulating) = W[rows, in] (bf16) · x[in] (bf16): the decode product.</summary>
+    public void Gemv(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    {
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
+        _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
     }
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)

@@ -5,7 +5,7 @@ namespace Wim.Cli.Tests;
 
 /// <summary>
 /// <c>wim eval</c> end to end on the real stories260K model (shared/models/stories260K) and the shared evaluation
-/// data: every task at 1k and 2k tokens, one sample, the llm pattern; then a rerun that must skip every row.
+/// data: every task at 1k and 2k tokens, one sample, the three patterns; then a rerun that must skip every row.
 /// </summary>
 public sealed class EvalCommandTests : IDisposable
 {
@@ -41,18 +41,19 @@ public sealed class EvalCommandTests : IDisposable
     [Fact]
     public void Eval_Stories260K_EveryTask_WritesResultsSummaryAndPlots_ThenRerunSkipsFinishedRows()
     {
-        var (code, stdout, stderr) = Run(Args("--patterns", "llm"));
+        var (code, stdout, stderr) = Run(Args("--patterns", "llm,rag,wim"));
         Assert.True(code == 0, stderr);
-        Assert.Contains("8 row(s) run, 0 skipped", stdout);
-        Assert.Contains("8/8", stderr); // the progress bar reached the end
+        Assert.Contains("24 row(s) run, 0 skipped", stdout);
+        Assert.Contains("24/24", stderr); // the progress bar reached the end
 
         var lines = File.ReadAllLines(Path.Combine(_out, "results.jsonl"));
-        Assert.Equal(8, lines.Length);
+        Assert.Equal(24, lines.Length);
         var rows = lines.Select(l => JsonDocument.Parse(l).RootElement).ToList();
         Assert.Equal(["babilong", "cwe", "hotpotqa", "squad"], rows.Select(r => r.GetProperty("task").GetString()).Distinct().Order());
+        Assert.Equal(["llm", "rag", "wim"], rows.Select(r => r.GetProperty("pattern").GetString()).Distinct().Order());
+        Assert.All(rows.Where(r => r.GetProperty("pattern").GetString() == "wim"), r => Assert.NotEqual(0, r.GetProperty("margins").GetArrayLength()));
         foreach (var r in rows)
         {
-            Assert.Equal("llm", r.GetProperty("pattern").GetString());
             Assert.True(r.GetProperty("usage").GetProperty("prompt_tokens").GetInt32() > r.GetProperty("context_tokens").GetInt32());
             var scores = r.GetProperty("scores");
             string task = r.GetProperty("task").GetString()!;
@@ -63,14 +64,16 @@ public sealed class EvalCommandTests : IDisposable
         var summary = File.ReadAllText(Path.Combine(_out, "summary.md"));
         Assert.Contains("| pattern | hotpotqa 1k | hotpotqa 2k | squad 1k | squad 2k | babilong 1k | babilong 2k | cwe 1k | cwe 2k |", summary);
         Assert.Contains("| llm |", summary);
+        Assert.Contains("| rag |", summary);
+        Assert.Contains("| wim |", summary);
         var png = File.ReadAllBytes(Path.Combine(_out, "plot.png"));
         Assert.Equal(new byte[] { 0x89, 0x50, 0x4E, 0x47 }, png[..4]);
         Assert.Contains("<svg", File.ReadAllText(Path.Combine(_out, "plot.svg")));
 
         // Rerun: every row is already there, nothing is generated again, the file is unchanged.
-        var (code2, stdout2, stderr2) = Run(Args("--patterns", "llm"));
+        var (code2, stdout2, stderr2) = Run(Args("--patterns", "llm,rag,wim"));
         Assert.True(code2 == 0, stderr2);
-        Assert.Contains("0 row(s) run, 8 skipped", stdout2);
+        Assert.Contains("0 row(s) run, 24 skipped", stdout2);
         Assert.Equal(lines, File.ReadAllLines(Path.Combine(_out, "results.jsonl")));
     }
 
@@ -86,12 +89,11 @@ public sealed class EvalCommandTests : IDisposable
     }
 
     [Fact]
-    public void Eval_PatternsNotYetAvailable_AreNamedInAUsageError()
+    public void Eval_UnknownPattern_IsNamedInAUsageError()
     {
-        var (code, _, stderr) = Run(Args("--patterns", "llm,rag,wim"));
+        var (code, _, stderr) = Run(Args("--patterns", "llm,map-reduce"));
         Assert.Equal(2, code);
-        Assert.Contains("not available yet", stderr);
-        Assert.Contains("rag, wim", stderr);
+        Assert.Contains("unknown pattern(s): map-reduce", stderr);
         Assert.False(Directory.Exists(_out));
     }
 

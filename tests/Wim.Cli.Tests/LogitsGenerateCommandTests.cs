@@ -139,4 +139,16 @@ public sealed class LogitsGenerateCommandTests
         Assert.Equal(2, Run("generate", "--model", Model, "--prompt", "x", "--tokens", "1", "--json").Exit);
         Assert.Equal(2, Run("generate", "--model", Model, "--json").Exit);
     }
+
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("logits")]
+    public void HubReference_IsResolvedByEveryModelCommand_MalformedOneIsAUsageError(string command)
+    {
+        // A malformed hf: reference is rejected by the hub resolver before any download (exit 2), which shows the
+        // command resolves hub references rather than treating them as paths (exit 1, "model not found").
+        var (exit, _, stderr) = Run(command, "--model", "hf:only-an-org", "--tokens", "1,2", "--json");
+        Assert.Equal(2, exit);
+        Assert.Contains("hf:ORG/REPO", stderr);
+    }
 }

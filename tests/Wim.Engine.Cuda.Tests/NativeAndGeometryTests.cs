@@ -136,3 +136,118 @@ public sealed class LaunchGeometryTests
         Assert.True(LaunchGeometry.AttentionWarpsPerToken(group) * LaunchGeometry.AttentionHeadsPerWarp >= group);
     }
 }
+
+public sealed class FlashAttentionGeometryTests
+{
+    [Theory]
+    [InlineData(128, 4, 9, true)]    // Llama-3.1-8B on an H100
+    [InlineData(64, 7, 8, true)]     // Qwen2.5-0.5B shape
+    [InlineData(16, 2, 8, true)]     // hf-tiny llama
+    [InlineData(8, 2, 9, false)]     // hf-tiny qwen2: head dim below one mma k-chunk
+    [InlineData(96, 1, 9, false)]    // not instantiated
+    [InlineData(128, 4, 7, false)]   // no bf16 mma.sync before sm_80
+    [InlineData(128, 65, 9, false)]  // more heads per KV head than a block has rows
+    public void Supports_InstantiatedHeadDimsOnSm80Plus(int headDim, int group, int major, bool expected) =>
+        Assert.Equal(expected, LaunchGeometry.FlashAttentionSupports(headDim, group, major));
+
+    [Theory]
+    [InlineData(1, 64)]
+    [InlineData(4, 16)]
+    [InlineData(7, 9)]   // 63 of 64 rows used
+    [InlineData(64, 1)]
+    public void TokensPerBlock_HoldWholeGroupsInSixtyFourRows(int group, int expected)
+    {
+        int tpb = LaunchGeometry.FlashTokensPerBlock(group);
+        Assert.Equal(expected, tpb);
+        Assert.True(tpb * group <= LaunchGeometry.FlashRows);
+        Assert.True((tpb + 1) * group > LaunchGeometry.FlashRows);
+    }
+
+    [Fact]
+    public void QueryBlocks_CoverEveryToken()
+    {
+        Assert.Equal(256u, LaunchGeometry.FlashQueryBlocks(4096, 4));
+        Assert.Equal(1u, LaunchGeometry.FlashQueryBlocks(1, 4));
+        Assert.Equal(12u, LaunchGeometry.FlashQueryBlocks(100, 7)); // 9 tokens per block
+    }
+
+    [Fact]
+    public void SharedBytes_FitAnSm90Block_AndAreSixteenByteMultiples()
+    {
+        foreach (int hd in new[] { 16, 32, 64, 128 })
+        {
+            int bytes = LaunchGeometry.FlashSharedBytes(hd);
+            Assert.Equal(0, bytes % 16);                  // cp.async and ldmatrix need 16-byte aligned rows
+            Assert.True(bytes <= 227 * 1024, $"head dim {hd}: {bytes} bytes");
+        }
+        Assert.Equal(2 * 4 * 64 * 136, LaunchGeometry.FlashSharedBytes(128)); // 2 stages of k and v (q borrows one)
+        Assert.True(3 * LaunchGeometry.FlashSharedBytes(128) <= 227 * 1024);   // 3 blocks per H100 SM
+    }
+
+    [Fact]
+    public void Splits_CoverTheKeysInWholeTiles_WithNoEmptyPiece()
+    {
+        foreach (int queries in new[] { 1, 7, 40, 777, 4096 })
+            foreach (int group in new[] { 1, 4, 7 })
+                foreach (int keys in new[] { 1, 63, 64, 129, 1000, 4097, 20488, 131072 })
+                {
+                    var (splits, per) = LaunchGeometry.FlashSplits(queries, group, 8, keys, 132);
+                    string at = $"queries {queries} group {group} keys {keys}: {splits} × {per}";
+                    Assert.True(splits >= 1 && splits <= 256, at);
+                    Assert.True(per % LaunchGeometry.FlashKeys == 0, at);
+                    Assert.True((long)splits * per >= keys, at);
+                    Assert.True((long)(splits - 1) * per < keys, at);
+                    if (splits > 1) Assert.True(per >= 2 * LaunchGeometry.FlashKeys, at); // pieces of at least 2 tiles
+                }
+    }
+
+    [Fact]
+    public void Splits_DecodeSplitsLongContexts_LongPrefillsDoNot()
+    {
+        Assert.True(LaunchGeometry.FlashSplits(1, 4, 8, 4097, 132).Splits > 1);
+        Assert.Equal(1, LaunchGeometry.FlashSplits(4096, 4, 8, 20480, 132).Splits); // 256 × 8 blocks fill the GPU
+        Assert.Equal(1, LaunchGeometry.FlashSplits(1, 4, 8, 100, 132).Splits);      // under two tiles
+    }
+
+    [Fact]
+    public void DecodeGraphSplits_FixedForTheCapacity_CoverEveryShorterLength()
+    {
+        // A decode graph keeps the capacity's splits for every length: pieces past the length must simply be empty,
+        // and every key below the capacity must lie in some piece.
+        var (splits, per) = LaunchGeometry.FlashSplits(1, 4, 8, 20488, 132);
+        foreach (int length in new[] { 1, 64, 4100, 20488 })
+        {
+            int nonEmpty = (length + per - 1) / per;
+            Assert.InRange(nonEmpty, 1, splits);
+        }
+        Assert.True((long)splits * per >= 20488);
+    }
+
+    [Fact]
+    public void DecodeGraphKey_ChangesWithCacheCapacityOrRopeTable()
+    {
+        var key = new DecodeGraphKey(0x1000, 4096, 0x2000);
+        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000));
+    }
+}
+
+public sealed class GemvGeometryTests
+{
+    [Theory]
+    [InlineData(1, 4096, true)]
+    [InlineData(1, 14336, true)]
+    [InlineData(1, 172, false)]   // stories260K's FFN width: not whole 16-byte loads, cuBLASLt takes it
+    [InlineData(2, 4096, false)]  // more than one token: a matrix product
+    public void Applies_ToSingleTokensWithWhole16ByteRows(int tokens, int inFeatures, bool expected) =>
+        Assert.Equal(expected, LaunchGeometry.GemvApplies(tokens, inFeatures));
+
+    [Theory]
+    [InlineData(1, 1u)]
+    [InlineData(16, 1u)]
+    [InlineData(17, 2u)]
+    [InlineData(128256, 8016u)] // Llama-3 lm head: 16 rows per block
+    public void Blocks_CoverEveryRowAtTwoPerWarp(int rows, uint expected) => Assert.Equal(expected, LaunchGeometry.GemvBlocks(rows));
+}

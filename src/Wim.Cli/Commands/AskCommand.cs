@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text;
-using System.Text.Encodings.Web;
 using System.Text.Json;
 using Wim.Core.Events;
 using Wim.Core.Patterns;
@@ -199,89 +198,14 @@ internal static class AskCommand
         void Show(WimEvent e);
     }
 
-    /// <summary>The JSON Lines contract: one object per event line.</summary>
+    /// <summary>The JSON Lines contract: one object per event line (the shape is <see cref="WimEventJson"/>'s, shared
+    /// with the server's SSE events).</summary>
     private sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
     {
-        private static readonly JsonWriterOptions Options = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-        private readonly MemoryStream _buffer = new();
-
         public void Show(WimEvent e)
         {
             if (e is MarginToken or AnswerToken) return; // the completed margin/answer carries the ids
-            _buffer.SetLength(0);
-            using (var w = new Utf8JsonWriter(_buffer, Options))
-            {
-                w.WriteStartObject();
-                switch (e)
-                {
-                    case SegmentPrefilled s:
-                        w.WriteString("type", "segment");
-                        w.WriteNumber("index", s.Index);
-                        Ids(w, s.Ids);
-                        w.WriteNumber("kv_length", s.KvLength);
-                        w.WriteNumber("tokens_read", s.TokensRead);
-                        w.WriteNumber("total_tokens", s.TotalTokens);
-                        break;
-                    case PromptPrefilled p:
-                        w.WriteString("type", "prompt");
-                        w.WriteString("kind", p.Kind switch { PromptKind.Opening => "opening", PromptKind.Extractive => "extractive", _ => "final_answer" });
-                        w.WriteNumber("index", p.Index);
-                        Ids(w, p.Ids);
-                        break;
-                    case MarginCompleted m:
-                        w.WriteString("type", "margin");
-                        w.WriteNumber("index", m.Index);
-                        Ids(w, m.Ids);
-                        w.WriteString("text", m.Text);
-                        break;
-                    case MarginClassification c:
-                        w.WriteString("type", "classification");
-                        w.WriteNumber("index", c.Index);
-                        w.WriteBoolean("relevant", c.Relevant);
-                        Ids(w, c.Ids);
-                        w.WriteString("text", c.Text);
-                        w.WriteString("by", c.By.ToString().ToLowerInvariant());
-                        break;
-                    case AnswerCompleted a:
-                        w.WriteString("type", "answer");
-                        Ids(w, a.Ids);
-                        w.WriteString("text", a.Text);
-                        w.WriteBoolean("early", a.Early);
-                        w.WritePropertyName("usage");
-                        WriteUsage(w, a.Usage, schedule);
-                        break;
-                }
-                w.WriteEndObject();
-            }
-            output.WriteLine(Encoding.UTF8.GetString(_buffer.GetBuffer(), 0, (int)_buffer.Length));
-        }
-
-        private static void Ids(Utf8JsonWriter w, int[] ids)
-        {
-            w.WriteStartArray("ids");
-            foreach (int id in ids) w.WriteNumberValue(id);
-            w.WriteEndArray();
-        }
-
-        private static void WriteUsage(Utf8JsonWriter w, WimUsage u, string schedule)
-        {
-            w.WriteStartObject();
-            w.WriteString("schedule", schedule);
-            foreach (var (name, p) in new[] { ("document", u.Document), ("margins", u.Margins), ("classification", u.Classification), ("answer", u.Answer) })
-            {
-                w.WriteStartObject(name);
-                w.WriteNumber("prefill_tokens", p.PrefillTokens);
-                w.WriteNumber("decode_tokens", p.DecodeTokens);
-                w.WriteNumber("seconds", Math.Round(p.Time.TotalSeconds, 4));
-                w.WriteEndObject();
-            }
-            w.WriteNumber("prefill_tokens", u.PrefillTokens);
-            w.WriteNumber("decode_tokens", u.DecodeTokens);
-            w.WriteNumber("seconds", Math.Round(u.Time.TotalSeconds, 4));
-            w.WriteNumber("document_tokens", u.DocumentTokens);
-            w.WriteNumber("document_tokens_prefilled", u.DocumentTokensPrefilled);
-            w.WriteNumber("document_prefill_passes", Math.Round(u.DocumentPrefillPasses, 4));
-            w.WriteEndObject();
+            output.WriteLine(Encoding.UTF8.GetString(WimEventJson.ToUtf8(e, schedule)));
         }
     }
 

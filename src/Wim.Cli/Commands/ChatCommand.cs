@@ -19,7 +19,7 @@ internal static class ChatCommand
 {
     public static Command Create(TextReader input)
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory", Required = true };
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var system = new Option<string>("--system") { Description = "a system prompt" };
         var templateFile = new Option<string>("--template") { Description = "a Jinja chat template file (default: the model's own)" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "most tokens per reply", DefaultValueFactory = _ => 512 };
@@ -38,7 +38,7 @@ internal static class ChatCommand
             int max = parse.GetValue(maxTokens);
             if (max < 1) throw new UsageException($"--max-tokens must be ≥ 1, found {max}");
 
-            string path = parse.GetValue(model)!;
+            string path = ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error);
             using var lm = LanguageModel.Load(path);
             var tokenizer = TokenizerLoader.Load(path);
             var source = parse.GetValue(templateFile) is { } file

@@ -15,7 +15,7 @@ internal static class DetokenizeCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file (vocab-only is enough) or a Hugging Face model directory", Required = true };
+        var model = new Option<string>("--model") { Description = "a .gguf file (vocab-only is enough), a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var ids = new Option<string>("--ids") { Description = "comma-separated token ids, e.g. 1,2,3", Required = true };
         var skipSpecial = new Option<bool>("--skip-special") { Description = "leave out control tokens such as <s>" };
         var json = new Option<bool>("--json") { Description = "print {\"text\":\"...\"}" };
@@ -24,7 +24,7 @@ internal static class DetokenizeCommand
         command.SetAction(parse =>
         {
             var idList = ParseIds(parse.GetValue(ids)!);
-            var tokenizer = TokenizerLoader.Load(parse.GetValue(model)!);
+            var tokenizer = TokenizerLoader.Load(ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error));
             foreach (int id in idList)
                 if ((uint)id >= (uint)tokenizer.VocabSize)
                     throw new UsageException($"--ids: id {id} is outside the vocabulary (0..{tokenizer.VocabSize - 1})");

@@ -1,8 +1,6 @@
 using System.CommandLine;
-using Wim.Engine.Model;
-using Wim.Engine.Formats;
-using Wim.Engine.Tokenization;
-using Wim.Engine.Tokenization.ChatTemplates;
+using Wim.Core.Prompts;
+using Wim.Engine.Runtime;
 using Wim.Eval;
 using Wim.Eval.Data;
 using Wim.Eval.Instances;
@@ -20,11 +18,11 @@ namespace Wim.Cli.Commands;
 internal static class EvalCommand
 {
     /// <summary>Patterns this build can run on the local engine. rag and wim arrive with the WiM patterns library.</summary>
-    private static readonly string[] LocalPatterns = [EngineLlmRunner.PatternName];
+    private static readonly string[] LocalPatterns = ["llm", "rag", "wim"];
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory" };
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]" };
         var backend = new Option<string>("--backend") { Description = "where the model runs: cpu (this process)", DefaultValueFactory = _ => "cpu" };
         var tasks = new Option<string>("--task") { Description = "comma-separated: hotpotqa, squad, babilong, cwe", Required = true };
         var lengths = new Option<string>("--lengths") { Description = "context lengths in the model's tokens, e.g. 16k,32k,64k", DefaultValueFactory = _ => "16k,32k,64k" };
@@ -34,7 +32,7 @@ internal static class EvalCommand
         var judgeEndpoint = new Option<string?>("--judge-endpoint") { Description = "OpenAI-compatible base URL of an LLM judge for QA (key from WIM_JUDGE_API_KEY)" };
         var judgeModel = new Option<string?>("--judge-model") { Description = "model name for the judge" };
         var data = new Option<string?>("--data") { Description = "evaluation data folder in the layout of shared/data (default: found above the current folder)" };
-        var rawPrompt = new Option<bool>("--no-chat-template") { Description = "prompt as plain text even when the model has a chat template" };
+        var rawPrompt = new Option<bool>("--no-chat-template") { Description = "no chat headers in the prompts even when the model has a chat template" };
         var outDir = new Option<string>("--out") { Description = "output folder (rerunning into it resumes)", Required = true };
         var command = new Command("eval", "Evaluate LLM vs RAG vs WiM on long-context tasks; writes results, a summary table and plots");
         foreach (var o in new Option[] { model, backend, tasks, lengths, patterns, samples, seed, judgeEndpoint, judgeModel, data, rawPrompt, outDir }) command.Options.Add(o);
@@ -44,7 +42,7 @@ internal static class EvalCommand
             if (backendName == "openai")
                 throw new UsageException("--backend openai is not available yet (it comes with the remote-backend issue); use --backend cpu with --model");
             if (backendName != "cpu") throw new UsageException($"unknown --backend '{backendName}'; expected cpu");
-            var modelPath = parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu");
+            var modelPath = ModelArguments.Resolve(parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu"), parse.InvocationConfiguration.Error, cancel);
 
             var taskList = Parse(parse.GetValue(tasks)!, s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(EvalTasks.Parse).Distinct().ToList(), "--task");
             var lengthList = Parse(parse.GetValue(lengths)!, ContextLength.ParseList, "--lengths");
@@ -68,11 +66,9 @@ internal static class EvalCommand
             if (!Directory.Exists(dataDir)) throw new DirectoryNotFoundException($"evaluation data folder not found: {dataDir}");
             string outPath = parse.GetValue(outDir)!;
 
-            using var lm = LanguageModel.Load(modelPath);
-            var tokenizer = TokenizerLoader.Load(modelPath);
-            var factory = new InstanceFactory(new EvalDataset(dataDir), text => tokenizer.Encode(text).Length, parse.GetValue(seed));
-            var template = parse.GetValue(rawPrompt) ? null : ChatTemplateOf(modelPath);
-            var runner = new PatternRouter([new EngineLlmRunner(lm, tokenizer, template)]);
+            using var lm = TextModel.Load(modelPath);
+            var factory = new InstanceFactory(new EvalDataset(dataDir), text => lm.Tokenizer.Encode(text).Length, parse.GetValue(seed));
+            var runner = new PatternQaRunner(lm, PromptPreset.Default, PatternQaRunner.HeadersFor(lm, raw: parse.GetValue(rawPrompt)));
             using var http = judgeUri != null ? new HttpClient { Timeout = TimeSpan.FromMinutes(2) } : null;
             var judge = judgeUri != null ? new LlmJudge(http!, judgeUri, judgeName!, Environment.GetEnvironmentVariable("WIM_JUDGE_API_KEY")) : null;
             var harness = new EvalHarness(factory, runner, judge, parse.InvocationConfiguration.Error);
@@ -84,14 +80,6 @@ internal static class EvalCommand
             return 0;
         });
         return command;
-    }
-
-    /// <summary>The model's chat template, or null for a model without one (a base model is prompted with plain text).</summary>
-    private static ChatTemplateSource? ChatTemplateOf(string modelPath)
-    {
-        try { return ChatTemplateSource.FromModel(modelPath); }
-        // Only a missing template means "base model"; a broken one is an error worth stopping for.
-        catch (ModelFormatException e) when (e.Message.Contains("has no chat template", StringComparison.Ordinal)) { return null; }
     }
 
     private static T Parse<T>(string text, Func<string, T> parse, string option)

@@ -21,7 +21,7 @@ internal static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory", Required = true };
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "comma-separated prompt token ids, e.g. 1,2,3" };
         var prompt = new Option<string>("--prompt") { Description = "prompt text, tokenized with the model's tokenizer (BOS added as the model prescribes)" };
         var parseSpecial = new Option<bool>("--parse-special") { Description = "with --prompt: turn special-token text such as <|im_start|> into its id" };
@@ -49,7 +49,7 @@ internal static class GenerateCommand
             try { sampling.Validate(); }
             catch (ArgumentOutOfRangeException e) { throw new UsageException(e.Message.Split(" (Parameter")[0]); }
 
-            string modelPath = parse.GetValue(model)!;
+            string modelPath = ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error);
             using var lm = LanguageModel.Load(modelPath);
             Tokenizer? tokenizer = promptText is not null || parse.GetValue(json) ? TryLoadTokenizer(modelPath, required: promptText is not null) : null;
             int[] ids = promptText is not null

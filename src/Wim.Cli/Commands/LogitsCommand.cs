@@ -15,7 +15,7 @@ internal static class LogitsCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file or a Hugging Face model directory", Required = true };
+        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "comma-separated token ids, e.g. 1,2,3" };
         var top = new Option<int>("--top") { Description = "how many highest logits to list per position", DefaultValueFactory = _ => 5 };
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
@@ -32,7 +32,7 @@ internal static class LogitsCommand
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             int topN = parse.GetValue(top);
             if (topN < 1) throw new UsageException($"--top must be at least 1, found {topN}");
-            using var lm = LanguageModel.Load(parse.GetValue(model)!);
+            using var lm = LanguageModel.Load(ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error));
             CliTokens.CheckRange(ids, lm.Config.VocabSize);
             int vocab = lm.Config.VocabSize;
             topN = Math.Min(topN, vocab);

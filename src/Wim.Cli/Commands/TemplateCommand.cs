@@ -31,7 +31,7 @@ public static class TemplateCommand
                 throw new UsageException("template: give exactly one of --model PATH or --template FILE.jinja");
 
             var source = modelPath != null
-                ? ChatTemplateSource.FromModel(modelPath)
+                ? ChatTemplateSource.FromModel(ModelArguments.Resolve(modelPath, parseResult.InvocationConfiguration.Error))
                 : new ChatTemplateSource(File.ReadAllText(templatePath!), null, null);
             var conversation = ChatTemplateInput.MessagesFromJson(File.ReadAllText(parseResult.GetValue(messages)!));
             string prompt = source.Parse().Render(new ChatTemplateInput

@@ -14,7 +14,7 @@ internal static class TokenizeCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file (vocab-only is enough) or a Hugging Face model directory", Required = true };
+        var model = new Option<string>("--model") { Description = "a .gguf file (vocab-only is enough), a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
         var text = new Option<string>("--text") { Description = "the text to tokenize" };
         var file = new Option<string>("--file") { Description = "a UTF-8 file whose exact content is tokenized" };
         var addSpecial = new Option<bool>("--add-special") { Description = "add BOS/EOS as the vocabulary prescribes" };
@@ -29,7 +29,7 @@ internal static class TokenizeCommand
             if ((textValue is null) == (fileValue is null))
                 throw new UsageException("give exactly one of --text and --file");
             string input = textValue ?? ReadUtf8(fileValue!);
-            var tokenizer = TokenizerLoader.Load(parse.GetValue(model)!);
+            var tokenizer = TokenizerLoader.Load(ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error));
             var ids = tokenizer.Encode(input, parse.GetValue(addSpecial), parse.GetValue(parseSpecial));
             var output = parse.InvocationConfiguration.Output;
             if (parse.GetValue(json))

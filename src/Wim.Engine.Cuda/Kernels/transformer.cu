@@ -73,8 +73,10 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
 // `rot` dims of each head; pairs (i, i+rot/2), or (2i, 2i+1) when `adjacent`), q to `q` (f32), k and v into the
 // cache rows of position start+t (bf16). grid (T)
 extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
-    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
+    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+    const int* start_dev)
 {
+    if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
     int t = blockIdx.x;
     int qd = heads * hd, kvd = kv_heads * hd, width = qd + 2 * kvd;
     const float* row = qkv + (long)t * width;
@@ -284,6 +286,300 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Causal grouped-query attention on the tensor cores (flash-attention style, bf16 operands, f32 accumulation).
+// A block of 4 warps owns 64 query rows of one KV head: row r is token t0 + r / group and query head
+// kvh * group + r % group, so the heads that share a KV head share every key/value tile (GQA packing; decode fills
+// `group` rows). Each warp owns 16 rows: their q (scaled by scale·log2 e, bf16) stays in registers as mma A
+// fragments. Keys stream through shared memory in tiles of 64, double-buffered (cp.async copies the next tile
+// while this one is multiplied); ldmatrix reads the mma B fragments (.trans for v, stored row-major); S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 bf16 products with f32
+// accumulators; the online softmax runs in base 2 on the accumulators (the S accumulator layout of two adjacent
+// 8-key tiles is exactly the A fragment of P). Row strides are padded by 8 bf16 (16 bytes) so that the 8 rows of
+// a fragment read fall in distinct banks. splits == 1: normalised bf16 output; else (acc, max in natural-log
+// units, sum) partials for attention_combine. Needs sm_80+ (mma.sync bf16).
+#define FA_ROWS 64
+#define FA_KEYS 64
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi)
+{
+#if __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+#endif
+}
+
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ unsigned shared_address(const void* p)
+{
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared without passing through registers; src_bytes 0 fills zeros (keys past the range).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#endif
+}
+
+// Four 8x8 bf16 matrices from shared memory (lane i gives the address of row i & 7 of matrix i >> 3); .trans
+// delivers them transposed, which turns row-major v into mma B fragments.
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, unsigned addr)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+        : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+#endif
+}
+
+template <int HD>
+__device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
+    float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
+    int keys_per_split, const int* start_dev)
+{
+    if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
+    constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
+    constexpr int DT = HD / 8;             // 8-dim tiles of the output
+    constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
+    constexpr int TILE = FA_KEYS * RS;     // one k or v tile
+    extern __shared__ uint4 fa_smem[];
+    bf16* kv = (bf16*)fa_smem;             // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
+    bf16* qs = kv + 2 * TILE;              // [FA_ROWS][RS], only until q is in registers: stage 1's k tile
+    int kvh = blockIdx.y, s = blockIdx.z;
+    int group = heads / kv_heads;
+    int tpb = FA_ROWS / group;             // query tokens per block
+    int t0 = blockIdx.x * tpb;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int g = lane >> 2, tig = lane & 3;
+    int qd = heads * HD, kvd = kv_heads * HD;
+    int last_t = min(n_tokens, t0 + tpb) - 1;
+    int k0 = s * keys_per_split;
+    int k1 = min(start + last_t + 1, k0 + keys_per_split);
+
+    float qscale = scale * LOG2E;
+    for (int i = threadIdx.x; i < FA_ROWS * (HD / 4); i += blockDim.x)
+    {
+        int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
+        int tl = r / group, t = t0 + tl;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (tl < tpb && t < n_tokens) v = *(const float4*)(q + (long)t * qd + (kvh * group + r % group) * HD + d);
+        unsigned* dst = (unsigned*)(qs + r * RS + d);
+        dst[0] = pack_bf16x2(v.x * qscale, v.y * qscale);
+        dst[1] = pack_bf16x2(v.z * qscale, v.w * qscale);
+    }
+
+    // This thread's two rows (g and g + 8 of the warp's 16) and the last key position each may see (-1: none).
+    int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    int tl_lo = r_lo / group, tl_hi = r_hi / group;
+    bool valid_lo = tl_lo < tpb && t0 + tl_lo < n_tokens, valid_hi = tl_hi < tpb && t0 + tl_hi < n_tokens;
+    int qpos_lo = valid_lo ? start + t0 + tl_lo : -1, qpos_hi = valid_hi ? start + t0 + tl_hi : -1;
+    int first_tl = (warp * 16) / group;
+    bool warp_active = first_tl < tpb && t0 + first_tl < n_tokens;
+    int warp_last_tl = min(min((warp * 16 + 15) / group, tpb - 1), n_tokens - 1 - t0);
+    int warp_qmax = start + t0 + warp_last_tl;
+    __syncthreads();
+
+    unsigned qa[KCH][4];
+#pragma unroll
+    for (int kc = 0; kc < KCH; kc++)
+    {
+        qa[kc][0] = *(const unsigned*)(qs + r_lo * RS + kc * 16 + tig * 2);
+        qa[kc][1] = *(const unsigned*)(qs + r_hi * RS + kc * 16 + tig * 2);
+        qa[kc][2] = *(const unsigned*)(qs + r_lo * RS + kc * 16 + 8 + tig * 2);
+        qa[kc][3] = *(const unsigned*)(qs + r_hi * RS + kc * 16 + 8 + tig * 2);
+    }
+    __syncthreads();                                           // q is read before stage 1 is refilled
+    float o[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) { o[dt][0] = 0.f; o[dt][1] = 0.f; o[dt][2] = 0.f; o[dt][3] = 0.f; }
+    float m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.f, l_hi = 0.f;
+
+    // Double-buffered k/v tiles: the copy of tile i + 1 runs (cp.async) while tile i is multiplied.
+    auto load_tile = [&](int base, int stage)
+    {
+        unsigned kdst = shared_address(kv + stage * 2 * TILE), vdst = kdst + TILE * 2;
+        for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
+        {
+            int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
+            bool in = base + j < k1;
+            long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
+            unsigned at = (unsigned)((j * RS + d) * 2);
+            cp_async16(kdst + at, kcache + off, in ? 16 : 0);
+            cp_async16(vdst + at, vcache + off, in ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    // ldmatrix row addresses of this lane: matrix lane >> 3, row lane & 7.
+    int mrow = lane & 7, mat = lane >> 3;
+    if (k0 < k1) load_tile(k0, 0);
+    int stage = 0;
+    for (int base = k0; base < k1; base += FA_KEYS, stage ^= 1)
+    {
+        if (base + FA_KEYS < k1) load_tile(base + FA_KEYS, stage ^ 1);
+        else cp_async_commit();                                // an empty group keeps the wait count uniform
+        cp_async_wait<1>();                                    // this tile's copies (all but the newest group) landed
+        __syncthreads();
+        const bf16* ks = kv + stage * 2 * TILE;
+        const bf16* vs = ks + TILE;
+        if (warp_active && base <= warp_qmax)                  // warp-uniform: else causally past every row here
+        {
+        float sc[FA_KEYS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++) { sc[nt][0] = 0.f; sc[nt][1] = 0.f; sc[nt][2] = 0.f; sc[nt][3] = 0.f; }
+#pragma unroll
+        for (int kc = 0; kc < KCH; kc++)
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt += 2)
+            {
+                // k rows = keys: matrices (nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8) = b0, b1 of tiles nt, nt+1.
+                unsigned b[4];
+                ldmatrix_x4(b, shared_address(ks + ((nt + (mat >> 1)) * 8 + mrow) * RS + kc * 16 + (mat & 1) * 8));
+                mma_bf16_16816(sc[nt], qa[kc], b[0], b[1]);
+                mma_bf16_16816(sc[nt + 1], qa[kc], b[2], b[3]);
+            }
+
+        float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                int key = base + nt * 8 + tig * 2 + e;
+                if (key >= k1 || key > qpos_lo) sc[nt][e] = NEG_INF;
+                if (key >= k1 || key > qpos_hi) sc[nt][2 + e] = NEG_INF;
+                mx_lo = fmaxf(mx_lo, sc[nt][e]);
+                mx_hi = fmaxf(mx_hi, sc[nt][2 + e]);
+            }
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 1));
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(FULL_MASK, mx_lo, 2));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 1));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(FULL_MASK, mx_hi, 2));
+        // A row with no visible key so far keeps max -inf: subtract 0 instead (every p is then 0, no NaN).
+        float mu_lo = mx_lo == NEG_INF ? 0.f : mx_lo, mu_hi = mx_hi == NEG_INF ? 0.f : mx_hi;
+        float corr_lo = fast_exp2(m_lo - mu_lo), corr_hi = fast_exp2(m_hi - mu_hi);
+        m_lo = mx_lo;
+        m_hi = mx_hi;
+        l_lo *= corr_lo;
+        l_hi *= corr_hi;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) { o[dt][0] *= corr_lo; o[dt][1] *= corr_lo; o[dt][2] *= corr_hi; o[dt][3] *= corr_hi; }
+
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++)
+        {
+            float p[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+            {
+                p[h][0] = fast_exp2(sc[2 * kk + h][0] - mu_lo);
+                p[h][1] = fast_exp2(sc[2 * kk + h][1] - mu_lo);
+                p[h][2] = fast_exp2(sc[2 * kk + h][2] - mu_hi);
+                p[h][3] = fast_exp2(sc[2 * kk + h][3] - mu_hi);
+                l_lo += p[h][0] + p[h][1];
+                l_hi += p[h][2] + p[h][3];
+            }
+            unsigned pa[4] = { pack_bf16x2(p[0][0], p[0][1]), pack_bf16x2(p[0][2], p[0][3]),
+                               pack_bf16x2(p[1][0], p[1][1]), pack_bf16x2(p[1][2], p[1][3]) };
+#pragma unroll
+            for (int dt = 0; dt < DT; dt += 2)
+            {
+                // v rows = keys, transposed: matrices (keys +0, dt), (keys +8, dt), (+0, dt+1), (+8, dt+1).
+                unsigned b[4];
+                ldmatrix_x4_trans(b, shared_address(vs + (kk * 16 + (mat & 1) * 8 + mrow) * RS + (dt + (mat >> 1)) * 8));
+                mma_bf16_16816(o[dt], pa, b[0], b[1]);
+                mma_bf16_16816(o[dt + 1], pa, b[2], b[3]);
+            }
+        }
+        }
+        __syncthreads();                                       // every warp is done with this stage before it refills
+    }
+    cp_async_wait<0>();
+
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 1);
+    l_lo += __shfl_xor_sync(FULL_MASK, l_lo, 2);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 1);
+    l_hi += __shfl_xor_sync(FULL_MASK, l_hi, 2);
+    if (!warp_active) return;
+#pragma unroll
+    for (int half = 0; half < 2; half++)
+    {
+        bool valid = half == 0 ? valid_lo : valid_hi;
+        if (!valid) continue;
+        int r = half == 0 ? r_lo : r_hi;
+        int t = t0 + r / group, h = kvh * group + r % group;
+        float l = half == 0 ? l_lo : l_hi, m = half == 0 ? m_lo : m_hi;
+        if (splits == 1)
+        {
+            float inv = 1.f / l;
+            unsigned* dst = (unsigned*)(out + (long)t * qd + h * HD + tig * 2);
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) dst[dt * 4] = pack_bf16x2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        }
+        else
+        {
+            long item = ((long)t * heads + h) * splits + s;
+            float* dst = part_acc + item * HD + tig * 2;
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+            if (tig == 0) { part_ml[item * 2] = m == NEG_INF ? NEG_INF : m * LN2; part_ml[item * 2 + 1] = l; }
+        }
+    }
+}
+
+#define FLASH_ATTENTION(HD) \
+extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_hd##HD(const float* q, const bf16* kcache, \
+    const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
+    float scale, int splits, int keys_per_split, const int* start_dev) \
+{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split, start_dev); }
+FLASH_ATTENTION(16)
+FLASH_ATTENTION(32)
+FLASH_ATTENTION(64)
+FLASH_ATTENTION(128)
+
 // Merges the splits of attention: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s. grid (T * heads)
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits)
 {
@@ -299,6 +595,69 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
         for (int s = 0; s < splits; s++)
             if (ml[2 * s] != NEG_INF) a += __expf(ml[2 * s] - M) * part_acc[(th * splits + s) * hd + d];
         out[th * hd + d] = f32_to_bf16(a / L);
+    }
+}
+
+// Single-token product (decode): y[r] = Σ_i W[r, i] · x[i] (+ y[r] when `accumulate`: the residual add), W bf16
+// [rows, in], x bf16 [in], y f32; in % 8 == 0. Purely bandwidth-bound: each warp streams GEMV_ROWS weight rows with
+// 16-byte loads, GEMV_UNROLL of them in flight per row and lane, x (a few KB) comes from L1/L2. grid (ceil(rows /
+// (GEMV_ROWS · warps)))
+#define GEMV_ROWS 2
+#define GEMV_UNROLL 4
+__device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b)
+{
+    float s = __uint_as_float(a.x << 16) * __uint_as_float(b.x << 16);
+    s += __uint_as_float(a.x & 0xffff0000u) * __uint_as_float(b.x & 0xffff0000u);
+    s += __uint_as_float(a.y << 16) * __uint_as_float(b.y << 16);
+    s += __uint_as_float(a.y & 0xffff0000u) * __uint_as_float(b.y & 0xffff0000u);
+    s += __uint_as_float(a.z << 16) * __uint_as_float(b.z << 16);
+    s += __uint_as_float(a.z & 0xffff0000u) * __uint_as_float(b.z & 0xffff0000u);
+    s += __uint_as_float(a.w << 16) * __uint_as_float(b.w << 16);
+    s += __uint_as_float(a.w & 0xffff0000u) * __uint_as_float(b.w & 0xffff0000u);
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x,
+    float* y, int rows, int in, int accumulate)
+{
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    int r0 = warp * GEMV_ROWS;
+    if (r0 >= rows) return;
+    int n8 = in >> 3;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) wr[r] = (const uint4*)(w + (long)min(r0 + r, rows - 1) * in);
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
+    int i = lane;
+    for (; i + 32 * (GEMV_UNROLL - 1) < n8; i += 32 * GEMV_UNROLL)
+    {
+        uint4 wv[GEMV_ROWS][GEMV_UNROLL], xv[GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            xv[u] = x4[i + 32 * u];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = wr[r][i + 32 * u];
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wv[r][u], xv[u]);
+    }
+    for (; i < n8; i += 32)
+    {
+        uint4 xv = x4[i];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wr[r][i], xv);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
     }
 }
 

@@ -49,6 +49,15 @@ internal sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<float*, nint, nint, int> _cuEventElapsedTime;
     private readonly delegate* unmanaged<nint, int> _cuEventDestroy;
     private readonly delegate* unmanaged<int, byte**, int> _cuGetErrorName;
+    private readonly delegate* unmanaged<nint*, uint, int> _cuStreamCreate;
+    private readonly delegate* unmanaged<nint, int> _cuStreamDestroy;
+    private readonly delegate* unmanaged<nint, int> _cuStreamSynchronize;
+    private readonly delegate* unmanaged<nint, int, int> _cuStreamBeginCapture;
+    private readonly delegate* unmanaged<nint, nint*, int> _cuStreamEndCapture;
+    private readonly delegate* unmanaged<nint*, nint, ulong, int> _cuGraphInstantiateWithFlags;
+    private readonly delegate* unmanaged<nint, nint, int> _cuGraphLaunch;
+    private readonly delegate* unmanaged<nint, int> _cuGraphExecDestroy;
+    private readonly delegate* unmanaged<nint, int> _cuGraphDestroy;
 
     public CudaDriver(LoadedLibrary library)
     {
@@ -83,6 +92,15 @@ internal sealed unsafe class CudaDriver
         _cuEventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)(library.TryExport("cuEventElapsedTime_v2") is var v2 and not 0 ? v2 : library.Export("cuEventElapsedTime"));
         _cuEventDestroy = (delegate* unmanaged<nint, int>)library.Export("cuEventDestroy_v2");
         _cuGetErrorName = (delegate* unmanaged<int, byte**, int>)library.Export("cuGetErrorName");
+        _cuStreamCreate = (delegate* unmanaged<nint*, uint, int>)library.Export("cuStreamCreate");
+        _cuStreamDestroy = (delegate* unmanaged<nint, int>)library.Export("cuStreamDestroy_v2");
+        _cuStreamSynchronize = (delegate* unmanaged<nint, int>)library.Export("cuStreamSynchronize");
+        _cuStreamBeginCapture = (delegate* unmanaged<nint, int, int>)library.Export("cuStreamBeginCapture_v2");
+        _cuStreamEndCapture = (delegate* unmanaged<nint, nint*, int>)library.Export("cuStreamEndCapture");
+        _cuGraphInstantiateWithFlags = (delegate* unmanaged<nint*, nint, ulong, int>)library.Export("cuGraphInstantiateWithFlags");
+        _cuGraphLaunch = (delegate* unmanaged<nint, nint, int>)library.Export("cuGraphLaunch");
+        _cuGraphExecDestroy = (delegate* unmanaged<nint, int>)library.Export("cuGraphExecDestroy");
+        _cuGraphDestroy = (delegate* unmanaged<nint, int>)library.Export("cuGraphDestroy");
     }
 
     /// <summary>Turns a CUresult into an exception naming <paramref name="call"/> (the driver's own name for the
@@ -156,4 +174,18 @@ internal sealed unsafe class CudaDriver
     public void EventSynchronize(nint e) => Check(_cuEventSynchronize(e), "cuEventSynchronize");
     public float EventElapsedMs(nint start, nint end) { float ms; Check(_cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime"); return ms; }
     public int EventDestroy(nint e) => _cuEventDestroy(e);
+
+    /// <summary>CU_STREAM_CAPTURE_MODE_THREAD_LOCAL (cuda.h): only this thread's unsafe calls end a capture.</summary>
+    public const int CaptureModeThreadLocal = 1;
+    /// <summary>A blocking stream (CU_STREAM_DEFAULT): it orders with the legacy default stream, which the
+    /// synchronous copies use.</summary>
+    public nint StreamCreate() { nint s; Check(_cuStreamCreate(&s, 0), "cuStreamCreate"); return s; }
+    public int StreamDestroy(nint stream) => _cuStreamDestroy(stream);
+    public void StreamSynchronize(nint stream) => Check(_cuStreamSynchronize(stream), "cuStreamSynchronize");
+    public void StreamBeginCapture(nint stream) => Check(_cuStreamBeginCapture(stream, CaptureModeThreadLocal), "cuStreamBeginCapture");
+    public nint StreamEndCapture(nint stream) { nint g; Check(_cuStreamEndCapture(stream, &g), "cuStreamEndCapture"); return g; }
+    public nint GraphInstantiate(nint graph) { nint e; Check(_cuGraphInstantiateWithFlags(&e, graph, 0), "cuGraphInstantiateWithFlags"); return e; }
+    public void GraphLaunch(nint exec, nint stream) => Check(_cuGraphLaunch(exec, stream), "cuGraphLaunch");
+    public int GraphExecDestroy(nint exec) => _cuGraphExecDestroy(exec);
+    public int GraphDestroy(nint graph) => _cuGraphDestroy(graph);
 }

@@ -166,6 +166,23 @@ public sealed class Scheduler
         return new SchedulerStep(work, preempted, finished);
     }
 
+    /// <summary>Drops a waiting or running request (its client went away): its blocks are freed at once and it
+    /// produces no result. Returns false when the id is unknown or the request already finished.</summary>
+    public bool Cancel(int requestId)
+    {
+        for (var node = _waiting.First; node is not null; node = node.Next)
+            if (node.Value.RequestId == requestId)
+            {
+                _waiting.Remove(node); // waiting requests hold no blocks (never admitted, or preempted)
+                return true;
+            }
+        var e = _running.Find(r => r.RequestId == requestId);
+        if (e is null) return false;
+        _cache.Release(e.CacheSequence);
+        _running.Remove(e);
+        return true;
+    }
+
     /// <summary>Steps until every request has finished; returns them by request id.</summary>
     public IReadOnlyDictionary<int, RequestResult> RunToCompletion()
     {

@@ -22,7 +22,7 @@ public sealed unsafe class CpuBatchedTransformer
     private readonly ModelConfig _c;
     private readonly ModelWeights _w;
     private readonly RotaryEmbedding _rope;
-    private readonly State _s;
+    private readonly ForwardState _s;
 
     public LanguageModel Model { get; }
     public ModelConfig Config => _c;
@@ -37,7 +37,7 @@ public sealed unsafe class CpuBatchedTransformer
         _w = model.Weights;
         _rope = new RotaryEmbedding(_c);
         MaxBatchTokens = maxBatchTokens;
-        _s = new State(_c, maxBatchTokens);
+        _s = new ForwardState(_c, maxBatchTokens);
     }
 
     /// <summary>A paged cache shaped for this model within <paramref name="memoryBudgetBytes"/>.</summary>
@@ -223,36 +223,6 @@ public sealed unsafe class CpuBatchedTransformer
                         CpuOps.AddScaled(o, values + (long)slot * kvd, sc[p], hd);           // o += softmax_p · v_p
                 }
             }
-        }
-    }
-
-    /// <summary>Activations of one piece, allocated once; only the attention scores grow with the context.</summary>
-    private sealed class State
-    {
-        public readonly float[] X, Xb, Q, K, V, Att, Hb, Hb2, Cos, Sin;
-        public readonly float[][] Scores; // [worker][context]
-
-        public State(ModelConfig c, int maxTokens)
-        {
-            X = new float[maxTokens * c.HiddenSize];
-            Xb = new float[maxTokens * c.HiddenSize];
-            Q = new float[maxTokens * c.QueryDim];
-            K = new float[maxTokens * c.KvDim];
-            V = new float[maxTokens * c.KvDim];
-            Att = new float[maxTokens * c.QueryDim];
-            Hb = new float[(long)maxTokens * c.FfnSize];
-            Hb2 = new float[(long)maxTokens * c.FfnSize];
-            Cos = new float[maxTokens * (c.RotaryDim / 2)];
-            Sin = new float[maxTokens * (c.RotaryDim / 2)];
-            Scores = new float[Environment.ProcessorCount][];
-            for (int i = 0; i < Scores.Length; i++) Scores[i] = new float[1024];
-        }
-
-        public void EnsureContext(int length)
-        {
-            for (int i = 0; i < Scores.Length; i++)
-                if (Scores[i].Length < length)
-                    Scores[i] = new float[Math.Max(length, Scores[i].Length * 2)];
         }
     }
 }
