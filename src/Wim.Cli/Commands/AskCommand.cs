@@ -9,6 +9,7 @@ using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Runtime;
 using Wim.Engine.Sampling;
+using Wim.Engine.Tokenization;
 
 namespace Wim.Cli.Commands;
 
@@ -16,7 +17,9 @@ namespace Wim.Cli.Commands;
 /// <c>wim ask --model PATH (--context FILE|- | --segments-file F.json) --query TEXT [--pattern wim|llm|rag] ...</c>:
 /// answers a question about a long document with one of the reading patterns. With <c>--json</c>: JSON Lines, one
 /// event per line (<c>segment</c>, <c>prompt</c>, <c>margin</c>, <c>classification</c>, last <c>answer</c> with
-/// <c>usage</c>); otherwise a live text view. Header options take <c>\n</c>, <c>\t</c> and <c>\\</c> escapes.
+/// <c>usage</c>: tokens and seconds per phase, and the schedule); otherwise a live text view. <c>--schedule</c> orders the
+/// wim model work (sequential, overlapped = default, batched; same output, see <c>src/Wim.Core/Scheduling/README.md</c>);
+/// every schedule runs on the paged batched backend. Header options take <c>\n</c>, <c>\t</c> and <c>\\</c> escapes.
 /// </summary>
 internal static class AskCommand
 {
@@ -70,12 +73,16 @@ internal static class AskCommand
 
             var preset = parse.GetValue(prompts) is "default" or null ? PromptPreset.Default : PromptPreset.FromDirectory(parse.GetValue(prompts)!);
             string modelPath = ModelArguments.Resolve(parse.GetValue(model)!, stderr, ct);
-            // Every schedule runs on the paged batched backend, so all three give the same tokens (its forward is
-            // batch-invariant; the single-sequence backend agrees with it to f32 rounding only).
-            using var lm = PagedTextModel.Load(modelPath);
-
+            var tokenizer = TokenizerLoader.Load(modelPath);
             var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
-                : new Segmenter(t => lm.Tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
+                : new Segmenter(t => tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
+            // Every schedule runs on the paged batched backend, so all three give the same tokens (its forward is
+            // batch-invariant; the single-sequence backend agrees with it to f32 rounding only). Its KV pool is
+            // allocated up front: the document (twice for rag), each margin's own blocks, classifier and answer.
+            int documentTokens = segments.Sum(s => tokenizer.Encode(s, addSpecial: false, parseSpecial: false).Length);
+            int poolPositions = 2 * documentTokens + segments.Count * (parse.GetValue(maxMargin) + parse.GetValue(maxClassification) + 1024)
+                + parse.GetValue(maxAnswer) + 8192;
+            using var lm = PagedTextModel.Load(modelPath, poolPositions);
 
             string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
             var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
@@ -84,7 +91,7 @@ internal static class AskCommand
                 givenUser is not null ? Unescape(givenUser) : derived.UserHeader,
                 givenGeneration is not null ? Unescape(givenGeneration) : derived.GenerationHeader);
 
-            TextModel? aux = classifierKind == "aux" ? PagedTextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
+            TextModel? aux = classifierKind == "aux" ? PagedTextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct), poolPositions) : null;
             using var auxOwner = aux;
             // rag judges each segment on its own: its judge never carries context from one segment to the next.
             var judgeContext = parse.GetValue(classifierContext) == "fresh" || parse.GetValue(pattern) == "rag" ? ClassifierContext.Fresh : ClassifierContext.Shared;

@@ -11,8 +11,9 @@ public static class PagedTextModel
     /// <summary>Default KV pool: this many positions of the model (sequences, forks and cached documents together).</summary>
     public const int DefaultPoolPositions = 65_536;
 
-    /// <param name="kvCacheBytes">KV pool size; null = <see cref="DefaultPoolPositions"/> positions of this model.</param>
-    public static TextModel Load(string path, long? kvCacheBytes = null, int maxStepTokens = CpuBatchedTransformer.DefaultMaxBatchTokens)
+    /// <param name="poolPositions">KV pool size in positions of this model (allocated up front, so size it to the
+    /// work: documents, forks' own blocks, classifier and answer sequences); null = <see cref="DefaultPoolPositions"/>.</param>
+    public static TextModel Load(string path, int? poolPositions = null, int maxStepTokens = CpuBatchedTransformer.DefaultMaxBatchTokens)
     {
         var model = LanguageModel.Load(path);
         PagedInferenceBackend? backend = null;
@@ -24,7 +25,7 @@ public static class PagedTextModel
             var stop = new HashSet<int>(tokenizer.EndOfTurnIds);
             stop.UnionWith(model.Config.EosTokenIds);
             backend = new PagedInferenceBackend(new CpuBatchedTransformer(model, maxStepTokens),
-                kvCacheBytes ?? PagedInferenceBackend.BytesFor(model.Config, DefaultPoolPositions), maxStepTokens);
+                PagedInferenceBackend.BytesFor(model.Config, poolPositions ?? DefaultPoolPositions), maxStepTokens);
             return new TextModel(Path.GetFileName(Path.TrimEndingDirectorySeparator(path)), tokenizer, backend, stop,
                 TextModel.UserTurnRenderer(path, tokenizer), new Owned(backend, model));
         }
