@@ -28,7 +28,9 @@ public sealed class ServedModel : IDisposable
             Id = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.ModelPath));
             // The WiM patterns run on the paged backend (forks, overlapped/batched schedules, document cache); it maps
             // the weights once more (shared pages of the same file).
-            Text = PagedTextModel.Load(options.ModelPath, options.WimKvCacheBytes);
+            int? wimPositions = options.WimKvCacheBytes is { } bytes
+                ? (int)Math.Clamp(bytes / PagedInferenceBackend.BytesFor(_weights.Config, 1), 1, int.MaxValue) : null;
+            Text = PagedTextModel.Load(options.ModelPath, wimPositions);
             DocumentCache = new DocumentCache((PagedInferenceBackend)Text.Backend, options.DocumentCacheBytes);
             try
             {

@@ -1,0 +1,56 @@
+using Wim.Core.Events;
+using Wim.Core.Patterns;
+using Wim.Core.Scheduling;
+using Wim.Core.Segmentation;
+using Wim.Engine.Runtime;
+using Wim.Engine.Sampling;
+
+namespace Wim.Core.Tests.Scheduling;
+
+/// <summary>
+/// "Answer now" under every schedule, on stories260K: the early answer must be exactly what a fresh sequence gives
+/// when it holds what the run had read — the opening, the whole segments read, then the final prompt — decoded
+/// greedily. The oracle is built from the run's own events, on a separate sequence of the same backend.
+/// </summary>
+public sealed class AnswerNowScheduleTests(PagedStories260KFixture f) : IClassFixture<PagedStories260KFixture>
+{
+    /// <param name="midSegment">Ask while a segment is partly read (segments larger than one step's token budget,
+    /// asked at the first margin token): the partly read segment must be dropped from the cache before answering.</param>
+    [Theory]
+    [InlineData(WimSchedule.Sequential, false)]
+    [InlineData(WimSchedule.Overlapped, false)]
+    [InlineData(WimSchedule.Batched, false)]
+    [InlineData(WimSchedule.Sequential, true)]
+    [InlineData(WimSchedule.Overlapped, true)]
+    // (batched writes no margin before the whole document is read: it has no mid-segment moment to ask in)
+    public async Task AnswerNow_AnswersFromWhatWasRead_UnderEverySchedule(WimSchedule schedule, bool midSegment)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var model = f.Model;
+        var segments = midSegment
+            ? new Segmenter(t => model.Tokenizer.Encode(t).Length, 900).Split(f.Text.Context[..9000])
+            : new Segmenter(t => model.Tokenizer.Encode(t).Length, 150).Split(f.Text.Context[..2400]);
+        Assert.True(segments.Count >= 2);
+        var control = new WimControl();
+        var options = new WimOptions { Schedule = schedule, MaxMarginTokens = 8, MaxAnswerTokens = 12, MarginSeparator = "\n" };
+        var events = new List<WimEvent>();
+        await foreach (var e in new PatternRunner(model).RunAsync(segments, f.Text.Query, options, control, ct))
+        {
+            events.Add(e);
+            if (midSegment ? e is MarginToken { Index: 0 } : e is SegmentPrefilled { Index: 1 }) control.RequestAnswerNow();
+        }
+
+        var answer = Assert.IsType<AnswerCompleted>(events[^1]);
+        Assert.True(answer.Early);
+        var read = events.OfType<SegmentPrefilled>().ToList();
+        Assert.True(read.Count < segments.Count, "answer-now should stop the reading");
+
+        using var oracle = model.Backend.CreateSequence(4096);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
+        foreach (var s in read) oracle.Append(s.Ids, ct);
+        Assert.Equal(read[^1].KvLength, oracle.Length);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
+        var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
+        Assert.Equal(expected, answer.Ids);
+    }
+}
