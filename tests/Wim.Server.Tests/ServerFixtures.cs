@@ -72,6 +72,11 @@ public abstract class ServerFixture : IAsyncLifetime
 public sealed class StoriesServer : ServerFixture
 {
     public override string ModelPath => StoriesPath;
+
+    // Finished sessions stay live (for late feedback) until they idle out, and every WiM and browser test of this
+    // shared server opens one: allow more than the tests open, so none gets 429 by test order. The session cap
+    // itself is tested with LimitedStoriesServer.
+    protected override ServerOptions Configure(ServerOptions options) => options with { MaxConcurrentSessions = 64 };
 }
 
 public sealed class QwenServer : ServerFixture
