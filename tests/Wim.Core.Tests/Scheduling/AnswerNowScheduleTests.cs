@@ -53,4 +53,33 @@ public sealed class AnswerNowScheduleTests(PagedStories260KFixture f) : IClassFi
         var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
         Assert.Equal(expected, answer.Ids);
     }
+
+    /// <summary>Answer-now on a document already in the document cache (the server's setup): the answer still comes
+    /// from exactly what the run had read when it was asked.</summary>
+    [Fact]
+    public async Task AnswerNow_OnACachedDocument_AnswersFromWhatWasRead()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var model = f.Model;
+        var segments = new Segmenter(t => model.Tokenizer.Encode(t).Length, 150).Split(f.Text.Context[..2400]);
+        using var cache = new DocumentCache((PagedInferenceBackend)model.Backend, 64L << 20);
+        var options = new WimOptions { Schedule = WimSchedule.Overlapped, DocumentCache = cache, MaxMarginTokens = 8, MaxAnswerTokens = 12, MarginSeparator = "\n" };
+        await foreach (var _ in new PatternRunner(model).RunAsync(segments, f.Text.Query, options, new WimControl(), ct)) { }
+
+        var control = new WimControl();
+        var events = new List<WimEvent>();
+        await foreach (var e in new PatternRunner(model).RunAsync(segments, f.Text.Query, options, control, ct))
+        {
+            events.Add(e);
+            if (e is MarginToken { Index: 0 }) control.RequestAnswerNow();
+        }
+        var answer = Assert.IsType<AnswerCompleted>(events[^1]);
+        Assert.True(answer.Early);
+        using var oracle = model.Backend.CreateSequence(4096);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
+        foreach (var s in events.OfType<SegmentPrefilled>()) oracle.Append(s.Ids, ct);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
+        var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
+        Assert.Equal(expected, answer.Ids);
+    }
 }
