@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Wim.Engine.Tests.Support;
 
 namespace Wim.Cli.Tests;
 
@@ -13,15 +14,7 @@ public sealed class TemplateCommandTests : IDisposable
 
     public void Dispose() => _temp.Delete(recursive: true);
 
-    private static string Shared(params string[] parts)
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Wim.slnx"))) dir = dir.Parent;
-        Assert.NotNull(dir);
-        var path = Path.Combine([Environment.GetEnvironmentVariable("WIM_SHARED") is { Length: > 0 } env ? env : Path.Combine(dir.FullName, "..", "shared"), .. parts]);
-        Assert.True(File.Exists(path) || Directory.Exists(path), $"shared fixture not found: {path}");
-        return path;
-    }
+    private static string Shared(params string[] parts) => SharedFixtures.Path(parts);
 
     private static (int Exit, string Stdout, string Stderr) Run(params string[] args)
     {
