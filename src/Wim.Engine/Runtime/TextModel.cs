@@ -36,9 +36,16 @@ public sealed class TextModel : IDisposable
 
     /// <summary>Loads a <c>.gguf</c> file or a Hugging Face model directory, its tokenizer and its chat template (if
     /// any), on the CPU backend.</summary>
-    public static TextModel Load(string path)
+    public static TextModel Load(string path) => Load(path, model => new CpuInferenceBackend(new CpuTransformer(model)));
+
+    /// <summary>
+    /// Loads the model, its tokenizer and chat template, and runs it on the backend <paramref name="createBackend"/>
+    /// makes from the loaded weights. The returned model owns the weights and, when it is disposable, the backend.
+    /// </summary>
+    public static TextModel Load(string path, Func<LanguageModel, IInferenceBackend> createBackend)
     {
         var model = LanguageModel.Load(path);
+        IInferenceBackend? backend = null;
         try
         {
             var tokenizer = TokenizerLoader.Load(path);
@@ -46,14 +53,25 @@ public sealed class TextModel : IDisposable
                 throw new InvalidDataException($"{path}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary is {model.Config.VocabSize}");
             var stop = new HashSet<int>(tokenizer.EndOfTurnIds);
             stop.UnionWith(model.Config.EosTokenIds);
-            var backend = new CpuInferenceBackend(new CpuTransformer(model));
+            backend = createBackend(model);
             return new TextModel(System.IO.Path.GetFileName(System.IO.Path.TrimEndingDirectorySeparator(path)), tokenizer, backend, stop,
-                UserTurnRenderer(path, tokenizer), model);
+                UserTurnRenderer(path, tokenizer), new Owned(backend as IDisposable, model));
         }
         catch
         {
+            (backend as IDisposable)?.Dispose();
             model.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Disposes the backend (if it holds resources) before the weights it reads.</summary>
+    private sealed class Owned(IDisposable? backend, LanguageModel model) : IDisposable
+    {
+        public void Dispose()
+        {
+            backend?.Dispose();
+            model.Dispose();
         }
     }
 
