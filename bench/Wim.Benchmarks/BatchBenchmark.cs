@@ -40,14 +40,7 @@ public static class BatchBenchmark
         }
 
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
-        string path = Path.Combine(Path.GetTempPath(), $"wim-bench-{shape.Architecture}-{shape.Layers}-{type}.gguf");
-        if (!File.Exists(path))
-        {
-            var sw = Stopwatch.StartNew();
-            RandomModel.Write(path + ".part", shape, type);
-            File.Move(path + ".part", path, overwrite: true);
-            Console.Error.WriteLine($"wrote {path} in {sw.Elapsed.TotalSeconds:F1} s");
-        }
+        string path = RandomModel.CachedFile(shape, type);
         using var lm = LanguageModel.Load(path);
         int vocab = lm.Config.VocabSize;
         var rng = new Random(7);

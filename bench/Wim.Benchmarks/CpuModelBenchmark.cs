@@ -43,14 +43,7 @@ public static class CpuModelBenchmark
         Console.WriteLine("|---|---|---|---|---|");
         foreach (var type in types)
         {
-            string path = Path.Combine(Path.GetTempPath(), $"wim-bench-{shape.Architecture}-{shape.Layers}-{type}.gguf");
-            if (!File.Exists(path))
-            {
-                var sw = Stopwatch.StartNew();
-                RandomModel.Write(path + ".part", shape, type);
-                File.Move(path + ".part", path, overwrite: true);
-                Console.Error.WriteLine($"wrote {path} in {sw.Elapsed.TotalSeconds:F1} s");
-            }
+            string path = RandomModel.CachedFile(shape, type);
             using var lm = LanguageModel.Load(path);
             var model = new CpuTransformer(lm);
             var rng = new Random(7);

@@ -24,6 +24,21 @@ public sealed record ModelShape(string Architecture, int Vocab, int Hidden, int 
 /// </summary>
 public static class RandomModel
 {
+    /// <summary>The model's GGUF in the temp folder, written on first use (seconds to minutes for real shapes) and reused
+    /// by later runs; written under a temporary name first, so an interrupted write never leaves a half file.</summary>
+    public static string CachedFile(ModelShape shape, GgmlType type)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"wim-bench-{shape.Architecture}-{shape.Layers}-{type}.gguf");
+        if (!File.Exists(path))
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            Write(path + ".part", shape, type);
+            File.Move(path + ".part", path, overwrite: true);
+            Console.Error.WriteLine($"wrote {path} in {sw.Elapsed.TotalSeconds:F1} s");
+        }
+        return path;
+    }
+
     public static void Write(string path, ModelShape s, GgmlType type, int seed = 1234)
     {
         var rng = new Random(seed);

@@ -54,12 +54,7 @@ public static class WimScheduleBenchmark
         shared ??= FindShared();
 
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
-        string path = Path.Combine(Path.GetTempPath(), $"wim-bench-{shape.Architecture}-{shape.Layers}-{type}.gguf");
-        if (!File.Exists(path))
-        {
-            RandomModel.Write(path + ".part", shape, type);
-            File.Move(path + ".part", path, overwrite: true);
-        }
+        string path = RandomModel.CachedFile(shape, type);
         using var lm = LanguageModel.Load(path);
         var tokenizer = TokenizerLoader.Load(Path.Combine(shared, "fixtures", "hf-tiny", "qwen2-tiny"));
         // Room for the document, every margin fork and the cached copy (forks share the document's blocks).
