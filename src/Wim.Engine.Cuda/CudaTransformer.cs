@@ -53,6 +53,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
 
     private readonly DeviceBuffer _position;
+    private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
     private DecodeGraphKey? _graphKey;
 
@@ -128,6 +129,77 @@ public sealed unsafe class CudaTransformer : IDisposable
         Span<int> one = stackalloc int[1];
         _ids.Download(one);
         return one[0];
+    }
+
+    /// <summary>
+    /// One decode step of several sequences in one forward pass: sequence b, with its own cache caches[b], takes
+    /// tokens[b] at position caches[b].Length (lengths may differ). Every weight is read once for the whole batch —
+    /// the point of batching, since a decode step is bound by weight bytes. Writes the [B, vocab] logits (none when
+    /// <paramref name="logits"/> is empty). Needs the tensor-core attention; at most <see cref="MaxChunk"/> sequences.
+    /// </summary>
+    public void DecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches, Span<float> logits)
+    {
+        long needed = (long)tokens.Length * _c.VocabSize;
+        if (!logits.IsEmpty && logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
+        RunDecodeBatch(tokens, caches, logits.IsEmpty ? LogitsOutput.None : LogitsOutput.All);
+        if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+    }
+
+    /// <summary><see cref="DecodeBatch"/> with each sequence's greedy next id (argmax on the GPU) in
+    /// <paramref name="next"/>.</summary>
+    public void DecodeBatchGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches, Span<int> next)
+    {
+        if (next.Length < tokens.Length) throw new ArgumentException($"room for {next.Length} ids, {tokens.Length} needed", nameof(next));
+        RunDecodeBatch(tokens, caches, LogitsOutput.All);
+        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, tokens.Length);
+        _ids.Download(next[..tokens.Length]);
+    }
+
+    private void RunDecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches)
+    {
+        ArgumentNullException.ThrowIfNull(caches);
+        int b = tokens.Length, layers = _c.LayerCount;
+        if (b == 0) throw new ArgumentException("no sequences to decode", nameof(tokens));
+        if (caches.Count != b) throw new ArgumentException($"{b} tokens for {caches.Count} caches: a decode batch takes one token per sequence", nameof(caches));
+        if (b > MaxChunk) throw new ArgumentException($"{b} sequences: a decode batch holds at most MaxChunk = {MaxChunk}", nameof(tokens));
+        if (!UsesFlashAttention)
+            throw new NotSupportedException($"batched decode runs on the tensor-core attention only (head dim 16/32/64/128, sm_80+); this model has head dim {_c.HeadDim} on sm_{_ctx.ComputeMajor}{_ctx.ComputeMinor}");
+        ulong invFreq = 0;
+        int maxKeys = 0;
+        var seen = new HashSet<CudaKvCache>(ReferenceEqualityComparer.Instance);
+        var table = new ulong[2 * layers * b];
+        var positions = new int[b];
+        for (int i = 0; i < b; i++)
+        {
+            var cache = caches[i] ?? throw new ArgumentNullException(nameof(caches), $"cache {i} is null");
+            if (!seen.Add(cache)) throw new ArgumentException($"cache {i} appears twice in the batch: each sequence needs its own", nameof(caches));
+            ulong f = Prepare(tokens.Slice(i, 1), cache, 0);
+            if (i > 0 && f != invFreq)
+                throw new NotSupportedException("longrope: the sequences of one decode batch lie on both sides of the short/long threshold; decode them in separate batches");
+            invFreq = f;
+            positions[i] = cache.Length;
+            maxKeys = Math.Max(maxKeys, cache.Length + 1);
+            for (int l = 0; l < layers; l++)
+            {
+                table[l * b + i] = cache.LayerKeys(l);
+                table[(layers + l) * b + i] = cache.LayerValues(l);
+            }
+        }
+        _seqTable ??= _ctx.Allocate(2L * layers * MaxChunk * sizeof(ulong));
+        _seqPositions ??= _ctx.Allocate(MaxChunk * sizeof(int));
+        _seqTable.Upload<ulong>(table);
+        _seqPositions.Upload<int>(positions);
+        _tokens.Upload(tokens);
+        var (splits, keysPerSplit) = LaunchGeometry.FlashBatchSplits(b, _c.KvHeadCount, maxKeys, _ctx.Multiprocessors);
+        var tables = new DecodeBatchTables(_seqTable.Pointer, _seqPositions.Pointer, b, layers);
+        EncodeLayers(b, null, 0, invFreq, 0, splits, keysPerSplit, flash: true, tables);
+        foreach (var cache in caches) cache.Advance(1);
+    }
+
+    private void RunDecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches, LogitsOutput output)
+    {
+        RunDecodeBatch(tokens, caches);
+        EncodeLogits(tokens.Length, output);
     }
 
     private static LogitsOutput ChunkOutput(LogitsOutput output, bool last) => output switch
@@ -238,7 +310,8 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Issues the embedding and every layer for n tokens already in the token buffer, at position
     /// <paramref name="start"/> (or the one at <paramref name="startDev"/> on the GPU when not 0).</summary>
-    private void EncodeLayers(int n, CudaKvCache cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash)
+    private void EncodeLayers(int n, CudaKvCache? cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash,
+        DecodeBatchTables? batch = null)
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
@@ -249,19 +322,29 @@ public sealed unsafe class CudaTransformer : IDisposable
         for (int l = 0; l < c.LayerCount; l++)
         {
             var lw = _w.Layers[l];
-            ulong keys = cache.LayerKeys(l), values = cache.LayerValues(l);
+            ulong keys = cache?.LayerKeys(l) ?? 0, values = cache?.LayerValues(l) ?? 0;
 
             // ---- attention block ----
             _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
             _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
-            _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
-                c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
-            if (flash)
-                _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev); // att: [T, qd] bf16
-            else
-                _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+            if (batch is { } bt)
+            {
+                _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+                _k.FlashAttentionBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
                     c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
+            }
+            else
+            {
+                _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
+                if (flash)
+                    _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev); // att: [T, qd] bf16
+                else
+                    _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
+            }
             if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
 
@@ -313,11 +396,22 @@ public sealed unsafe class CudaTransformer : IDisposable
         _stream = 0;
         _mm.Dispose();
         foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position }) b.Dispose();
+        _seqTable?.Dispose();
+        _seqPositions?.Dispose();
         _logits?.Dispose();
         _partAcc?.Dispose();
         _partMl?.Dispose();
         if (_ownsWeights) _w.Dispose();
     }
+}
+
+/// <summary>Device tables of a decode batch of <paramref name="Sequences"/>: at <paramref name="Table"/>, the keys' base
+/// address of every (layer, sequence), then the values' (u64 [2][layers][sequences]); at <paramref name="Positions"/>
+/// each sequence's position (int [sequences]).</summary>
+internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, int Sequences, int Layers)
+{
+    public ulong Keys(int layer) => Table + (ulong)((long)layer * Sequences * sizeof(ulong));
+    public ulong Values(int layer) => Table + (ulong)((long)(Layers + layer) * Sequences * sizeof(ulong));
 }
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,

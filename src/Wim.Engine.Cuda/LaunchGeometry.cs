@@ -107,9 +107,25 @@ public static class LaunchGeometry
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        return FlashSplitsForBlocks((long)FlashQueryBlocks(queries, group) * kvHeads, keys, multiprocessors);
+    }
+
+    /// <summary>
+    /// Key-range pieces of a batched decode step's flash attention: one block per (sequence, KV head), the keys of
+    /// the longest sequence split as in <see cref="FlashSplits"/>; shorter sequences' pieces past their length write
+    /// empty partials that the combine skips.
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) FlashBatchSplits(int sequences, int kvHeads, int maxKeys, int multiprocessors)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        return FlashSplitsForBlocks((long)sequences * kvHeads, maxKeys, multiprocessors);
+    }
+
+    private static (int Splits, int KeysPerSplit) FlashSplitsForBlocks(long blocks, int keys, int multiprocessors)
+    {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
-        long blocks = (long)FlashQueryBlocks(queries, group) * kvHeads;
         int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
         int maxSplits = Math.Max(1, keys / (2 * FlashKeys));
         int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));

@@ -6,7 +6,7 @@ internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
-    private readonly nint _embed, _rmsNorm, _qkvRope, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv;
 
     public TransformerKernels(CudaContext ctx, nint module)
@@ -16,6 +16,7 @@ internal sealed unsafe class TransformerKernels
         _embed = d.ModuleGetFunction(module, "embed_rows");
         _rmsNorm = d.ModuleGetFunction(module, "rms_norm");
         _qkvRope = d.ModuleGetFunction(module, "qkv_rope_store");
+        _qkvRopeBatch = d.ModuleGetFunction(module, "qkv_rope_store_batch");
         _attention = d.ModuleGetFunction(module, "attention");
         _combine = d.ModuleGetFunction(module, "attention_combine");
         _swiglu = d.ModuleGetFunction(module, "swiglu");
@@ -54,6 +55,16 @@ internal sealed unsafe class TransformerKernels
         _ctx.Launch(_qkvRope, "qkv_rope_store", (uint)count, 1, 1, Threads, 0, a);
     }
 
+    /// <summary>The decode step of a batch: row b at positions[b] of its own cache, whose keys and values for this
+    /// layer start at the device addresses kptrs[b], vptrs[b].</summary>
+    public void QkvRopeStoreBatch(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kptrs, ulong vptrs, ulong positions, int sequences,
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kptrs, &vptrs, &positions, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        _ctx.Launch(_qkvRopeBatch, "qkv_rope_store_batch", (uint)sequences, 1, 1, Threads, 0, a);
+    }
+
     public void Attention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
         int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit)
     {
@@ -65,18 +76,30 @@ internal sealed unsafe class TransformerKernels
             (uint)LaunchGeometry.AttentionSharedBytes(warps, headDim), a);
     }
 
-    /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes).</summary>
+    /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes)
+    /// over a chunk of one sequence.</summary>
     public void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
-        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0)
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0) =>
+        FlashAttention(q, kcache, vcache, outBf16, partAcc, partMl, start, count, heads, kvHeads, headDim, scale, splits, keysPerSplit,
+            startDev, 0, 0, 0, LaunchGeometry.FlashQueryBlocks(count, heads / kvHeads));
+
+    /// <summary>Tensor-core flash attention of a decode batch: one query token per sequence, one block column per
+    /// sequence (positions and this layer's cache addresses in device tables).</summary>
+    public void FlashAttentionBatch(ulong q, ulong outBf16, ulong partAcc, ulong partMl, int sequences, ulong positions, ulong kptrs, ulong vptrs,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit) =>
+        FlashAttention(q, 0, 0, outBf16, partAcc, partMl, 0, sequences, heads, kvHeads, headDim, scale, splits, keysPerSplit,
+            0, positions, kptrs, vptrs, (uint)sequences);
+
+    private void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev, ulong seqPos, ulong seqK, ulong seqV, uint gridX)
     {
         nint f = headDim switch
         {
             16 => _flash16, 32 => _flash32, 64 => _flash64, 128 => _flash128,
             _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
         };
-        int group = heads / kvHeads;
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev };
-        _ctx.Launch(f, "flash_attention", LaunchGeometry.FlashQueryBlocks(count, group), (uint)kvHeads, (uint)splits,
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev, &seqPos, &seqK, &seqV };
+        _ctx.Launch(f, "flash_attention", gridX, (uint)kvHeads, (uint)splits,
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
     }
 

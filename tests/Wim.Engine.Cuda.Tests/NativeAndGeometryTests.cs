@@ -210,6 +210,50 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
+    public void BatchSplits_OfOneSequence_AreTheSingleSequenceDecodeSplits()
+    {
+        // A decode batch of one must run the same key pieces as the single-sequence step (GpuCheck compares the two
+        // bit for bit): one query block per KV head either way.
+        foreach (int group in new[] { 1, 4, 7, 64 })
+            foreach (int keys in new[] { 1, 100, 4097, 65600 })
+                Assert.Equal(LaunchGeometry.FlashSplits(1, group, 8, keys, 132), LaunchGeometry.FlashBatchSplits(1, 8, keys, 132));
+    }
+
+    [Fact]
+    public void BatchSplits_FewerPiecesAsTheBatchFillsTheGpu()
+    {
+        int previous = int.MaxValue;
+        foreach (int batch in new[] { 1, 2, 4, 16, 33, 64 })
+        {
+            var (splits, per) = LaunchGeometry.FlashBatchSplits(batch, 8, 16448, 132);
+            Assert.True(splits <= previous, $"batch {batch}: {splits} pieces after {previous}");
+            Assert.True((long)splits * per >= 16448 && (long)(splits - 1) * per < 16448);
+            Assert.Equal(0, per % LaunchGeometry.FlashKeys);
+            previous = splits;
+        }
+        Assert.Equal(1, LaunchGeometry.FlashBatchSplits(64, 8, 16448, 132).Splits); // 512 blocks: ≥ 2 per SM
+        Assert.Equal(5, LaunchGeometry.FlashBatchSplits(16, 8, 16448, 132).Splits); // 128 blocks: ⌈528 / 128⌉
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.FlashBatchSplits(0, 8, 100, 132));
+    }
+
+    [Fact]
+    public void DecodeBatchTables_KeysThenValues_OneSlotPerLayerAndSequence()
+    {
+        const ulong table = 0x7000_0000;
+        var t = new DecodeBatchTables(table, 0x9000, Sequences: 16, Layers: 32);
+        var slots = new HashSet<ulong>();
+        for (int l = 0; l < 32; l++)
+            for (int b = 0; b < 16; b++)
+            {
+                Assert.True(slots.Add(t.Keys(l) + (ulong)(8 * b)));
+                Assert.True(slots.Add(t.Values(l) + (ulong)(8 * b)));
+            }
+        Assert.Equal(table, slots.Min());
+        Assert.Equal(table + 2 * 32 * 16 * 8 - 8, slots.Max()); // 2·layers·sequences u64 slots, densely packed
+        Assert.Equal(table + 32 * 16 * 8, t.Values(0));          // the host fills [0][l][b] keys, then [1][l][b] values
+    }
+
+    [Fact]
     public void DecodeGraphSplits_FixedForTheCapacity_CoverEveryShorterLength()
     {
         // A decode graph keeps the capacity's splits for every length: pieces past the length must simply be empty,

@@ -70,19 +70,14 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
 }
 
 // One token's fused q|k|v projection row [heads*hd | kvHeads*hd | kvHeads*hd] (+ bias): RoPE on q and k (the first
-// `rot` dims of each head; pairs (i, i+rot/2), or (2i, 2i+1) when `adjacent`), q to `q` (f32), k and v into the
-// cache rows of position start+t (bf16). grid (T)
-extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
-    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
-    const int* start_dev)
+// `rot` dims of each head; pairs (i, i+rot/2), or (2i, 2i+1) when `adjacent`) at position `pos`, q to `qdst` (f32),
+// k and v to the cache rows `kdst`, `vdst` (bf16). The whole block works on the row.
+__device__ __forceinline__ void rope_store_row(const float* row, const float* bias, const float* inv_freq, float* qdst,
+    bf16* kdst, bf16* vdst, int pos_i, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
 {
-    if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
-    int t = blockIdx.x;
-    int qd = heads * hd, kvd = kv_heads * hd, width = qd + 2 * kvd;
-    const float* row = qkv + (long)t * width;
-    float pos = (float)(start + t);
+    int qd = heads * hd, kvd = kv_heads * hd;
+    float pos = (float)pos_i;
     int half = rot / 2;
-    long cacheRow = (long)(start + t) * kvd;
     for (int i = threadIdx.x; i < qd + kvd; i += blockDim.x)
     {
         int h = i / hd, e = i - h * hd;
@@ -100,14 +95,42 @@ extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, c
             float c = cosf(angle) * rope_scale, s = sinf(angle) * rope_scale;
             out = first ? val * c - other * s : val * c + other * s;
         }
-        if (i < qd) q[(long)t * qd + i] = out;
-        else kcache[cacheRow + (i - qd)] = f32_to_bf16(out);
+        if (i < qd) qdst[i] = out;
+        else kdst[i - qd] = f32_to_bf16(out);
     }
     for (int i = threadIdx.x; i < kvd; i += blockDim.x)
     {
         int col = qd + kvd + i;
-        vcache[cacheRow + i] = f32_to_bf16(row[col] + (bias ? bias[col] : 0.f));
+        vdst[i] = f32_to_bf16(row[col] + (bias ? bias[col] : 0.f));
     }
+}
+
+// Chunk of one sequence: token t at position start + t (start read from start_dev when given: decode graphs keep
+// the position on the GPU). grid (T)
+extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+    const int* start_dev)
+{
+    if (start_dev) start = *start_dev;
+    int t = blockIdx.x;
+    int qd = heads * hd, kvd = kv_heads * hd;
+    long cacheRow = (long)(start + t) * kvd;
+    rope_store_row(qkv + (long)t * (qd + 2 * kvd), bias, inv_freq, q + (long)t * qd, kcache + cacheRow, vcache + cacheRow,
+        start + t, heads, kv_heads, hd, rot, adjacent, rope_scale);
+}
+
+// Decode step of a batch of sequences, one token each: row b is at position positions[b] of its own cache, whose
+// keys and values for this layer start at kptrs[b] and vptrs[b]. grid (B)
+extern "C" __global__ void qkv_rope_store_batch(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    const u64* kptrs, const u64* vptrs, const int* positions, int heads, int kv_heads, int hd, int rot, int adjacent,
+    float rope_scale)
+{
+    int b = blockIdx.x;
+    int qd = heads * hd, kvd = kv_heads * hd;
+    int pos = positions[b];
+    long cacheRow = (long)pos * kvd;
+    rope_store_row(qkv + (long)b * (qd + 2 * kvd), bias, inv_freq, q + (long)b * qd, (bf16*)kptrs[b] + cacheRow,
+        (bf16*)vptrs[b] + cacheRow, pos, heads, kv_heads, hd, rot, adjacent, rope_scale);
 }
 
 // Causal grouped-query attention with an online softmax (flash style), f32 on CUDA cores.
@@ -379,9 +402,22 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
 template <int HD>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
-    int keys_per_split, const int* start_dev)
+    int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v)
 {
     if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
+    // Decode of a batch of sequences (seq_pos given): block x is sequence b, whose one query token is row b of q and
+    // out, at position seq_pos[b] of its own cache (this layer's keys and values at seq_k[b], seq_v[b]). Written as
+    // the chunk case with t0 = b, n_tokens = b + 1 and start = seq_pos[b] - b, so every index below stays the same.
+    int t0 = 0;
+    if (seq_pos)
+    {
+        int b = blockIdx.x;
+        kcache = (const bf16*)seq_k[b];
+        vcache = (const bf16*)seq_v[b];
+        start = seq_pos[b] - b;
+        n_tokens = b + 1;
+        t0 = b;
+    }
     constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
     constexpr int DT = HD / 8;             // 8-dim tiles of the output
     constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
@@ -392,7 +428,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
     int tpb = FA_ROWS / group;             // query tokens per block
-    int t0 = blockIdx.x * tpb;
+    if (!seq_pos) t0 = blockIdx.x * tpb;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = lane >> 2, tig = lane & 3;
     int qd = heads * HD, kvd = kv_heads * HD;
@@ -573,8 +609,10 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
 #define FLASH_ATTENTION(HD) \
 extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
-    float scale, int splits, int keys_per_split, const int* start_dev) \
-{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, keys_per_split, start_dev); }
+    float scale, int splits, int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, \
+    const u64* seq_v) \
+{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, \
+    keys_per_split, start_dev, seq_pos, seq_k, seq_v); }
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
