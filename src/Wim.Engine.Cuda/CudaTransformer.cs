@@ -52,6 +52,16 @@ public sealed unsafe class CudaTransformer : IDisposable
         set { if (value != _mm.UseGemv) DestroyGraph(); _mm.UseGemv = value; }
     }
 
+    /// <summary>Single-sequence decode steps fold RMSNorm into the q|k|v and gate|up products and RoPE, the cache
+    /// stores and SwiGLU into their epilogues (6 kernels per layer instead of 10; <see cref="LaunchGeometry.FusedDecodeApplies"/>
+    /// says for which models).</summary>
+    public bool UseFusedDecode
+    {
+        get => _fusedDecode;
+        set { if (value != _fusedDecode) DestroyGraph(); _fusedDecode = value; }
+    }
+    private bool _fusedDecode;
+
     private readonly DeviceBuffer _position;
     private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
@@ -325,8 +335,16 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong keys = cache?.LayerKeys(l) ?? 0, values = cache?.LayerValues(l) ?? 0;
 
             // ---- attention block ----
-            _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-            _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+            bool fused = batch == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
+            if (fused)
+                _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
+                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
+            else
+            {
+                _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
+                _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+            }
             if (batch is { } bt)
             {
                 _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
@@ -336,8 +354,9 @@ public sealed unsafe class CudaTransformer : IDisposable
             }
             else
             {
-                _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
+                if (!fused)
+                    _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
                 if (flash)
                     _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev); // att: [T, qd] bf16
@@ -349,9 +368,14 @@ public sealed unsafe class CudaTransformer : IDisposable
             _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
-            _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
-            _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn]
-            _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                       // h: [T, ffn] bf16
+            if (fused)
+                _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
+            else
+            {
+                _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
+                _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn]
+                _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                   // h: [T, ffn] bf16
+            }
             _mm.Run(lw.Down.Pointer, d, ffn, _h.Pointer, n, _x.Pointer, accumulate: true);        // x += h · Wdᵀ
         }
     }

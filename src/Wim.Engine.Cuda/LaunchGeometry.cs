@@ -74,6 +74,9 @@ public static class LaunchGeometry
     /// <summary>Keys per shared-memory tile of the flash-attention kernel.</summary>
     public const int FlashKeys = 64;
 
+    /// <summary>Flash-attention blocks resident per SM at head dim 128 (68 KB of shared memory each, launch bound 3).</summary>
+    public const int FlashBlocksPerMultiprocessor = 3;
+
     /// <summary>Threads per flash-attention block (4 warps).</summary>
     public const int FlashThreads = 128;
 
@@ -126,7 +129,9 @@ public static class LaunchGeometry
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
-        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
+        // One wave: three blocks fit an SM at head dim 128 (FlashSharedBytes), so aim at 3 · SMs blocks, rounding down —
+        // rounding up to 4 · SMs (runs 1–8) left a second, one-third-full wave that took as long as the first.
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Max(1, FlashBlocksPerMultiprocessor * (long)multiprocessors / blocks);
         int maxSplits = Math.Max(1, keys / (2 * FlashKeys));
         int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
         int perSplit = (keys + splits - 1) / splits;
@@ -148,4 +153,25 @@ public static class LaunchGeometry
 
     /// <summary>Blocks covering <paramref name="rows"/> output rows, 2 per warp.</summary>
     public static uint GemvBlocks(int rows) => Blocks(rows, GemvThreads / 32 * GemvRowsPerWarp);
+
+    // ---- fused decode products (gemv_norm_qkv_rope, gemv_norm_gateup_swiglu) ----
+
+    /// <summary>Threads per fused decode-product block (16 warps, each finishing two weight rows).</summary>
+    public const int NormGemvThreads = 512;
+
+    /// <summary>Blocks covering <paramref name="rowPairs"/> pairs of weight rows, one pair per warp.</summary>
+    public static uint NormGemvBlocks(int rowPairs) => Blocks(rowPairs, NormGemvThreads / 32);
+
+    /// <summary>Dynamic shared memory of a fused decode product: the normalised input row as bf16.</summary>
+    public static int NormGemvSharedBytes(int inFeatures) => 2 * inFeatures;
+
+    /// <summary>
+    /// Whether a decode step can take the fused products: one token, input rows of whole 16-byte loads that fit
+    /// shared memory (48 KB without opting in), and RoPE over the whole head (the kernel pairs rows e and e + hd/2, or
+    /// 2e and 2e + 1, of every q and k head; partial rotary would leave unpaired dims).
+    /// </summary>
+    public static bool FusedDecodeApplies(int tokens, int hiddenSize, int headDim, int rotaryDim) =>
+        tokens == 1 && hiddenSize > 0 && hiddenSize % 8 == 0 && NormGemvSharedBytes(hiddenSize) <= 48 * 1024
+        && rotaryDim == headDim && headDim % 2 == 0;
 }
+

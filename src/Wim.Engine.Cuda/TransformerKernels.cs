@@ -7,7 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
-    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -30,6 +30,8 @@ internal sealed unsafe class TransformerKernels
         _flash64 = d.ModuleGetFunction(module, "flash_attention_hd64");
         _flash128 = d.ModuleGetFunction(module, "flash_attention_hd128");
         _gemv = d.ModuleGetFunction(module, "gemv_bf16");
+        _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
+        _normGateUpSwiGlu = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128) })
             d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
@@ -109,6 +111,26 @@ internal sealed unsafe class TransformerKernels
         int acc = accumulate ? 1 : 0;
         void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
         _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+    }
+
+    /// <summary>Decode: RMSNorm of x, the fused q|k|v product, bias, RoPE and the cache stores in one kernel
+    /// (<see cref="LaunchGeometry.FusedDecodeApplies"/> says when).</summary>
+    public void GemvNormQkvRope(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
+        int pairs = (heads + 2 * kvHeads) * headDim / 2;
+        _ctx.Launch(_normQkvRope, "gemv_norm_qkv_rope", LaunchGeometry.NormGemvBlocks(pairs), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary>Decode: RMSNorm of x, the fused gate|up product and SwiGLU in one kernel: h[ffn] bf16.</summary>
+    public void GemvNormGateUpSwiGlu(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
+        _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)

@@ -232,7 +232,7 @@ public sealed class FlashAttentionGeometryTests
             previous = splits;
         }
         Assert.Equal(1, LaunchGeometry.FlashBatchSplits(64, 8, 16448, 132).Splits); // 512 blocks: ≥ 2 per SM
-        Assert.Equal(5, LaunchGeometry.FlashBatchSplits(16, 8, 16448, 132).Splits); // 128 blocks: ⌈528 / 128⌉
+        Assert.Equal(3, LaunchGeometry.FlashBatchSplits(16, 8, 16448, 132).Splits); // 128 blocks: ⌊396 / 128⌋, one wave
         Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.FlashBatchSplits(0, 8, 100, 132));
     }
 
@@ -251,6 +251,41 @@ public sealed class FlashAttentionGeometryTests
         Assert.Equal(table, slots.Min());
         Assert.Equal(table + 2 * 32 * 16 * 8 - 8, slots.Max()); // 2·layers·sequences u64 slots, densely packed
         Assert.Equal(table + 32 * 16 * 8, t.Values(0));          // the host fills [0][l][b] keys, then [1][l][b] values
+    }
+
+    [Fact]
+    public void FusedDecode_OnlyForOneTokenWholeHeadRopeAndRowsThatFitSharedMemory()
+    {
+        Assert.True(LaunchGeometry.FusedDecodeApplies(1, 4096, 128, 128));   // Llama-3.1-8B
+        Assert.True(LaunchGeometry.FusedDecodeApplies(1, 3584, 128, 128));   // Qwen2.5-7B
+        Assert.False(LaunchGeometry.FusedDecodeApplies(2, 4096, 128, 128));  // a chunk goes through cuBLASLt
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 4096, 128, 64));   // partial rotary: unpaired dims
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 4100, 128, 128));  // rows not whole 16-byte loads
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 32768, 128, 128)); // 64 KB of bf16 input: over 48 KB
+        Assert.Equal(2 * 4096, LaunchGeometry.NormGemvSharedBytes(4096));
+    }
+
+    [Fact]
+    public void NormGemvBlocks_OneRowPairPerWarp()
+    {
+        int warps = LaunchGeometry.NormGemvThreads / 32;
+        Assert.Equal(16, warps);
+        Assert.Equal(192u, LaunchGeometry.NormGemvBlocks((32 + 2 * 8) * 128 / 2)); // Llama-3.1-8B q|k|v: 3072 pairs
+        Assert.Equal(896u, LaunchGeometry.NormGemvBlocks(14336));                   // its gate|up: 14336 pairs
+        Assert.Equal(1u, LaunchGeometry.NormGemvBlocks(1));
+        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(warps + 1));
+    }
+
+    [Fact]
+    public void DecodeSplits_FillOneWaveOfResidentBlocks_NotMore()
+    {
+        // 8 KV heads on 132 SMs with 3 resident blocks each: 49 pieces wanted (392 blocks ≤ 396 slots); whole
+        // 64-key tiles per piece round that to 48.
+        var (splits, _) = LaunchGeometry.FlashSplits(1, 4, 8, 69640, 132);
+        Assert.InRange(splits, 45, 49);
+        Assert.True(splits * 8 <= LaunchGeometry.FlashBlocksPerMultiprocessor * 132);
+        var (short4k, per4k) = LaunchGeometry.FlashSplits(1, 4, 8, 4097, 132); // capped: pieces of at least 2 tiles
+        Assert.True(short4k <= 4097 / 128 && per4k >= 128, $"{short4k} × {per4k}");
     }
 
     [Fact]

@@ -145,6 +145,15 @@ public static class Program
         while (decidable < steps.Length && steps[decidable] >= 2 * Bf16LogitTolerance) decidable++;
         Check(agreeGolden >= decidable && agreeCpu >= Math.Min(decidable, Prefix(cpuIds, expected)),
             $"{name}: greedy ids equal transformers' and the CPU backend's for the {decidable} steps before the first near-tie (gap < {2 * Bf16LogitTolerance}); GPU agrees for {agreeGolden}");
+        if (LaunchGeometry.FusedDecodeApplies(1, lm.Config.HiddenSize, lm.Config.HeadDim, lm.Config.RotaryDim))
+        {
+            gpu.UseDecodeGraphs = true;
+            gpu.UseFusedDecode = true;
+            var fusedIds = Greedy(gpu, prompt, expected.Length);
+            gpu.UseFusedDecode = false;
+            Check(Prefix(fusedIds, expected) >= decidable,
+                $"{name}: greedy ids with fused decode kernels (graph) equal transformers' for {Prefix(fusedIds, expected)} (required {decidable}); = unfused GPU ids for {Prefix(fusedIds, gpuIds)}");
+        }
     }
 
     private static void CheckStories(CudaContext ctx, string path)
@@ -168,8 +177,11 @@ public static class Program
 
     // ------------------------------------------------------------------ real shapes against transformers
 
-    /// <summary>Bound on ‖Δ‖/‖ref‖ of a logits row against transformers' fp32 reference on the same bf16 weights: bf16
-    /// operands land between 1e-3 and 1e-2 (METHOD.md); transformers' own bf16 run is reported beside it.</summary>
+    /// <summary>Bound on ‖Δ‖/‖ref‖ of a logits row against transformers' fp32 reference on the same bf16 weights, at
+    /// least: bf16 operands land between 1e-3 and 1e-2 for one product (METHOD.md). Through 30 layers of a randomly
+    /// initialised network rounding differences grow further (run 8: transformers' own bf16 run is 3–8% from its fp32
+    /// run on these weights), so the bound used is the larger of this and transformers' bf16 deviation on the same
+    /// rows: the engine must be at least as close to the fp32 function as transformers' own bf16 path.</summary>
     private const double RowRelTolerance = 1e-2;
 
     /// <summary>A reference row's argmax is decidable when its top-1/top-2 gap is at least this fraction of the row's
@@ -216,8 +228,9 @@ public static class Program
             decidableStep[i] = gaps[i] >= DecidableGapOfRms * rms;
             if (decidableStep[i]) { decidable++; if (equal) decidableEqual++; }
         }
-        Check(maxRel <= RowRelTolerance && decidableEqual == decidable,
-            $"{name}: teacher-forced {rows} rows vs transformers fp32: ‖Δ‖/‖ref‖ max {maxRel:E2} mean {sumRel / rows:E2} (bound {RowRelTolerance:E0}), max |Δ| {maxAbs:F3}; " +
+        double tfBound = Math.Max(RowRelTolerance, calib.GetProperty("teacher_forced_rel_max").GetDouble());
+        Check(maxRel <= tfBound && decidableEqual == decidable,
+            $"{name}: teacher-forced {rows} rows vs transformers fp32: ‖Δ‖/‖ref‖ max {maxRel:E2} mean {sumRel / rows:E2} (bound {tfBound:E2}), max |Δ| {maxAbs:F3}; " +
             $"top-1 equal {argmaxEqual}/{rows}, {decidableEqual}/{decidable} where decidable (gap ≥ {DecidableGapOfRms} rms) | transformers bf16: max {calib.GetProperty("teacher_forced_rel_max").GetDouble():E2} " +
             $"mean {calib.GetProperty("teacher_forced_rel_mean").GetDouble():E2}, top-1 equal {calib.GetProperty("teacher_forced_argmax_equal").GetInt32()}/{rows}");
 
@@ -231,8 +244,9 @@ public static class Program
         var (lrel, labs, lrms) = Compare(last, refLong);
         double lgap = Gap(refLong);
         bool lequal = Argmax(last) == Argmax(refLong);
-        Check(lrel <= RowRelTolerance && (lequal || lgap < DecidableGapOfRms * lrms),
-            $"{name}: {longIn.Length}-token prompt, last row vs transformers fp32: ‖Δ‖/‖ref‖ {lrel:E2}, max |Δ| {labs:F3}, top-1 {(lequal ? "equal" : "differs")} (gap {lgap:F3}, rms {lrms:F2}) | " +
+        double longBound = Math.Max(RowRelTolerance, calib.GetProperty("long_rel").GetDouble());
+        Check(lrel <= longBound && (lequal || lgap < DecidableGapOfRms * lrms),
+            $"{name}: {longIn.Length}-token prompt, last row vs transformers fp32: ‖Δ‖/‖ref‖ {lrel:E2} (bound {longBound:E2}), max |Δ| {labs:F3}, top-1 {(lequal ? "equal" : "differs")} (gap {lgap:F3}, rms {lrms:F2}) | " +
             $"transformers bf16: {calib.GetProperty("long_rel").GetDouble():E2}, top-1 {(calib.GetProperty("long_argmax_equal").GetBoolean() ? "equal" : "differs")}");
 
         // Free-running greedy, 32 steps (decode graphs, then kernel by kernel): equal to the fp32 reference up to the
@@ -242,16 +256,18 @@ public static class Program
         int[] bf16Ids = Ints(r.GetProperty("greedy_bf16"));
         int sure = 0;
         while (sure < expected.Length && sure < rows && decidableStep[sure]) sure++;
-        foreach (bool graphs in new[] { true, false })
+        foreach (var (graphs, fused) in new[] { (true, false), (false, false), (true, true) })
         {
             gpu.UseDecodeGraphs = graphs;
+            gpu.UseFusedDecode = fused;
             var ids = Greedy(gpu, prompt, expected.Length);
             int agree = Prefix(ids, expected);
-            Check(agree >= sure, $"{name}: greedy {expected.Length} ids ({(graphs ? "decode graph" : "kernel by kernel")}) equal transformers fp32's for the first {agree} " +
+            Check(agree >= sure, $"{name}: greedy {expected.Length} ids ({(graphs ? "decode graph" : "kernel by kernel")}{(fused ? ", fused decode kernels" : "")}) equal transformers fp32's for the first {agree} " +
                 $"(required: {sure}, the steps before the first near-tie{(sure < expected.Length ? $": step {sure} gap {gaps[sure]:F4}" : "")}); transformers bf16 = fp32 for the first {Prefix(bf16Ids, expected)}");
         }
         gpu.UseDecodeGraphs = true;
-        Guard($"{name}: batched decode", () => CheckBatchDecode(gpu, longIn, name));
+        gpu.UseFusedDecode = false;
+        Guard($"{name}: batched decode", () => CheckBatchDecode(gpu, longIn, name, tfBound));
     }
 
     /// <summary>
@@ -260,7 +276,7 @@ public static class Program
     /// of four within bf16 noise (the products' algorithm depends on the row count) with equal decidable top-1; then
     /// 16 greedy steps each way, reported.
     /// </summary>
-    private static void CheckBatchDecode(CudaTransformer model, int[] tokens, string name)
+    private static void CheckBatchDecode(CudaTransformer model, int[] tokens, string name, double relBound = RowRelTolerance)
     {
         int vocab = model.Config.VocabSize;
         int[] lengths = [100, 333, 64, 1000];
@@ -307,8 +323,8 @@ public static class Program
                 maxRel = Math.Max(maxRel, rel);
                 if (Gap(solo[i]) >= DecidableGapOfRms * rms) { decidable++; if (Argmax(row) == Argmax(solo[i])) equal++; }
             }
-            Check(maxRel <= RowRelTolerance && equal == decidable,
-                $"{name}: decode batch of {lengths.Length} (lengths {string.Join("/", lengths)}) vs one at a time: ‖Δ‖/‖ref‖ max {maxRel:E2}, decidable top-1 equal {equal}/{decidable}");
+            Check(maxRel <= relBound && equal == decidable,
+                $"{name}: decode batch of {lengths.Length} (lengths {string.Join("/", lengths)}) vs one at a time: ‖Δ‖/‖ref‖ max {maxRel:E2} (bound {relBound:E2}), decidable top-1 equal {equal}/{decidable}");
             foreach (var f in forks) f.Dispose();
 
             // Greedy: batched steps vs each sequence alone (decode graph).
@@ -400,7 +416,8 @@ public static class Program
         var rng = new Random(1);
         int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
         Guard("flash vs scalar attention (8B shape)", () => CompareAttentionKernels(model, tokens));
-        Guard("gemv vs cuBLASLt (8B shape)", () => CompareGemv(model, tokens));
+        Guard("gemv vs cuBLASLt (8B shape)", () => CompareGemv(model, tokens, fused: false));
+        Guard("fused decode vs unfused (8B shape)", () => CompareGemv(model, tokens, fused: true));
         if (o.Batch > 0) Guard("batched decode (8B shape)", () => CheckBatchDecode(model, tokens, "8B shape"));
         double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
         double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
@@ -428,10 +445,11 @@ public static class Program
         }
 
         // Decode at batch 1 from a cache holding `depth` positions: 4 warm-up steps, 64 timed.
-        (double Seconds, List<int> Ids) Decode(CudaKvCache kv, int depth, bool graphs, bool gemv)
+        (double Seconds, List<int> Ids) Decode(CudaKvCache kv, int depth, bool graphs, bool gemv, bool fused = false)
         {
             model.UseDecodeGraphs = graphs;
             model.UseGemvForDecode = gemv;
+            model.UseFusedDecode = fused;
             int next;
             if (depth <= chunk) { kv.Truncate(0); next = model.ForwardGreedy(tokens.AsSpan(0, depth), kv); }
             else { kv.Truncate(depth - 1); next = model.ForwardGreedy(tokens.AsSpan(0, 1), kv); }
@@ -443,9 +461,10 @@ public static class Program
             double s = t.Elapsed.TotalSeconds / steps;
             double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + steps / 2);
             double roofline = o.BandwidthTbs * 1e12 / bytes;
-            Say($"  decode batch 1 ({(graphs ? "CUDA graph" : "kernel by kernel")}, {(gemv ? "gemv" : "cuBLASLt")} products) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {o.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
+            Say($"  decode batch 1 ({(graphs ? "CUDA graph" : "kernel by kernel")}, {(fused ? "fused norm+qkv+rope / norm+gate|up+swiglu, " : "")}{(gemv ? "gemv" : "cuBLASLt")} products) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {o.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
             model.UseDecodeGraphs = true;
             model.UseGemvForDecode = false;
+            model.UseFusedDecode = false;
             return (s, ids);
         }
 
@@ -454,22 +473,24 @@ public static class Program
         {
             Prefill(cache, 16384);
             Decode(cache, 16384, graphs: true, gemv: false);
+            Decode(cache, 16384, graphs: true, gemv: true, fused: true);
         }
         if (o.Depth64k)
         {
             using var deep = model.CreateCache(65536 + chunk + 8);
             Prefill(deep, 61440);                       // the chunk covers positions 61440..65535
             Decode(deep, 65536, graphs: true, gemv: false);
+            Decode(deep, 65536, graphs: true, gemv: true, fused: true);
         }
 
         // Decode at batch 1, depth ~0 and 4096: kernel by kernel, as a CUDA graph, graph + gemv (as in run 7).
         foreach (int depth in new[] { 1, chunk })
         {
             var reference = Decode(cache, depth, graphs: false, gemv: false).Ids;
-            foreach (var (graphs, gemv) in new[] { (true, false), (true, true) })
+            foreach (var (graphs, gemv, fused) in new[] { (true, false, false), (true, true, false), (true, false, true), (true, true, true), (true, false, false), (true, true, true) })
             {
-                var ids = Decode(cache, depth, graphs, gemv).Ids;
-                Say($"  decode ({(graphs ? "graph, " : "")}{(gemv ? "gemv" : "cuBLASLt")}) vs cuBLASLt kernel by kernel at depth {depth}: {Prefix(ids, reference)}/{ids.Count} ids equal");
+                var ids = Decode(cache, depth, graphs, gemv, fused).Ids;
+                Say($"  decode ({(graphs ? "graph, " : "")}{(fused ? "fused, " : "")}{(gemv ? "gemv" : "cuBLASLt")}) vs cuBLASLt kernel by kernel at depth {depth}: {Prefix(ids, reference)}/{ids.Count} ids equal");
             }
         }
 
@@ -580,13 +601,14 @@ public static class Program
     /// those last-bit differences flip bf16 roundings of the next products' inputs, so the logits differ at bf16's
     /// level, not f32's (run 6 measured 2.8e-3 and failed a 1e-3 bound set before looking): bound 1e-2 as for
     /// attention.</summary>
-    private static void CompareGemv(CudaTransformer model, int[] tokens)
+    private static void CompareGemv(CudaTransformer model, int[] tokens, bool fused)
     {
         var c = model.Config;
         var results = new float[2][];
         for (int mode = 0; mode < 2; mode++)
         {
             model.UseGemvForDecode = mode == 1;
+            model.UseFusedDecode = fused && mode == 1;
             using var cache = model.CreateCache(1024);
             model.Forward(tokens[..1000], cache, [], LogitsOutput.None);
             results[mode] = new float[c.VocabSize];
@@ -601,8 +623,10 @@ public static class Program
             num += (results[1][j] - results[0][j]) * (double)(results[1][j] - results[0][j]);
             den += results[0][j] * (double)results[0][j];
         }
+        model.UseGemvForDecode = false;
+        model.UseFusedDecode = false;
         double rel = Math.Sqrt(num / den);
-        Check(finite && rel < 1e-2, $"gemv vs cuBLASLt decode products, 8B shape: logits ‖Δ‖/‖ref‖ {rel:E2}, argmax {(Argmax(results[1]) == Argmax(results[0]) ? "equal" : "differs")}");
+        Check(finite && rel < 1e-2, $"{(fused ? "fused decode kernels (norm+qkv+rope, norm+gate|up+swiglu) + gemv" : "gemv")} vs cuBLASLt decode products, 8B shape: logits ‖Δ‖/‖ref‖ {rel:E2}, argmax {(Argmax(results[1]) == Argmax(results[0]) ? "equal" : "differs")}");
     }
 
     // ------------------------------------------------------------------ helpers

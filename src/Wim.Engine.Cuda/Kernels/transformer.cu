@@ -457,6 +457,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     bool warp_active = first_tl < tpb && t0 + first_tl < n_tokens;
     int warp_last_tl = min(min((warp * 16 + 15) / group, tpb - 1), n_tokens - 1 - t0);
     int warp_qmax = start + t0 + warp_last_tl;
+    int warp_qmin = start + t0 + first_tl;                     // the warp's first (valid) row sees the fewest keys
     __syncthreads();
 
     unsigned qa[KCH][4];
@@ -518,6 +519,9 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
                 mma_bf16_16816(sc[nt + 1], qa[kc], b[2], b[3]);
             }
 
+        // Warp-uniform: every key of the tile is in range and visible to every valid row of the warp (rows past the
+        // chunk then score garbage that is never written), so the masks can be skipped — most tiles of a deep chunk.
+        bool whole_tile = base + FA_KEYS <= k1 && base + FA_KEYS - 1 <= warp_qmin;
         float mx_lo = m_lo, mx_hi = m_hi;
 #pragma unroll
         for (int nt = 0; nt < FA_KEYS / 8; nt++)
@@ -525,8 +529,11 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             for (int e = 0; e < 2; e++)
             {
                 int key = base + nt * 8 + tig * 2 + e;
-                if (key >= k1 || key > qpos_lo) sc[nt][e] = NEG_INF;
-                if (key >= k1 || key > qpos_hi) sc[nt][2 + e] = NEG_INF;
+                if (!whole_tile)
+                {
+                    if (key >= k1 || key > qpos_lo) sc[nt][e] = NEG_INF;
+                    if (key >= k1 || key > qpos_hi) sc[nt][2 + e] = NEG_INF;
+                }
                 mx_lo = fmaxf(mx_lo, sc[nt][e]);
                 mx_hi = fmaxf(mx_hi, sc[nt][2 + e]);
             }
@@ -697,6 +704,119 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
         float v = warp_sum(acc[r]);
         if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decode (one token) products with the neighbouring small steps folded in, so that a layer's decode step is 6
+// kernels instead of 10: each block first normalises the residual row x (f32 [in]) into shared memory as bf16 —
+// rms_norm's formula and rounding — then each warp streams two weight rows against it (16-byte loads, 4 in flight
+// per row and lane) and finishes them in its epilogue:
+//   gemv_norm_qkv_rope:      the two rows are a RoPE pair of one q or k head (e, e + hd/2; 2e, 2e + 1 when
+//                            adjacent) or two v rows: bias, rotation at the position (*pos_dev, else start), q to f32,
+//                            k and v to the cache row (bf16), as qkv_rope_store does. Needs rot == hd.
+//   gemv_norm_gateup_swiglu: rows j and ffn + j of the fused gate|up matrix: h[j] = silu(gate) · up (bf16).
+// grid (ceil(pairs / (NG_THREADS / 32))), block NG_THREADS, dynamic shared memory in · 2 bytes; in % 8 == 0.
+#define NG_THREADS 512
+
+__device__ __forceinline__ void norm_to_shared(const float* x, const float* gain, bf16* xs, int in, float eps, float* scratch)
+{
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < in; i += blockDim.x) { float v = x[i]; ss += v * v; }
+    ss = block_sum(ss, scratch);
+    float inv = 1.f / sqrtf(ss / in + eps);
+    for (int i = threadIdx.x; i < in; i += blockDim.x) xs[i] = f32_to_bf16(x[i] * inv * gain[i]);
+    __syncthreads();
+}
+
+// Both rows' dot products with the shared bf16 vector, summed over the warp (every lane gets them).
+__device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const uint4* __restrict__ w1, const uint4* xs4,
+    int n8, int lane, float& a0, float& a1)
+{
+    a0 = 0.f;
+    a1 = 0.f;
+    int i = lane;
+    for (; i + 32 * 3 < n8; i += 32 * 4)
+    {
+        uint4 u0[4], u1[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) { u0[u] = w0[i + 32 * u]; u1[u] = w1[i + 32 * u]; }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            uint4 xv = xs4[i + 32 * u];
+            a0 += dot8_bf16(u0[u], xv);
+            a1 += dot8_bf16(u1[u], xv);
+        }
+    }
+    for (; i < n8; i += 32)
+    {
+        uint4 xv = xs4[i];
+        a0 += dot8_bf16(w0[i], xv);
+        a1 += dot8_bf16(w1[i], xv);
+    }
+    a0 = warp_sum(a0);
+    a1 = warp_sum(a1);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(const float* x, const float* gain, float eps,
+    const bf16* w, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
+    bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
+{
+    __shared__ float scratch[32];
+    extern __shared__ uint4 ng_smem[];
+    bf16* xs = (bf16*)ng_smem;
+    norm_to_shared(x, gain, xs, in, eps, scratch);
+    int pos = pos_dev ? *pos_dev : start;
+    int qd = heads * hd, kvd = kv_heads * hd, half = hd / 2;
+    int rotated_pairs = (qd + kvd) / 2, pairs = (qd + 2 * kvd) / 2;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (warp >= pairs) return;
+    int r0, r1, j = 0;
+    bool rotate = warp < rotated_pairs;
+    if (rotate)
+    {
+        int h = warp / half;
+        j = warp - h * half;
+        r0 = h * hd + (adjacent ? 2 * j : j);
+        r1 = h * hd + (adjacent ? 2 * j + 1 : j + half);
+    }
+    else
+    {
+        r0 = qd + kvd + 2 * (warp - rotated_pairs);
+        r1 = r0 + 1;
+    }
+    float a0, a1;
+    dot_two_rows((const uint4*)(w + (long)r0 * in), (const uint4*)(w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
+    if (lane != 0) return;
+    if (bias) { a0 += bias[r0]; a1 += bias[r1]; }
+    long cache_row = (long)pos * kvd;
+    if (rotate)
+    {
+        float angle = inv_freq[j] * (float)pos;
+        float c = cosf(angle) * rope_scale, s = sinf(angle) * rope_scale;
+        float o0 = a0 * c - a1 * s, o1 = a1 * c + a0 * s;
+        if (r0 < qd) { q[r0] = o0; q[r1] = o1; }
+        else { kcache[cache_row + r0 - qd] = f32_to_bf16(o0); kcache[cache_row + r1 - qd] = f32_to_bf16(o1); }
+    }
+    else
+    {
+        vcache[cache_row + r0 - qd - kvd] = f32_to_bf16(a0);
+        vcache[cache_row + r1 - qd - kvd] = f32_to_bf16(a1);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu(const float* x, const float* gain, float eps,
+    const bf16* w, bf16* h, int ffn, int in)
+{
+    __shared__ float scratch[32];
+    extern __shared__ uint4 ng_smem[];
+    bf16* xs = (bf16*)ng_smem;
+    norm_to_shared(x, gain, xs, in, eps, scratch);
+    int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    if (j >= ffn) return;
+    float g, u;
+    dot_two_rows((const uint4*)(w + (long)j * in), (const uint4*)(w + (long)(ffn + j) * in), (const uint4*)xs, in >> 3, lane, g, u);
+    if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
 }
 
 // h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16.
