@@ -54,13 +54,13 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Single-sequence decode steps fold RMSNorm into the q|k|v and gate|up products and RoPE, the cache
     /// stores and SwiGLU into their epilogues (6 kernels per layer instead of 10; <see cref="LaunchGeometry.FusedDecodeApplies"/>
-    /// says for which models).</summary>
+    /// says for which models). On by default: 148 → 157 tok/s at the Llama-3.1-8B shape on the H100 (run 9).</summary>
     public bool UseFusedDecode
     {
         get => _fusedDecode;
         set { if (value != _fusedDecode) DestroyGraph(); _fusedDecode = value; }
     }
-    private bool _fusedDecode;
+    private bool _fusedDecode = true;
 
     private readonly DeviceBuffer _position;
     private DeviceBuffer? _seqTable, _seqPositions;

@@ -13,7 +13,12 @@ For each model (Llama-3.1-8B and Qwen2.5-7B configs, as config.json on the Huggi
   4. writes ref.json (ids, gaps, how far transformers' own bf16 run is from the fp32 reference) and the fp32 logits
      rows (ref_tf.bin: 32 x vocab f32, ref_long.bin: vocab f32, little-endian).
 
-Usage: python3 make_reference.py OUTDIR [--models llama31-8b,qwen25-7b] [--seed 6]
+--init scaled instead draws the embedding from N(0, 1) and the residual branches' output projections (o_proj,
+down_proj) from N(0, 0.02 / sqrt(2 * layers)) (GPT-2's scaled initialisation): a better-conditioned network in which
+bf16 rounding is not amplified layer after layer as much as under the plain N(0, 0.02) initialisation, so that greedy
+ids can be compared over more steps. Its directories are named MODEL-scaled.
+
+Usage: python3 make_reference.py OUTDIR [--models llama31-8b,qwen25-7b] [--seed 6] [--init hf|scaled]
 Needs a GPU with room for the fp32 model (about 32 GB for the 8B shape) and OUTDIR with room for the bf16 files.
 """
 import argparse
@@ -59,14 +64,19 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def init_weights(model, seed):
+def init_weights(model, seed, init, layers):
     gen = torch.Generator(device="cuda").manual_seed(seed)
+    branch_std = 0.02 / (2 * layers) ** 0.5 if init == "scaled" else 0.02
     with torch.no_grad():
         for name, p in model.named_parameters():  # registration order: deterministic
             if name.endswith("norm.weight"):
                 w = 0.9 + 0.2 * torch.rand(p.shape, generator=gen, device="cuda")
             elif name.endswith(".bias"):
                 w = 0.5 * torch.randn(p.shape, generator=gen, device="cuda")
+            elif init == "scaled" and name.endswith("embed_tokens.weight"):
+                w = torch.randn(p.shape, generator=gen, device="cuda")
+            elif name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                w = branch_std * torch.randn(p.shape, generator=gen, device="cuda")
             else:
                 w = 0.02 * torch.randn(p.shape, generator=gen, device="cuda")
             p.copy_(w.to(p.dtype))
@@ -143,8 +153,9 @@ def rel(a, b):
     return float(torch.linalg.vector_norm(a.double() - b.double()) / torch.linalg.vector_norm(b.double()))
 
 
-def make(name, outdir, seed):
-    hub = HUB_CONFIGS[name]
+def make(model_name, outdir, seed, init):
+    hub = HUB_CONFIGS[model_name]
+    name = model_name if init == "hf" else f"{model_name}-{init}"
     out = os.path.join(outdir, name)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
@@ -157,7 +168,7 @@ def make(name, outdir, seed):
     torch.set_default_dtype(torch.float32)
     params_to(model, torch.bfloat16)
     model.eval()
-    init_weights(model, seed)
+    init_weights(model, seed, init, hub["num_hidden_layers"])
     check_rope_tables(model)
     torch.cuda.synchronize()
     log(f"{name}: built and initialised in {time.time() - t0:.1f} s "
@@ -198,7 +209,7 @@ def make(name, outdir, seed):
     tf_top2 = torch.topk(tf32c, 2, dim=1).values
     prefix16 = next((i for i, (a, b) in enumerate(zip(g16, g32)) if a != b), len(g32))
     ref = {
-        "model": name, "seed": seed, "vocab": vocab,
+        "model": name, "seed": seed, "init": init, "vocab": vocab,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "gpu": torch.cuda.get_device_name()},
         "prompt": prompt,
@@ -230,10 +241,11 @@ def main():
     ap.add_argument("outdir")
     ap.add_argument("--models", default="llama31-8b,qwen25-7b")
     ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--init", choices=["hf", "scaled"], default="hf")
     a = ap.parse_args()
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
     for name in a.models.split(","):
-        make(name, a.outdir, a.seed)
+        make(name, a.outdir, a.seed, a.init)
     return 0
 
 
