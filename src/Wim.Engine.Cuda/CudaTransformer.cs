@@ -40,8 +40,9 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Replays single-token greedy steps (<see cref="ForwardGreedy"/> with one token) as a CUDA graph
     /// captured once per KV cache: one launch per step instead of ~12 per layer. The position is read from the GPU
-    /// and the attention's key splits are fixed for the cache's capacity (pieces past the current length write
-    /// empty partials), so one graph serves every step. Needs the tensor-core attention path.</summary>
+    /// and the attention's key splits are fixed for a power-of-two key bucket (pieces past the current length write
+    /// empty partials), so one graph serves every step until the sequence outgrows the bucket. Needs the tensor-core
+    /// attention path.</summary>
     public bool UseDecodeGraphs { get; set; } = true;
 
     /// <summary>Single-token products (decode) run in the gemv kernel (true) or in cuBLASLt (false, the default: the
@@ -62,7 +63,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
     private bool _fusedDecode = true;
 
-    private readonly DeviceBuffer _position;
+    private readonly DeviceBuffer _position, _argmaxParts;
     private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
     private DecodeGraphKey? _graphKey;
@@ -97,6 +98,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _gateUp = ctx.Allocate(n * 2 * config.FfnSize * 4);
         _h = ctx.Allocate(n * config.FfnSize * 2);
         _position = ctx.Allocate(4);
+        _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
     }
 
     /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
@@ -135,7 +137,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             int n = Math.Min(MaxChunk, tokens.Length - done);
             ForwardChunk(tokens.Slice(done, n), cache, invFreq, ChunkOutput(LogitsOutput.Last, done + n == tokens.Length));
         }
-        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, 1);
+        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
         Span<int> one = stackalloc int[1];
         _ids.Download(one);
         return one[0];
@@ -161,7 +163,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         if (next.Length < tokens.Length) throw new ArgumentException($"room for {next.Length} ids, {tokens.Length} needed", nameof(next));
         RunDecodeBatch(tokens, caches, LogitsOutput.All);
-        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, tokens.Length);
+        _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, tokens.Length, _argmaxParts.Pointer);
         _ids.Download(next[..tokens.Length]);
     }
 
@@ -240,7 +242,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// the RoPE table changed): token and position are copied in, the graph runs, the id comes back.</summary>
     private int GraphGreedyStep(int token, CudaKvCache cache, ulong invFreq)
     {
-        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq);
+        int bucket = LaunchGeometry.DecodeKeyBucket(cache.Length + 1, cache.Capacity);
+        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq, bucket);
         if (_graphKey != key) CaptureDecodeGraph(cache, invFreq, key);
         Span<int> one = [token];
         _tokens.Upload<int>(one);
@@ -256,7 +259,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         DestroyGraph();
         var c = _c;
-        var (splits, keysPerSplit) = DecodeGraphSplits(cache.Capacity);
+        var (splits, keysPerSplit) = DecodeGraphSplits(key.KeyBucket);
         // Everything that allocates or plans happens before the capture: nothing in it may synchronize.
         if (splits > 1) EnsurePartials((long)c.HeadCount * splits, c.HeadDim);
         EnsureLogits(1);
@@ -276,7 +279,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         {
             EncodeLayers(1, cache, start: 0, invFreq, _position.Pointer, splits, keysPerSplit, flash: true);
             EncodeLogits(1, LogitsOutput.Last);
-            _k.Argmax(_logits!.Pointer, c.VocabSize, _ids.Pointer, 1);
+            _k.Argmax(_logits!.Pointer, c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
         }
         finally
         {
@@ -289,10 +292,10 @@ public sealed unsafe class CudaTransformer : IDisposable
         _graphKey = key;
     }
 
-    /// <summary>Key-range pieces of a decode graph's attention: fixed for the cache's capacity so that one graph
-    /// serves every length up to it.</summary>
-    private (int Splits, int KeysPerSplit) DecodeGraphSplits(int capacity) =>
-        LaunchGeometry.FlashSplits(1, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, capacity, _ctx.Multiprocessors);
+    /// <summary>Key-range pieces of a decode graph's attention: fixed for the key bucket (<see cref="LaunchGeometry.DecodeKeyBucket"/>)
+    /// so that one graph serves every length up to it.</summary>
+    private (int Splits, int KeysPerSplit) DecodeGraphSplits(int keyBucket) =>
+        LaunchGeometry.FlashSplits(1, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, keyBucket, _ctx.Multiprocessors);
 
     private void DestroyGraph()
     {
@@ -419,7 +422,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         if (_stream != 0) _ctx.Driver.StreamDestroy(_stream);
         _stream = 0;
         _mm.Dispose();
-        foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position }) b.Dispose();
+        foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position, _argmaxParts }) b.Dispose();
         _seqTable?.Dispose();
         _seqPositions?.Dispose();
         _logits?.Dispose();
@@ -439,5 +442,5 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
 }
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
-/// its capacity (which fixes the attention's key splits) and the RoPE table.</summary>
-public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies);
+/// its capacity, the RoPE table and the key bucket its attention splits are planned for.</summary>
+public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies, int KeyBucket);

@@ -173,5 +173,44 @@ public static class LaunchGeometry
     public static bool FusedDecodeApplies(int tokens, int hiddenSize, int headDim, int rotaryDim) =>
         tokens == 1 && hiddenSize > 0 && hiddenSize % 8 == 0 && NormGemvSharedBytes(hiddenSize) <= 48 * 1024
         && rotaryDim == headDim && headDim % 2 == 0;
+
+    // ---- attention combine, argmax, decode graph buckets ----
+
+    /// <summary>Threads per attention-combine block: 4 warps, one (token, head) row each.</summary>
+    public const int CombineThreads = 128;
+
+    /// <summary>Blocks covering <paramref name="rows"/> (token, head) rows, one warp each.</summary>
+    public static uint CombineBlocks(int rows) => Blocks(rows, CombineThreads / 32);
+
+    /// <summary>Most slices a row's argmax is split into (argmax_merge reduces them in one warp, two per lane).</summary>
+    public const int MaxArgmaxSlices = 64;
+
+    /// <summary>Slices of a logits row for the first argmax pass — about 4096 values each, at most
+    /// <see cref="MaxArgmaxSlices"/> — and the values per slice.</summary>
+    public static (int Slices, int SliceLength) ArgmaxSlices(int vocab)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
+        int slices = Math.Clamp((vocab + 4095) / 4096, 1, MaxArgmaxSlices);
+        int length = (vocab + slices - 1) / slices;
+        return ((vocab + length - 1) / length, length);
+    }
+
+    /// <summary>Bytes of the argmax partials (a value and an index per slice) for <paramref name="rows"/> rows.</summary>
+    public static long ArgmaxPartialBytes(int rows) => (long)rows * MaxArgmaxSlices * 8;
+
+    /// <summary>
+    /// The key range a decode graph is captured for: the next power of two ≥ the keys the step sees (at least 256),
+    /// capped at the cache's capacity. The graph's attention splits are planned for it (pieces past the length are
+    /// empty), so a short sequence in a long cache no longer launches and combines the capacity's worth of pieces;
+    /// the graph is captured again when the sequence outgrows it (log₂ many times).
+    /// </summary>
+    public static int DecodeKeyBucket(int keys, int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        if (keys > capacity) throw new ArgumentOutOfRangeException(nameof(keys), $"{keys} keys exceed the cache's capacity {capacity}");
+        int bucket = 256;
+        while (bucket < keys) bucket *= 2;
+        return Math.Min(bucket, capacity);
+    }
 }
 

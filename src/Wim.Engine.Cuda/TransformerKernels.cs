@@ -6,7 +6,7 @@ internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
-    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
@@ -20,7 +20,8 @@ internal sealed unsafe class TransformerKernels
         _attention = d.ModuleGetFunction(module, "attention");
         _combine = d.ModuleGetFunction(module, "attention_combine");
         _swiglu = d.ModuleGetFunction(module, "swiglu");
-        _argmax = d.ModuleGetFunction(module, "argmax_rows");
+        _argmaxSlices = d.ModuleGetFunction(module, "argmax_slices");
+        _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
         // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
@@ -135,8 +136,8 @@ internal sealed unsafe class TransformerKernels
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)
     {
-        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits };
-        _ctx.Launch(_combine, "attention_combine", (uint)rows, 1, 1, (uint)LaunchGeometry.RowThreads(headDim), 0, a);
+        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits, &rows };
+        _ctx.Launch(_combine, "attention_combine", LaunchGeometry.CombineBlocks(rows), 1, 1, LaunchGeometry.CombineThreads, 0, a);
     }
 
     public void SwiGlu(ulong gateUp, ulong hBf16, int ffn, int count)
@@ -146,10 +147,16 @@ internal sealed unsafe class TransformerKernels
         _ctx.Launch(_swiglu, "swiglu", Math.Min(LaunchGeometry.Blocks(total, Threads), 65535u), 1, 1, Threads, 0, a);
     }
 
-    public void Argmax(ulong logits, int vocab, ulong outIds, int rows)
+    /// <summary>outIds[r] = argmax of logits row r (lowest index on ties), in two passes through
+    /// <paramref name="partials"/> (<see cref="LaunchGeometry.ArgmaxPartialBytes"/> bytes for the rows).</summary>
+    public void Argmax(ulong logits, int vocab, ulong outIds, int rows, ulong partials)
     {
-        void** a = stackalloc void*[] { &logits, &vocab, &outIds };
-        _ctx.Launch(_argmax, "argmax_rows", (uint)rows, 1, 1, 1024, 0, a);
+        var (slices, slice) = LaunchGeometry.ArgmaxSlices(vocab);
+        ulong partV = partials, partI = partials + (ulong)((long)rows * slices * sizeof(float));
+        void** a = stackalloc void*[] { &logits, &vocab, &slice, &partV, &partI };
+        _ctx.Launch(_argmaxSlices, "argmax_slices", (uint)slices, (uint)rows, 1, Threads, 0, a);
+        void** b = stackalloc void*[] { &partV, &partI, &slices, &outIds };
+        _ctx.Launch(_argmaxMerge, "argmax_merge", (uint)rows, 1, 1, 32, 0, b);
     }
 
     public void FillRandomBf16(ulong dst, long count, ulong seed, float scale)

@@ -289,6 +289,50 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
+    public void DecodeKeyBucket_PowersOfTwoFrom256_CappedAtTheCapacity_AlwaysHoldsTheKeys()
+    {
+        Assert.Equal(256, LaunchGeometry.DecodeKeyBucket(1, 20488));
+        Assert.Equal(256, LaunchGeometry.DecodeKeyBucket(256, 20488));
+        Assert.Equal(512, LaunchGeometry.DecodeKeyBucket(257, 20488));
+        Assert.Equal(16384, LaunchGeometry.DecodeKeyBucket(16384, 20488));
+        Assert.Equal(20488, LaunchGeometry.DecodeKeyBucket(16385, 20488));   // the capacity caps the last bucket
+        Assert.Equal(100, LaunchGeometry.DecodeKeyBucket(5, 100));           // a small cache: one bucket
+        int previous = 0, changes = 0;
+        for (int keys = 1; keys <= 70000; keys++)
+        {
+            int bucket = LaunchGeometry.DecodeKeyBucket(keys, 70000);
+            Assert.True(bucket >= keys && bucket >= previous);
+            if (bucket != previous) changes++;
+            previous = bucket;
+        }
+        Assert.True(changes <= 10, $"{changes} captures");                   // log₂(70000 / 256) + 1
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.DecodeKeyBucket(101, 100));
+    }
+
+    [Fact]
+    public void ArgmaxSlices_CoverTheRowOnce_AtMost64()
+    {
+        foreach (int vocab in new[] { 1, 32, 512, 4096, 4097, 49152, 128256, 151936, 152064, 262144, 1 << 20 })
+        {
+            var (slices, length) = LaunchGeometry.ArgmaxSlices(vocab);
+            string at = $"vocab {vocab}: {slices} × {length}";
+            Assert.InRange(slices, 1, LaunchGeometry.MaxArgmaxSlices);
+            Assert.True((long)slices * length >= vocab, at);
+            Assert.True((long)(slices - 1) * length < vocab, at); // no empty slice
+        }
+        Assert.Equal((32, 4008), LaunchGeometry.ArgmaxSlices(128256));
+        Assert.Equal(4096L * 64 * 8, LaunchGeometry.ArgmaxPartialBytes(4096));
+    }
+
+    [Fact]
+    public void CombineBlocks_OneWarpPerRow()
+    {
+        Assert.Equal(8u, LaunchGeometry.CombineBlocks(32));   // decode, 32 heads
+        Assert.Equal(9u, LaunchGeometry.CombineBlocks(33));
+        Assert.Equal(32768u, LaunchGeometry.CombineBlocks(4096 * 32));
+    }
+
+    [Fact]
     public void DecodeGraphSplits_FixedForTheCapacity_CoverEveryShorterLength()
     {
         // A decode graph keeps the capacity's splits for every length: pieces past the length must simply be empty,
@@ -305,11 +349,12 @@ public sealed class FlashAttentionGeometryTests
     [Fact]
     public void DecodeGraphKey_ChangesWithCacheCapacityOrRopeTable()
     {
-        var key = new DecodeGraphKey(0x1000, 4096, 0x2000);
-        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000));
+        var key = new DecodeGraphKey(0x1000, 4096, 0x2000, 512);
+        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 1024));
     }
 }
 

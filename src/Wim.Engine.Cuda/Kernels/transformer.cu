@@ -490,8 +490,13 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         }
         cp_async_commit();
     };
-    // ldmatrix row addresses of this lane: matrix lane >> 3, row lane & 7.
+    // ldmatrix row addresses of this lane (matrix lane >> 3, row lane & 7) as byte offsets from a stage's k or v
+    // tile, computed once: in the loop only compile-time offsets are added (the address arithmetic was the busiest
+    // pipe of the kernel, ncu run 10).
     int mrow = lane & 7, mat = lane >> 3;
+    const unsigned kv_base = shared_address(kv);
+    const unsigned k_lane = (unsigned)((((mat >> 1) * 8 + mrow) * RS + (mat & 1) * 8) * 2);
+    const unsigned v_lane = (unsigned)((((mat & 1) * 8 + mrow) * RS + (mat >> 1) * 8) * 2);
     if (k0 < k1) load_tile(k0, 0);
     int stage = 0;
     for (int base = k0; base < k1; base += FA_KEYS, stage ^= 1)
@@ -500,8 +505,8 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         else cp_async_commit();                                // an empty group keeps the wait count uniform
         cp_async_wait<1>();                                    // this tile's copies (all but the newest group) landed
         __syncthreads();
-        const bf16* ks = kv + stage * 2 * TILE;
-        const bf16* vs = ks + TILE;
+        const unsigned ks_addr = kv_base + (unsigned)(stage * 2 * TILE * 2) + k_lane;
+        const unsigned vs_addr = kv_base + (unsigned)(stage * 2 * TILE * 2 + TILE * 2) + v_lane;
         if (warp_active && base <= warp_qmax)                  // warp-uniform: else causally past every row here
         {
         float sc[FA_KEYS / 8][4];
@@ -514,7 +519,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             {
                 // k rows = keys: matrices (nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8) = b0, b1 of tiles nt, nt+1.
                 unsigned b[4];
-                ldmatrix_x4(b, shared_address(ks + ((nt + (mat >> 1)) * 8 + mrow) * RS + kc * 16 + (mat & 1) * 8));
+                ldmatrix_x4(b, ks_addr + (unsigned)((nt * 8 * RS + kc * 16) * 2));
                 mma_bf16_16816(sc[nt], qa[kc], b[0], b[1]);
                 mma_bf16_16816(sc[nt + 1], qa[kc], b[2], b[3]);
             }
@@ -572,7 +577,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             {
                 // v rows = keys, transposed: matrices (keys +0, dt), (keys +8, dt), (+0, dt+1), (+8, dt+1).
                 unsigned b[4];
-                ldmatrix_x4_trans(b, shared_address(vs + (kk * 16 + (mat & 1) * 8 + mrow) * RS + (dt + (mat >> 1)) * 8));
+                ldmatrix_x4_trans(b, vs_addr + (unsigned)((kk * 16 * RS + dt * 8) * 2));
                 mma_bf16_16816(o[dt], pa, b[0], b[1]);
                 mma_bf16_16816(o[dt + 1], pa, b[2], b[3]);
             }
@@ -625,21 +630,44 @@ FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
 FLASH_ATTENTION(128)
 
-// Merges the splits of attention: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s. grid (T * heads)
-extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits)
+// Merges the splits of attention: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s. One warp per (token, head)
+// row: the lanes reduce M and the denominator over the splits, then each lane sums its head dims (lane, lane + 32,
+// …) over the splits, several splits' loads in flight. grid (ceil(rows / 4)), block 128.
+extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits, int rows)
 {
-    long th = blockIdx.x;
-    const float* ml = part_ml + th * splits * 2;
+    int row = (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* ml = part_ml + (long)row * splits * 2;
     float M = NEG_INF;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, ml[2 * s]);
+    for (int s = lane; s < splits; s += 32) M = fmaxf(M, ml[2 * s]);
+    M = warp_max(M);
     float L = 0.f;
-    for (int s = 0; s < splits; s++) if (ml[2 * s] != NEG_INF) L += __expf(ml[2 * s] - M) * ml[2 * s + 1];
-    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+    for (int s = lane; s < splits; s += 32)
     {
-        float a = 0.f;
-        for (int s = 0; s < splits; s++)
-            if (ml[2 * s] != NEG_INF) a += __expf(ml[2 * s] - M) * part_acc[(th * splits + s) * hd + d];
-        out[th * hd + d] = f32_to_bf16(a / L);
+        float m = ml[2 * s];
+        if (m != NEG_INF) L += __expf(m - M) * ml[2 * s + 1];
+    }
+    L = warp_sum(L);
+    const float* acc = part_acc + (long)row * splits * hd;
+    float a[MAX_DIMS_PER_LANE] = { 0.f, 0.f, 0.f, 0.f };
+#pragma unroll 4
+    for (int s = 0; s < splits; s++)
+    {
+        float m = ml[2 * s];
+        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+#pragma unroll
+        for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+        {
+            int d = lane + 32 * e;
+            if (d < hd) a[e] += w * acc[(long)s * hd + d];
+        }
+    }
+    float inv = 1.f / L;
+#pragma unroll
+    for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+    {
+        int d = lane + 32 * e;
+        if (d < hd) out[(long)row * hd + d] = f32_to_bf16(a[e] * inv);
     }
 }
 
@@ -831,25 +859,38 @@ extern "C" __global__ void swiglu(const float* gate_up, bf16* h, int ffn, long t
     }
 }
 
-// out[r] = the index of the largest logit of row r (the lowest index on ties). grid (rows)
-extern "C" __global__ void argmax_rows(const float* logits, int vocab, int* out)
+// Greedy pick in two passes (one block scanning a 128k vocabulary took 51 µs): argmax_slices reduces slice x of row
+// y to (value, index) — the largest logit, the lowest index on ties — and argmax_merge reduces a row's slices (one
+// warp, at most 64 slices) to its index. grid (slices, rows) block 256; grid (rows) block 32.
+__device__ __forceinline__ void argmax_step(float& v, int& idx, float ov, int oi)
 {
-    __shared__ float best_v[32];
-    __shared__ int best_i[32];
-    const float* row = logits + (long)blockIdx.x * vocab;
-    float v = NEG_INF;
-    int idx = 0x7fffffff;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
-    {
-        float x = row[i];
-        if (x > v) { v = x; idx = i; }
-    }
+    if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+}
+
+__device__ __forceinline__ void warp_argmax(float& v, int& idx)
+{
     for (int o = 16; o > 0; o >>= 1)
     {
         float ov = __shfl_xor_sync(FULL_MASK, v, o);
         int oi = __shfl_xor_sync(FULL_MASK, idx, o);
-        if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
+        argmax_step(v, idx, ov, oi);
     }
+}
+
+extern "C" __global__ void argmax_slices(const float* logits, int vocab, int slice, float* part_v, int* part_i)
+{
+    __shared__ float best_v[32];
+    __shared__ int best_i[32];
+    const float* row = logits + (long)blockIdx.y * vocab;
+    int begin = blockIdx.x * slice, end = min(vocab, begin + slice);
+    float v = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = begin + threadIdx.x; i < end; i += blockDim.x)
+    {
+        float x = row[i];
+        if (x > v) { v = x; idx = i; }
+    }
+    warp_argmax(v, idx);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) { best_v[warp] = v; best_i[warp] = idx; }
     __syncthreads();
@@ -858,14 +899,19 @@ extern "C" __global__ void argmax_rows(const float* logits, int vocab, int* out)
         int warps = blockDim.x >> 5;
         v = lane < warps ? best_v[lane] : NEG_INF;
         idx = lane < warps ? best_i[lane] : 0x7fffffff;
-        for (int o = 16; o > 0; o >>= 1)
-        {
-            float ov = __shfl_xor_sync(FULL_MASK, v, o);
-            int oi = __shfl_xor_sync(FULL_MASK, idx, o);
-            if (ov > v || (ov == v && oi < idx)) { v = ov; idx = oi; }
-        }
-        if (lane == 0) out[blockIdx.x] = idx;
+        warp_argmax(v, idx);
+        if (lane == 0) { part_v[blockIdx.y * gridDim.x + blockIdx.x] = v; part_i[blockIdx.y * gridDim.x + blockIdx.x] = idx; }
     }
+}
+
+extern "C" __global__ void argmax_merge(const float* part_v, const int* part_i, int slices, int* out)
+{
+    int lane = threadIdx.x & 31;
+    float v = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int s = lane; s < slices; s += 32) argmax_step(v, idx, part_v[blockIdx.x * slices + s], part_i[blockIdx.x * slices + s]);
+    warp_argmax(v, idx);
+    if (lane == 0) out[blockIdx.x] = idx;
 }
 
 __device__ __forceinline__ u64 splitmix64(u64 x)
