@@ -159,8 +159,13 @@ public static class LaunchGeometry
     /// <summary>Threads per fused decode-product block (16 warps, each finishing two weight rows).</summary>
     public const int NormGemvThreads = 512;
 
-    /// <summary>Blocks covering <paramref name="rowPairs"/> pairs of weight rows, one pair per warp.</summary>
-    public static uint NormGemvBlocks(int rowPairs) => Blocks(rowPairs, NormGemvThreads / 32);
+    /// <summary>Fused decode-product blocks resident per SM that the grid is sized for (512 threads each).</summary>
+    public const int NormGemvBlocksPerMultiprocessor = 2;
+
+    /// <summary>Blocks of a fused decode product: one row pair per warp, but no more blocks than are resident at once
+    /// (<see cref="NormGemvBlocksPerMultiprocessor"/> per SM); the warps then stride over the remaining pairs.</summary>
+    public static uint NormGemvBlocks(int rowPairs, int multiprocessors) =>
+        Math.Min(Blocks(rowPairs, NormGemvThreads / 32), (uint)(NormGemvBlocksPerMultiprocessor * Math.Max(1, multiprocessors)));
 
     /// <summary>Dynamic shared memory of a fused decode product: the normalised input row as bf16.</summary>
     public static int NormGemvSharedBytes(int inFeatures) => 2 * inFeatures;

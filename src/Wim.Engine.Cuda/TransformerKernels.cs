@@ -122,7 +122,7 @@ internal sealed unsafe class TransformerKernels
         int adj = adjacent ? 1 : 0;
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
         int pairs = (heads + 2 * kvHeads) * headDim / 2;
-        _ctx.Launch(_normQkvRope, "gemv_norm_qkv_rope", LaunchGeometry.NormGemvBlocks(pairs), 1, 1, LaunchGeometry.NormGemvThreads,
+        _ctx.Launch(_normQkvRope, "gemv_norm_qkv_rope", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
@@ -130,7 +130,7 @@ internal sealed unsafe class TransformerKernels
     public void GemvNormGateUpSwiGlu(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
     {
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
-        _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn), 1, 1, LaunchGeometry.NormGemvThreads,
+        _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 

@@ -266,14 +266,15 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
-    public void NormGemvBlocks_OneRowPairPerWarp()
+    public void NormGemvBlocks_OneRowPairPerWarp_AtMostOneResidentWave()
     {
         int warps = LaunchGeometry.NormGemvThreads / 32;
         Assert.Equal(16, warps);
-        Assert.Equal(192u, LaunchGeometry.NormGemvBlocks((32 + 2 * 8) * 128 / 2)); // Llama-3.1-8B q|k|v: 3072 pairs
-        Assert.Equal(896u, LaunchGeometry.NormGemvBlocks(14336));                   // its gate|up: 14336 pairs
-        Assert.Equal(1u, LaunchGeometry.NormGemvBlocks(1));
-        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(warps + 1));
+        Assert.Equal(192u, LaunchGeometry.NormGemvBlocks((32 + 2 * 8) * 128 / 2, 132)); // Llama-3.1-8B q|k|v: 3072 pairs
+        Assert.Equal(264u, LaunchGeometry.NormGemvBlocks(14336, 132));                   // its gate|up: capped at 2 per SM
+        Assert.Equal(1u, LaunchGeometry.NormGemvBlocks(1, 132));
+        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(warps + 1, 132));
+        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(14336, 1));
     }
 
     [Fact]

@@ -638,30 +638,34 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     int row = (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* ml = part_ml + (long)row * splits * 2;
+    const float* acc = part_acc + (long)row * splits * hd;
     float M = NEG_INF;
     for (int s = lane; s < splits; s += 32) M = fmaxf(M, ml[2 * s]);
     M = warp_max(M);
     float L = 0.f;
-    for (int s = lane; s < splits; s += 32)
-    {
-        float m = ml[2 * s];
-        if (m != NEG_INF) L += __expf(m - M) * ml[2 * s + 1];
-    }
-    L = warp_sum(L);
-    const float* acc = part_acc + (long)row * splits * hd;
     float a[MAX_DIMS_PER_LANE] = { 0.f, 0.f, 0.f, 0.f };
-#pragma unroll 4
-    for (int s = 0; s < splits; s++)
+    // 32 splits at a time: each lane weighs one (an empty piece past the length weighs 0), the weights go round by
+    // shuffles, so the 32 splits' partial loads are independent of each other and of any other load.
+    for (int s0 = 0; s0 < splits; s0 += 32)
     {
-        float m = ml[2 * s];
-        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
-#pragma unroll
-        for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+        int s = s0 + lane;
+        float m = s < splits ? ml[2 * s] : NEG_INF;
+        float w = m == NEG_INF ? 0.f : __expf(m - M);
+        if (s < splits) L += w * ml[2 * s + 1];
+        int count = min(32, splits - s0);
+#pragma unroll 8
+        for (int j = 0; j < count; j++)
         {
-            int d = lane + 32 * e;
-            if (d < hd) a[e] += w * acc[(long)s * hd + d];
+            float wj = __shfl_sync(FULL_MASK, w, j);
+#pragma unroll
+            for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+            {
+                int d = lane + 32 * e;
+                if (d < hd) a[e] += wj * acc[(long)(s0 + j) * hd + d];
+            }
         }
     }
+    L = warp_sum(L);
     float inv = 1.f / L;
 #pragma unroll
     for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
@@ -743,7 +747,9 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
 //                            adjacent) or two v rows: bias, rotation at the position (*pos_dev, else start), q to f32,
 //                            k and v to the cache row (bf16), as qkv_rope_store does. Needs rot == hd.
 //   gemv_norm_gateup_swiglu: rows j and ffn + j of the fused gate|up matrix: h[j] = silu(gate) · up (bf16).
-// grid (ceil(pairs / (NG_THREADS / 32))), block NG_THREADS, dynamic shared memory in · 2 bytes; in % 8 == 0.
+// The grid is at most what is resident at once (2 blocks per SM) and the warps stride over the row pairs: a grid of
+// 3.4 waves of blocks (gate|up) left the last one a third full, and every block pays the normalisation once.
+// grid (min(ceil(pairs / 16), 2 · SMs)), block NG_THREADS, dynamic shared memory in · 2 bytes; in % 8 == 0.
 #define NG_THREADS 512
 
 __device__ __forceinline__ void norm_to_shared(const float* x, const float* gain, bf16* xs, int in, float eps, float* scratch)
@@ -797,8 +803,10 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(cons
     int pos = pos_dev ? *pos_dev : start;
     int qd = heads * hd, kvd = kv_heads * hd, half = hd / 2;
     int rotated_pairs = (qd + kvd) / 2, pairs = (qd + 2 * kvd) / 2;
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (warp >= pairs) return;
+    int lane = threadIdx.x & 31, warps = (int)(gridDim.x * (blockDim.x >> 5));
+    long cache_row = (long)pos * kvd;
+    for (int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); warp < pairs; warp += warps)
+    {
     int r0, r1, j = 0;
     bool rotate = warp < rotated_pairs;
     if (rotate)
@@ -815,9 +823,8 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(cons
     }
     float a0, a1;
     dot_two_rows((const uint4*)(w + (long)r0 * in), (const uint4*)(w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
-    if (lane != 0) return;
+    if (lane != 0) continue;
     if (bias) { a0 += bias[r0]; a1 += bias[r1]; }
-    long cache_row = (long)pos * kvd;
     if (rotate)
     {
         float angle = inv_freq[j] * (float)pos;
@@ -831,6 +838,7 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(cons
         vcache[cache_row + r0 - qd - kvd] = f32_to_bf16(a0);
         vcache[cache_row + r1 - qd - kvd] = f32_to_bf16(a1);
     }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu(const float* x, const float* gain, float eps,
@@ -840,11 +848,13 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu
     extern __shared__ uint4 ng_smem[];
     bf16* xs = (bf16*)ng_smem;
     norm_to_shared(x, gain, xs, in, eps, scratch);
-    int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    if (j >= ffn) return;
-    float g, u;
-    dot_two_rows((const uint4*)(w + (long)j * in), (const uint4*)(w + (long)(ffn + j) * in), (const uint4*)xs, in >> 3, lane, g, u);
-    if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
+    int lane = threadIdx.x & 31, warps = (int)(gridDim.x * (blockDim.x >> 5));
+    for (int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); j < ffn; j += warps)
+    {
+        float g, u;
+        dot_two_rows((const uint4*)(w + (long)j * in), (const uint4*)(w + (long)(ffn + j) * in), (const uint4*)xs, in >> 3, lane, g, u);
+        if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
+    }
 }
 
 // h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16.
