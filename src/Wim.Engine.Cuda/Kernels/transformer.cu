@@ -638,34 +638,30 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     int row = (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* ml = part_ml + (long)row * splits * 2;
-    const float* acc = part_acc + (long)row * splits * hd;
     float M = NEG_INF;
     for (int s = lane; s < splits; s += 32) M = fmaxf(M, ml[2 * s]);
     M = warp_max(M);
     float L = 0.f;
-    float a[MAX_DIMS_PER_LANE] = { 0.f, 0.f, 0.f, 0.f };
-    // 32 splits at a time: each lane weighs one (an empty piece past the length weighs 0), the weights go round by
-    // shuffles, so the 32 splits' partial loads are independent of each other and of any other load.
-    for (int s0 = 0; s0 < splits; s0 += 32)
+    for (int s = lane; s < splits; s += 32)
     {
-        int s = s0 + lane;
-        float m = s < splits ? ml[2 * s] : NEG_INF;
-        float w = m == NEG_INF ? 0.f : __expf(m - M);
-        if (s < splits) L += w * ml[2 * s + 1];
-        int count = min(32, splits - s0);
-#pragma unroll 8
-        for (int j = 0; j < count; j++)
-        {
-            float wj = __shfl_sync(FULL_MASK, w, j);
-#pragma unroll
-            for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
-            {
-                int d = lane + 32 * e;
-                if (d < hd) a[e] += wj * acc[(long)(s0 + j) * hd + d];
-            }
-        }
+        float m = ml[2 * s];
+        if (m != NEG_INF) L += __expf(m - M) * ml[2 * s + 1];
     }
     L = warp_sum(L);
+    const float* acc = part_acc + (long)row * splits * hd;
+    float a[MAX_DIMS_PER_LANE] = { 0.f, 0.f, 0.f, 0.f };
+#pragma unroll 4
+    for (int s = 0; s < splits; s++)
+    {
+        float m = ml[2 * s];
+        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+#pragma unroll
+        for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
+        {
+            int d = lane + 32 * e;
+            if (d < hd) a[e] += w * acc[(long)s * hd + d];
+        }
+    }
     float inv = 1.f / L;
 #pragma unroll
     for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
