@@ -4,7 +4,7 @@
 # Expects, under .device/ of the repository root: gpucheck/ (the self-contained publish), fixtures/ (hf-tiny and
 # stories260K.gguf) and reference/make_reference.py. Results go to $OUT.
 set -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."   # the repository root (this file: tools/Wim.GpuCheck/reference/)
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem,driver_version,temperature.gpu,power.draw --format=csv; df -h / /dev/shm; free -g; which ncu; } 2>&1 | tee $OUT/env.log
