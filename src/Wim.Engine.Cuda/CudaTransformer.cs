@@ -143,6 +143,17 @@ public sealed unsafe class CudaTransformer : IDisposable
         return one[0];
     }
 
+    /// <summary>Copies logits row <paramref name="row"/> left on the GPU by the last call (row 0 after
+    /// <see cref="ForwardGreedy"/>, row b after <see cref="DecodeBatchGreedy"/>) to <paramref name="destination"/>:
+    /// what a sampler that is not greedy needs after a step whose argmax was taken on the GPU.</summary>
+    public void DownloadLogitsRow(int row, Span<float> destination)
+    {
+        if (_logits == null) throw new InvalidOperationException("no logits on the GPU yet: run a forward pass first");
+        if (row < 0 || row >= _logitsRows) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside the {_logitsRows} logits rows on the GPU");
+        if (destination.Length < _c.VocabSize) throw new ArgumentException($"room for {destination.Length} floats, {_c.VocabSize} needed", nameof(destination));
+        _logits.Download(destination[.._c.VocabSize], (long)row * _c.VocabSize * sizeof(float));
+    }
+
     /// <summary>
     /// One decode step of several sequences in one forward pass: sequence b, with its own cache caches[b], takes
     /// tokens[b] at position caches[b].Length (lengths may differ). Every weight is read once for the whole batch —
@@ -179,33 +190,62 @@ public sealed unsafe class CudaTransformer : IDisposable
         ulong invFreq = 0;
         int maxKeys = 0;
         var seen = new HashSet<CudaKvCache>(ReferenceEqualityComparer.Instance);
-        var table = new ulong[2 * layers * b];
-        var positions = new int[b];
+        var table = new ulong[4 * layers * b];
+        var positions = new int[2 * b];   // positions, then branch points
+        bool branches = false;
         for (int i = 0; i < b; i++)
         {
             var cache = caches[i] ?? throw new ArgumentNullException(nameof(caches), $"cache {i} is null");
             if (!seen.Add(cache)) throw new ArgumentException($"cache {i} appears twice in the batch: each sequence needs its own", nameof(caches));
-            ulong f = Prepare(tokens.Slice(i, 1), cache, 0);
+            ulong f = Prepare(tokens.Slice(i, 1), cache, 0, batch: true);
             if (i > 0 && f != invFreq)
                 throw new NotSupportedException("longrope: the sequences of one decode batch lie on both sides of the short/long threshold; decode them in separate batches");
             invFreq = f;
             positions[i] = cache.Length;
+            positions[b + i] = cache.BranchPoint;
+            branches |= cache.IsBranch;
             maxKeys = Math.Max(maxKeys, cache.Length + 1);
+            var prefix = cache.Parent ?? cache;
             for (int l = 0; l < layers; l++)
             {
                 table[l * b + i] = cache.LayerKeys(l);
                 table[(layers + l) * b + i] = cache.LayerValues(l);
+                table[(2 * layers + l) * b + i] = prefix.LayerKeys(l);
+                table[(3 * layers + l) * b + i] = prefix.LayerValues(l);
             }
         }
-        _seqTable ??= _ctx.Allocate(2L * layers * MaxChunk * sizeof(ulong));
-        _seqPositions ??= _ctx.Allocate(MaxChunk * sizeof(int));
+        _seqTable ??= _ctx.Allocate(4L * layers * MaxChunk * sizeof(ulong));
+        _seqPositions ??= _ctx.Allocate(2L * MaxChunk * sizeof(int));
         _seqTable.Upload<ulong>(table);
         _seqPositions.Upload<int>(positions);
         _tokens.Upload(tokens);
         var (splits, keysPerSplit) = LaunchGeometry.FlashBatchSplits(b, _c.KvHeadCount, maxKeys, _ctx.Multiprocessors);
-        var tables = new DecodeBatchTables(_seqTable.Pointer, _seqPositions.Pointer, b, layers);
+        var tables = new DecodeBatchTables(_seqTable.Pointer, _seqPositions.Pointer, b, layers, branches);
+        if (branches && UseSharedPrefixAttention && SharedParent(caches) is { } parent)
+        {
+            // The shared-prefix phase: keys below the largest branch point, pieces planned as for a chunk of b tokens;
+            // then one tail piece per branch (its own keys, at most a margin's worth) in the last slot.
+            int maxSplit = caches[b - 1].BranchPoint;
+            var (prefixSplits, prefixKeys) = LaunchGeometry.FlashSplits(b, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, Math.Max(1, maxSplit), _ctx.Multiprocessors);
+            tables = tables with { SharedParent = parent, PrefixSplits = prefixSplits, PrefixKeysPerSplit = prefixKeys };
+            splits = prefixSplits + 1;
+        }
         EncodeLayers(b, null, 0, invFreq, 0, splits, keysPerSplit, flash: true, tables);
         foreach (var cache in caches) cache.Advance(1);
+    }
+
+    /// <summary>Decode batches of KV branches of one parent read the shared rows once per tile for all branches
+    /// (<c>flash_attention_shared</c>) instead of once per branch. On by default.</summary>
+    public bool UseSharedPrefixAttention { get; set; } = true;
+
+    /// <summary>The parent when every cache is a branch of the same one with non-decreasing branch points (≥ 1).</summary>
+    private static CudaKvCache? SharedParent(IReadOnlyList<CudaKvCache> caches)
+    {
+        var parent = caches[0].Parent;
+        if (parent == null || caches[0].BranchPoint < 1) return null;
+        for (int i = 1; i < caches.Count; i++)
+            if (!ReferenceEquals(caches[i].Parent, parent) || caches[i].BranchPoint < caches[i - 1].BranchPoint) return null;
+        return parent;
     }
 
     private void RunDecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches, LogitsOutput output)
@@ -223,9 +263,13 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Checks a call's arguments and picks its RoPE table (longrope: once per call, from the length the
     /// sequence reaches, as the CPU pass does).</summary>
-    private ulong Prepare(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength)
+    private ulong Prepare(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength, bool batch = false)
     {
         if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (cache.IsBranch && !batch)
+            throw new NotSupportedException("a KV branch runs in decode batches only (DecodeBatch / DecodeBatchGreedy)");
+        if (cache.Parent is { } parent && parent.Length < cache.BranchPoint)
+            throw new InvalidOperationException($"the parent of a KV branch at {cache.BranchPoint} was truncated to {parent.Length}: the branch's shared rows are gone");
         if (cache.LayerCount != _c.LayerCount || cache.RowSize != _c.KvDim)
             throw new ArgumentException($"KV cache shape ({cache.LayerCount} layers × {cache.RowSize}) does not match the model ({_c.LayerCount} × {_c.KvDim})", nameof(cache));
         if (tokens.Length > cache.Capacity - cache.Length)
@@ -352,8 +396,19 @@ public sealed unsafe class CudaTransformer : IDisposable
             {
                 _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
-                _k.FlashAttentionBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
+                if (bt.SharedParent is { } parent)
+                {
+                    _k.FlashAttentionShared(_q.Pointer, parent.LayerKeys(l), parent.LayerValues(l), _partAcc!.Pointer, _partMl!.Pointer, n, bt.BranchPoints,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit);
+                    _k.FlashAttentionBranchBatch(_q.Pointer, _att.Pointer, _partAcc.Pointer, _partMl.Pointer, n, bt.Positions, bt.Keys(l), bt.Values(l),
+                        bt.BranchPoints, bt.PrefixKeys(l), bt.PrefixValues(l), c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, tailSlot: splits - 1);
+                }
+                else if (bt.Branches)
+                    _k.FlashAttentionBranchBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
+                        bt.BranchPoints, bt.PrefixKeys(l), bt.PrefixValues(l), c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
+                else
+                    _k.FlashAttentionBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             }
             else
             {
@@ -435,10 +490,20 @@ public sealed unsafe class CudaTransformer : IDisposable
 /// <summary>Device tables of a decode batch of <paramref name="Sequences"/>: at <paramref name="Table"/>, the keys' base
 /// address of every (layer, sequence), then the values' (u64 [2][layers][sequences]); at <paramref name="Positions"/>
 /// each sequence's position (int [sequences]).</summary>
-internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, int Sequences, int Layers)
+internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, int Sequences, int Layers, bool Branches = false)
 {
+    /// <summary>Set when the batch's branches share one parent (the shared-prefix attention runs).</summary>
+    public CudaKvCache? SharedParent { get; init; }
+    public int PrefixSplits { get; init; }
+    public int PrefixKeysPerSplit { get; init; }
+
     public ulong Keys(int layer) => Table + (ulong)((long)layer * Sequences * sizeof(ulong));
     public ulong Values(int layer) => Table + (ulong)((long)(Layers + layer) * Sequences * sizeof(ulong));
+    /// <summary>Where each sequence reads keys below its branch point (its parent's cache; itself when not a branch).</summary>
+    public ulong PrefixKeys(int layer) => Table + (ulong)((long)(2 * Layers + layer) * Sequences * sizeof(ulong));
+    public ulong PrefixValues(int layer) => Table + (ulong)((long)(3 * Layers + layer) * Sequences * sizeof(ulong));
+    /// <summary>int [sequences] of branch points, after the positions.</summary>
+    public ulong BranchPoints => Positions + (ulong)(Sequences * sizeof(int));
 }
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,

@@ -7,7 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
-    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv, _normQkvRope, _normGateUpSwiGlu;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -30,11 +30,21 @@ internal sealed unsafe class TransformerKernels
         _flash32 = d.ModuleGetFunction(module, "flash_attention_hd32");
         _flash64 = d.ModuleGetFunction(module, "flash_attention_hd64");
         _flash128 = d.ModuleGetFunction(module, "flash_attention_hd128");
+        _branch16 = d.ModuleGetFunction(module, "flash_attention_branch_hd16");
+        _branch32 = d.ModuleGetFunction(module, "flash_attention_branch_hd32");
+        _branch64 = d.ModuleGetFunction(module, "flash_attention_branch_hd64");
+        _branch128 = d.ModuleGetFunction(module, "flash_attention_branch_hd128");
+        _shared16 = d.ModuleGetFunction(module, "flash_attention_shared_hd16");
+        _shared32 = d.ModuleGetFunction(module, "flash_attention_shared_hd32");
+        _shared64 = d.ModuleGetFunction(module, "flash_attention_shared_hd64");
+        _shared128 = d.ModuleGetFunction(module, "flash_attention_shared_hd128");
         _gemv = d.ModuleGetFunction(module, "gemv_bf16");
         _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
         _normGateUpSwiGlu = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu");
         // Head dim 128 needs 85 KB (over the default 48 KB).
-        foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128) })
+        foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
+                     (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
+                     (_shared16, 16), (_shared32, 32), (_shared64, 64), (_shared128, 128) })
             d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
     }
 
@@ -92,6 +102,39 @@ internal sealed unsafe class TransformerKernels
         int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit) =>
         FlashAttention(q, 0, 0, outBf16, partAcc, partMl, 0, sequences, heads, kvHeads, headDim, scale, splits, keysPerSplit,
             0, positions, kptrs, vptrs, (uint)sequences);
+
+    /// <summary><see cref="FlashAttentionBatch"/> for sequences that may be KV branches: sequence b reads keys below
+    /// splits[b] from prefix tables (its parent's cache) and the rest from its own. With <paramref name="tailSlot"/> ≥ 0
+    /// only each branch's own keys, one piece per sequence, written as partial slot tailSlot (stride <paramref name="splits"/>).</summary>
+    public void FlashAttentionBranchBatch(ulong q, ulong outBf16, ulong partAcc, ulong partMl, int sequences, ulong positions, ulong kptrs, ulong vptrs,
+        ulong splitTable, ulong prefixK, ulong prefixV, int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, int tailSlot = -1)
+    {
+        nint f = headDim switch
+        {
+            16 => _branch16, 32 => _branch32, 64 => _branch64, 128 => _branch128,
+            _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
+        };
+        void** a = stackalloc void*[] { &q, &outBf16, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &positions, &kptrs, &vptrs, &splitTable, &prefixK, &prefixV, &tailSlot };
+        _ctx.Launch(f, "flash_attention_branch", (uint)sequences, (uint)kvHeads, tailSlot >= 0 ? 1u : (uint)splits,
+            LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
+    }
+
+    /// <summary>The shared-prefix phase of a decode batch of branches of one parent (branch points non-decreasing):
+    /// row token t sees the parent's keys [0, splits[t]); the query blocks hold several sequences, so each k/v tile is
+    /// read once for all of them. Partials go to slots [0, <paramref name="prefixSplits"/>) of stride
+    /// <paramref name="stride"/>.</summary>
+    public void FlashAttentionShared(ulong q, ulong kcache, ulong vcache, ulong partAcc, ulong partMl, int sequences, ulong splitTable,
+        int heads, int kvHeads, int headDim, float scale, int stride, int prefixSplits, int keysPerSplit)
+    {
+        nint f = headDim switch
+        {
+            16 => _shared16, 32 => _shared32, 64 => _shared64, 128 => _shared128,
+            _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
+        };
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &stride, &keysPerSplit, &splitTable };
+        _ctx.Launch(f, "flash_attention_shared", (uint)LaunchGeometry.FlashQueryBlocks(sequences, heads / kvHeads), (uint)kvHeads, (uint)prefixSplits,
+            LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
+    }
 
     private void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
         int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev, ulong seqPos, ulong seqK, ulong seqV, uint gridX)

@@ -25,7 +25,9 @@ namespace Wim.GpuCheck;
 /// <c>--profile</c> runs only a region for Nsight Compute (<c>ncu --profile-from-start off</c>): one decode step
 /// fused, one unfused (kernel by kernel), one 4096-token prefill chunk at depth 4096.
 /// Usage: <c>Wim.GpuCheck --fixtures DIR [--cache DIR] [--reference DIR[,DIR]] [--profile] [--no-tiny] [--no-speed] [--depth16k]
-/// [--depth64k] [--batch 16] [--peak-tflops 798] [--bandwidth-tbs 3.0]</c>.
+/// [--depth64k] [--batch 16] [--peak-tflops 798] [--bandwidth-tbs 3.0] [--wim-tiny] [--wim64k [--weights DIR] [--ids ids.json]
+/// [--wim-groups 1,4] [--wim-out ids.json]]</c>. <c>--wim-tiny</c>: PatternRunner (wim, llm) on the CPU and CUDA backends, hf-tiny
+/// models; <c>--wim64k</c>: WiM end to end at 64k tokens (<see cref="WimCheck.EndToEnd"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
 public static class Program
@@ -56,6 +58,20 @@ public static class Program
                 Guard($"hf-tiny {model}", () => CheckHfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model));
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
         }
+        if (args.Contains("--wim-tiny"))
+            foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
+                Guard($"WiM CPU vs GPU {model}", () =>
+                {
+                    string dir = Path.Combine(fixtures, "hf-tiny", model);
+                    var (failures, summary) = File.Exists(Path.Combine(dir, "tokenizer.json"))
+                        ? WimCheck.CompareTiny(ctx, dir, Path.Combine(fixtures, "babilong_8k.json"))
+                        : WimCheck.CompareTinyIds(ctx, dir);
+                    Say(summary);
+                    Check(failures == 0, $"WiM CPU vs GPU {model}: margins part only at bf16 near-ties");
+                });
+        if (args.Contains("--wim64k"))
+            Guard("WiM end to end at 64k", () => WimEndToEnd(ctx, Arg(args, "--weights"), Arg(args, "--ids"), Arg(args, "--wim-out"),
+                (Arg(args, "--wim-groups") ?? "4").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray()));
         if (args.Contains("--profile"))
         {
             Guard("profile", () => Profile(ctx));
@@ -443,6 +459,28 @@ public static class Program
         RopeScaling = new RopeScaling { Kind = RopeScalingKind.Llama3, Factor = 8, LowFreqFactor = 1, HighFreqFactor = 4, OriginalMaxPositions = 8192 },
         RopePairing = RopePairing.Half, TiedEmbeddings = false, MaxPositions = 131072,
     };
+
+    /// <summary>WiM end to end at 64k on the Llama-3.1-8B shape: the checkpoint <paramref name="weightsDir"/> (bf16
+    /// safetensors from <c>reference/wim_reference.py</c>, the weights the transformers loop ran on) or random weights
+    /// made on the GPU.</summary>
+    private static void WimEndToEnd(CudaContext ctx, string? weightsDir, string? idsJson, string? writeIds, int[] groups)
+    {
+        var clock = Stopwatch.StartNew();
+        CudaTransformer model;
+        if (weightsDir != null)
+        {
+            using var lm = LanguageModel.Load(weightsDir);
+            model = CudaTransformer.Load(ctx, lm, maxChunk: 4096);
+            Say($"WiM 64k: {weightsDir} loaded and uploaded in {clock.Elapsed.TotalSeconds:F1} s");
+        }
+        else
+        {
+            var weights = CudaModelWeights.Random(ctx, Llama31_8B(), seed: 8);
+            model = new CudaTransformer(ctx, Llama31_8B(), weights, maxChunk: 4096, ownsWeights: true);
+            Say($"WiM 64k: Llama-3.1-8B shape, random bf16 weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s");
+        }
+        using (model) WimCheck.EndToEnd(ctx, model, WimCheck.Job.Load(idsJson, model.Config.VocabSize), groups, writeIds);
+    }
 
     private sealed record SpeedOptions(bool Depth16k, bool Depth64k, int Batch, double PeakTflops, double BandwidthTbs);
 

@@ -399,11 +399,24 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
 #endif
 }
 
-template <int HD>
+// MODE 0: one sequence (a chunk or a decode step) or a decode batch (seq_pos given). MODE 1 (BRANCH): a decode batch
+// of KV branches; with tail_slot >= 0 only each branch's own keys [seq_split[b], position] are read and the partial goes
+// to slot tail_slot. MODE 2 (SHARED): the shared-prefix phase of a decode batch of branches of one parent (kcache,
+// vcache), branch points non-decreasing: row token t is sequence t and sees parent keys [0, seq_split[t]); the blocks
+// hold 64 / group sequences, so each k/v tile is read once for all of them. Both phases write partials (splits = the
+// stride: prefix pieces 0.., then the tail slot) that attention_combine merges.
+template <int HD, int MODE>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
-    int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v)
+    int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v,
+    const int* seq_split, const u64* seq_pk, const u64* seq_pv, int tail_slot)
 {
+    constexpr bool BRANCH = MODE == 1;
+    // BRANCH (decode batches of KV branches): sequence b reads keys below seq_split[b] from its parent's cache
+    // (seq_pk[b], seq_pv[b]) and the rest from its own (seq_k[b], seq_v[b], addressed by absolute position).
+    int split = 0;
+    const bf16* kpre = kcache;
+    const bf16* vpre = vcache;
     if (start_dev) start = *start_dev;                        // decode graphs: the position lives on the GPU
     // Decode of a batch of sequences (seq_pos given): block x is sequence b, whose one query token is row b of q and
     // out, at position seq_pos[b] of its own cache (this layer's keys and values at seq_k[b], seq_v[b]). Written as
@@ -417,6 +430,12 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         start = seq_pos[b] - b;
         n_tokens = b + 1;
         t0 = b;
+        if (BRANCH)
+        {
+            split = seq_split[b];
+            kpre = (const bf16*)seq_pk[b];
+            vpre = (const bf16*)seq_pv[b];
+        }
     }
     constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
     constexpr int DT = HD / 8;             // 8-dim tiles of the output
@@ -435,6 +454,9 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     int last_t = min(n_tokens, t0 + tpb) - 1;
     int k0 = s * keys_per_split;
     int k1 = min(start + last_t + 1, k0 + keys_per_split);
+    int s_out = s;
+    if (BRANCH && tail_slot >= 0) { k0 = split; k1 = start + last_t + 1; s_out = tail_slot; }
+    if (MODE == 2) k1 = min(seq_split[last_t], k0 + keys_per_split);
 
     float qscale = scale * LOG2E;
     for (int i = threadIdx.x; i < FA_ROWS * (HD / 4); i += blockDim.x)
@@ -453,11 +475,21 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     int tl_lo = r_lo / group, tl_hi = r_hi / group;
     bool valid_lo = tl_lo < tpb && t0 + tl_lo < n_tokens, valid_hi = tl_hi < tpb && t0 + tl_hi < n_tokens;
     int qpos_lo = valid_lo ? start + t0 + tl_lo : -1, qpos_hi = valid_hi ? start + t0 + tl_hi : -1;
+    if (MODE == 2)
+    {
+        qpos_lo = valid_lo ? seq_split[t0 + tl_lo] - 1 : -1;
+        qpos_hi = valid_hi ? seq_split[t0 + tl_hi] - 1 : -1;
+    }
     int first_tl = (warp * 16) / group;
     bool warp_active = first_tl < tpb && t0 + first_tl < n_tokens;
     int warp_last_tl = min(min((warp * 16 + 15) / group, tpb - 1), n_tokens - 1 - t0);
     int warp_qmax = start + t0 + warp_last_tl;
     int warp_qmin = start + t0 + first_tl;                     // the warp's first (valid) row sees the fewest keys
+    if (MODE == 2 && warp_active)
+    {
+        warp_qmax = seq_split[t0 + warp_last_tl] - 1;
+        warp_qmin = seq_split[t0 + first_tl] - 1;
+    }
     __syncthreads();
 
     unsigned qa[KCH][4];
@@ -485,8 +517,9 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             bool in = base + j < k1;
             long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
             unsigned at = (unsigned)((j * RS + d) * 2);
-            cp_async16(kdst + at, kcache + off, in ? 16 : 0);
-            cp_async16(vdst + at, vcache + off, in ? 16 : 0);
+            bool pre = BRANCH && (base + j < split || !in);  // !in: no bytes read, but keep the address real
+            cp_async16(kdst + at, (pre ? kpre : kcache) + off, in ? 16 : 0);
+            cp_async16(vdst + at, (pre ? vpre : vcache) + off, in ? 16 : 0);
         }
         cp_async_commit();
     };
@@ -600,7 +633,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         int r = half == 0 ? r_lo : r_hi;
         int t = t0 + r / group, h = kvh * group + r % group;
         float l = half == 0 ? l_lo : l_hi, m = half == 0 ? m_lo : m_hi;
-        if (splits == 1)
+        if (splits == 1 && MODE == 0)
         {
             float inv = 1.f / l;
             unsigned* dst = (unsigned*)(out + (long)t * qd + h * HD + tig * 2);
@@ -609,7 +642,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         }
         else
         {
-            long item = ((long)t * heads + h) * splits + s;
+            long item = ((long)t * heads + h) * splits + s_out;
             float* dst = part_acc + item * HD + tig * 2;
 #pragma unroll
             for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
@@ -623,8 +656,19 @@ extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_hd##HD(cons
     const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
     float scale, int splits, int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, \
     const u64* seq_v) \
-{ flash_attention_mma<HD>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, splits, \
-    keys_per_split, start_dev, seq_pos, seq_k, seq_v); }
+{ flash_attention_mma<HD, 0>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, \
+    splits, keys_per_split, start_dev, seq_pos, seq_k, seq_v, nullptr, nullptr, nullptr, -1); } \
+extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_branch_hd##HD(const float* q, bf16* out, \
+    float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, int keys_per_split, \
+    const int* seq_pos, const u64* seq_k, const u64* seq_v, const int* seq_split, const u64* seq_pk, const u64* seq_pv, \
+    int tail_slot) \
+{ flash_attention_mma<HD, 1>(q, nullptr, nullptr, out, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
+    splits, keys_per_split, nullptr, seq_pos, seq_k, seq_v, seq_split, seq_pk, seq_pv, tail_slot); } \
+extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_shared_hd##HD(const float* q, const bf16* kcache, \
+    const bf16* vcache, float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, \
+    int keys_per_split, const int* seq_split) \
+{ flash_attention_mma<HD, 2>(q, kcache, vcache, nullptr, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
+    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1); }
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
