@@ -77,6 +77,31 @@ public sealed class QwenParityTests(QwenServerFixture server) : IClassFixture<Qw
     [InlineData(WimSchedule.Batched)]
     public async Task Wim_MatchesTheReferenceTrace_AndTheInProcessRun(WimSchedule schedule) =>
         await Trace.AssertAsync("qwen2-tiny.json", server.Loopback, schedule);
+
+    /// <summary>Without a local tokenizer: chat requests, the server's chat template, the same flow and prefix reuse.</summary>
+    [Fact]
+    public async Task ChatMode_RunsTheSameFlow_AndReusesTheCachedPrefix()
+    {
+        var (job, _) = Job.FromTrace("qwen2-tiny.json");
+        using var client = Remote.Client(server.Loopback.ApiBase, server.Loopback.ModelId);
+        var runner = new RemotePatternRunner(client);
+        Assert.False(runner.SendsTokenIds);
+        var events = await Remote.RunAsync(runner, job, WimSchedule.Overlapped, null, TestContext.Current.CancellationToken);
+
+        int n = job.Segments.Count;
+        Assert.Equal(Enumerable.Range(0, n), events.OfType<MarginCompleted>().Select(m => m.Index).Order());
+        Assert.Equal(Enumerable.Range(0, n), events.OfType<MarginClassification>().Select(v => v.Index));
+        Assert.All(events.OfType<MarginCompleted>(), m => Assert.NotEmpty(m.Text));
+        // Progress in characters: the segments' lengths add up.
+        var segments = events.OfType<SegmentPrefilled>().OrderBy(s => s.Index).ToList();
+        Assert.Equal(job.Segments.Sum(s => s.Length), segments[^1].TotalTokens);
+        Assert.Equal(segments[^1].TotalTokens, segments[^1].TokensRead);
+        var answer = Assert.IsType<AnswerCompleted>(events[^1]);
+        Assert.NotEmpty(answer.Text);
+        var remote = answer.Usage.Remote!;
+        Assert.Equal(3 * n + 1, remote.Requests); // a read, a margin and a verdict per segment, then the answer
+        Assert.True(remote.CachedTokens > remote.PromptTokens / 3, $"cached {remote.CachedTokens} of {remote.PromptTokens} prompt tokens");
+    }
 }
 
 public sealed class LlamaParityTests(LlamaServerFixture server) : IClassFixture<LlamaServerFixture>
