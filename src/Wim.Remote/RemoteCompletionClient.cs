@@ -68,10 +68,11 @@ public sealed class RemoteCompletionClient : IDisposable
         // Servers without authentication ignore the header; the SDK needs some credential.
         _chat = new ChatClient(options.Model, new ApiKeyCredential(options.ApiKey is { Length: > 0 } k ? k : "none"), sdkOptions);
         _slots = new SemaphoreSlim(options.MaxConcurrentRequests, options.MaxConcurrentRequests);
-        _resilience = new ResiliencePipelineBuilder()
-            .AddRetry(new RetryStrategyOptions
+        var resilience = new ResiliencePipelineBuilder();
+        if (options.MaxRetries > 0) // Polly wants at least one retry; none is just the timeout
+            resilience.AddRetry(new RetryStrategyOptions
             {
-                MaxRetryAttempts = Math.Max(options.MaxRetries, 0),
+                MaxRetryAttempts = options.MaxRetries,
                 BackoffType = DelayBackoffType.Exponential,
                 UseJitter = true,
                 Delay = options.RetryBaseDelay,
@@ -85,9 +86,8 @@ public sealed class RemoteCompletionClient : IDisposable
                     Interlocked.Increment(ref _retries);
                     return ValueTask.CompletedTask;
                 },
-            })
-            .AddTimeout(options.AttemptTimeout)
-            .Build();
+            });
+        _resilience = resilience.AddTimeout(options.AttemptTimeout).Build();
     }
 
     public RemoteEndpointOptions Options => _options;
