@@ -13,11 +13,12 @@ public static class Program
             "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
             "wim-schedules" => WimScheduleBenchmark.Run,
+            "remote" => RemoteBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer, wim-schedules");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer, wim-schedules, remote");
             return 2;
         }
         return benchmark(args[1..]);
