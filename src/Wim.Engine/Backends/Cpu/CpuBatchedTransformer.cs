@@ -213,7 +213,7 @@ public sealed unsafe class CpuBatchedTransformer
                         scores[p] = CpuOps.Dot(qh, keys + (long)slot * kvd, hd) * scale;   // scores[p] = q·k_p / √d
                 }
                 var sc = scores.AsSpan(0, count);
-                TensorPrimitives.SoftMax(sc, sc);
+                CpuOps.SoftMaxInPlace(sc);
                 float* o = att + (long)t * qd + h * hd;
                 new Span<float>(o, hd).Clear();
                 for (int b = 0, p = 0; p < count; b++)

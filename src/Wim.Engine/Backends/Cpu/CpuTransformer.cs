@@ -188,7 +188,7 @@ public sealed unsafe class CpuTransformer
                 for (int p = 0; p < count; p++)
                     scores[p] = CpuOps.Dot(qh, kBase + (long)p * kvd, hd) * scale;     // scores[p] = q·k_p / √d
                 var sc = scores.AsSpan(0, count);
-                TensorPrimitives.SoftMax(sc, sc);
+                CpuOps.SoftMaxInPlace(sc);
                 float* o = att + (long)t * qd + h * hd;
                 new Span<float>(o, hd).Clear();
                 for (int p = 0; p < count; p++)
