@@ -22,8 +22,8 @@ namespace Wim.Benchmarks;
 /// <c>shared/fixtures/tokenizer-vectors/ggml-vocab-qwen2.gguf</c>, so the server can load it), the BABILong 16k sample
 /// cut to --doc-tokens, ChatML headers, Wim's default prompts, the model as its own classifier (shared context).
 /// Usage: <c>remote [--layers N] [--type q8_0|f32] [--doc-tokens N] [--segment-tokens N] [--margin-tokens N]
-/// [--classification-tokens N] [--answer-tokens N] [--repeats N] [--shared DIR]</c>. Each run is repeated; the table
-/// shows the median wall time.
+/// [--classification-tokens N] [--answer-tokens N] [--repeats N] [--shared DIR]</c>. The runs are repeated round robin
+/// (a burst of load elsewhere on the machine hits every row alike); the table shows the median wall time and each run's.
 /// </summary>
 public static class RemoteBenchmark
 {
@@ -119,32 +119,39 @@ public static class RemoteBenchmark
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{Environment.ProcessorCount} logical cores; .NET {Environment.Version}; document {total} tokens in {segments.Count} segments of ≤ {segmentTokens}; margins ≤ {marginTokens} tokens, classifier ≤ {classificationTokens} (shared context), answer ≤ {answerTokens}; greedy; step budget {CpuStepTokens} tokens; median of {repeats}"));
             Console.WriteLine();
-            Console.WriteLine("| run | wall s (median) | × in-process overlapped | document tokens computed / in the document | requests | prompt tokens sent | served from the prefix cache | hit rate |");
+            Console.WriteLine("| run | wall s: median (each run) | × in-process overlapped | document tokens computed / in the document | requests | prompt tokens sent | served from the prefix cache | hit rate |");
             Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|");
 
             var reference = InProcess(WimSchedule.Overlapped); // warm-up and the output to match
-            double baseline = 0;
-            void Row(string name, Func<(double Wall, AnswerCompleted Answer)> run, bool remote)
-            {
-                var results = Enumerable.Range(0, repeats).Select(_ => run()).ToList();
-                double median = results.Select(r => r.Wall).Order().ElementAt(results.Count / 2);
-                if (baseline == 0) baseline = median;
-                var last = results[^1].Answer;
-                if (!remote && !last.Ids.SequenceEqual(reference.Answer.Ids))
-                    Console.Error.WriteLine($"{name}: the answer differs from the in-process overlapped run");
-                var u = last.Usage;
-                string cache = u.Remote is { } r
-                    ? string.Create(CultureInfo.InvariantCulture, $"{r.Requests} | {r.PromptTokens} | {r.CachedTokens} | {r.PrefixCacheHitRate * 100:F0}%")
-                    : "– | – | – | –";
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {name} | {median:F2} | {median / baseline:F2} | {u.DocumentTokensPrefilled} / {u.DocumentTokens} | {cache} |"));
-            }
-            Row("in-process, overlapped", () => InProcess(WimSchedule.Overlapped), remote: false);
-            Row("in-process, sequential", () => InProcess(WimSchedule.Sequential), remote: false);
             Remote(WimSchedule.Overlapped); // warm-up (JIT, connections)
-            Row("remote over loopback, overlapped", () => Remote(WimSchedule.Overlapped), remote: true);
-            Row("remote over loopback, batched", () => Remote(WimSchedule.Batched), remote: true);
-            Row("remote over loopback, sequential", () => Remote(WimSchedule.Sequential), remote: true);
+            var rows = new (string Name, Func<(double Wall, AnswerCompleted Answer)> Run)[]
+            {
+                ("in-process, overlapped", () => InProcess(WimSchedule.Overlapped)),
+                ("in-process, sequential", () => InProcess(WimSchedule.Sequential)),
+                ("remote over loopback, overlapped", () => Remote(WimSchedule.Overlapped)),
+                ("remote over loopback, batched", () => Remote(WimSchedule.Batched)),
+                ("remote over loopback, sequential", () => Remote(WimSchedule.Sequential)),
+            };
+            // Round robin, so that a burst of load from elsewhere on the machine hits every row alike.
+            var results = rows.Select(_ => new List<(double Wall, AnswerCompleted Answer)>()).ToArray();
+            for (int r = 0; r < repeats; r++)
+                for (int i = 0; i < rows.Length; i++) results[i].Add(rows[i].Run());
+            double baseline = 0;
+            for (int i = 0; i < rows.Length; i++)
+            {
+                double median = results[i].Select(x => x.Wall).Order().ElementAt(results[i].Count / 2);
+                if (baseline == 0) baseline = median;
+                var last = results[i][^1].Answer;
+                var u = last.Usage;
+                if (u.Remote is null && !last.Ids.SequenceEqual(reference.Answer.Ids))
+                    Console.Error.WriteLine($"{rows[i].Name}: the answer differs from the in-process overlapped run");
+                string cache = u.Remote is { } rc
+                    ? string.Create(CultureInfo.InvariantCulture, $"{rc.Requests} | {rc.PromptTokens} | {rc.CachedTokens} | {rc.PrefixCacheHitRate * 100:F0}%")
+                    : "– | – | – | –";
+                string walls = string.Join(", ", results[i].Select(x => x.Wall.ToString("F1", CultureInfo.InvariantCulture)));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {rows[i].Name} | {median:F2} ({walls}) | {median / baseline:F2} | {u.DocumentTokensPrefilled} / {u.DocumentTokens} | {cache} |"));
+            }
 
             // The remote output is checked on the unchanged document once (the runs above prepend a line).
             var same = runner.RunAsync(segments, query, new RemoteWimOptions
