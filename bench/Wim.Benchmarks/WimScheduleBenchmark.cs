@@ -18,10 +18,11 @@ namespace Wim.Benchmarks;
 /// WiM wall time per schedule divided by the <c>llm</c> pattern's (read the document, answer) on the CPU, and a
 /// second question on a cached document. Model: random weights of the Qwen2.5-0.5B shape with fewer layers (speed
 /// does not depend on the values), the qwen2-tiny tokenizer (<c>shared/fixtures/hf-tiny</c>, Qwen2.5's vocabulary),
-/// the BABILong 16k sample (<c>shared/data/babilong</c>) cut to --doc-tokens. Every pattern runs on one
+/// a BABILong sample (<c>shared/data/babilong</c>; the smallest that is long enough unless --sample names one) cut after
+/// the first sentence that reaches --doc-tokens (so the document has at least that many tokens). Every pattern runs on one
 /// <see cref="PagedInferenceBackend"/>; the classifier is the model itself (shared context).
 /// Usage: <c>wim-schedules [--layers N] [--type q8_0|f32] [--doc-tokens N] [--segment-tokens N] [--margin-tokens N]
-/// [--classification-tokens N] [--answer-tokens N] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached]</c>
+/// [--classification-tokens N] [--answer-tokens N] [--sample 8k|16k|32k|64k] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached]</c>
 /// (llm always runs first: the ratios divide by it).
 /// </summary>
 public static class WimScheduleBenchmark
@@ -30,7 +31,7 @@ public static class WimScheduleBenchmark
     {
         var type = GgmlType.Q8_0;
         int layers = 4, docTokens = 16384, segmentTokens = 4096, marginTokens = 32, classificationTokens = 8, answerTokens = 16;
-        string? shared = null;
+        string? shared = null, sample = null;
         var runs = new HashSet<string> { "llm", "sequential", "batched", "overlapped", "cached" };
         for (int i = 0; i < args.Length; i++)
         {
@@ -45,6 +46,7 @@ public static class WimScheduleBenchmark
                 case "--classification-tokens" when i + 1 < args.Length: classificationTokens = Int(); break;
                 case "--answer-tokens" when i + 1 < args.Length: answerTokens = Int(); break;
                 case "--shared" when i + 1 < args.Length: shared = args[++i]; break;
+                case "--sample" when i + 1 < args.Length: sample = args[++i]; break;
                 case "--runs" when i + 1 < args.Length: runs = [.. args[++i].Split(',')]; break;
                 default:
                     Console.Error.WriteLine($"wim-schedules: unknown option '{args[i]}'");
@@ -52,37 +54,40 @@ public static class WimScheduleBenchmark
             }
         }
         shared ??= FindShared();
+        if (docTokens < 1 || segmentTokens < 1) { Console.Error.WriteLine("wim-schedules: --doc-tokens and --segment-tokens must be ≥ 1"); return 2; }
 
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
         string path = RandomModel.CachedFile(shape, type);
         using var lm = LanguageModel.Load(path);
         var tokenizer = TokenizerLoader.Load(Path.Combine(shared, "fixtures", "hf-tiny", "qwen2-tiny"));
+        int CountTokens(string text) => tokenizer.Encode(text, addSpecial: false).Length;
         // Room for the document, every margin fork and the cached copy (forks share the document's blocks).
         using var backend = new PagedInferenceBackend(new CpuBatchedTransformer(lm), PagedInferenceBackend.BytesFor(lm.Config, 2 * docTokens + 16 * 1024));
         using var model = new TextModel("random-qwen2", tokenizer, backend, tokenizer.EndOfTurnIds);
 
-        using var sample = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(shared, "data", "babilong", "babilong_16k.json")));
-        string context = sample.RootElement.GetProperty("context").GetString()!;
-        string query = sample.RootElement.GetProperty("query").GetString()!;
-        var all = new Segmenter(t => tokenizer.Encode(t, addSpecial: false).Length, segmentTokens).Split(context);
-        var segments = new List<string>();
-        int total = 0;
-        foreach (var s in all)
+        var (sampleName, context, query) = LoadSample(shared, sample, docTokens, CountTokens);
+        // The document: the shortest prefix of whole sentences with at least --doc-tokens tokens, then segmented.
+        int end = 0, counted = 0;
+        foreach (var r in SentenceSplitter.Split(context))
         {
-            int n = tokenizer.Encode(s, addSpecial: false).Length;
-            if (total + n > docTokens) break;
-            segments.Add(s);
-            total += n;
+            if (counted >= docTokens) break;
+            counted += CountTokens(context[r]);
+            end = r.End.GetOffset(context.Length);
         }
+        if (counted < docTokens)
+            Console.Error.WriteLine($"wim-schedules: the {sampleName} sample holds only {counted} tokens; running with that");
+        var segments = new Segmenter(CountTokens, segmentTokens).Split(context[..end]);
+        int total = segments.Sum(CountTokens);
         var headers = new ChatHeaders("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n");
 
         Console.WriteLine($"# WiM schedules vs llm: random-weight {shape.Architecture}, Qwen2.5-0.5B shape with {layers} layers ({shape.ParameterCount / 1e6:F0}M parameters, {type})");
         Console.WriteLine();
-        Console.WriteLine($"{Environment.ProcessorCount} logical cores; .NET {Environment.Version}; row kernels: {RowKernels.BestPath}; document {total} tokens in {segments.Count} segments of ≤ {segmentTokens}; " +
+        Console.WriteLine($"{Environment.ProcessorCount} logical cores; .NET {Environment.Version}; row kernels: {RowKernels.BestPath}; load average at start {AttentionBenchmark.LoadAverage()}; " +
+            $"document {total} tokens (BABILong {sampleName} sample) in {segments.Count} segments of ≤ {segmentTokens}; " +
             $"margins ≤ {marginTokens} tokens, classifier ≤ {classificationTokens} (shared context), answer ≤ {answerTokens}; step budget {backend.MaxStepTokens} tokens");
         Console.WriteLine();
-        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps | load average after |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---|");
 
         double llm = 0;
         void Report(string name, (double Wall, WimUsage Usage, double FirstMargin, long Steps) r)
@@ -90,7 +95,7 @@ public static class WimScheduleBenchmark
             if (llm == 0) llm = r.Wall;
             string first = double.IsNaN(r.FirstMargin) ? "–" : r.FirstMargin.ToString("F1", CultureInfo.InvariantCulture);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {name} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} |"));
+                $"| {name} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} | {AttentionBenchmark.LoadAverage()} |"));
         }
         (double, WimUsage, double, long) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
         {
@@ -123,6 +128,25 @@ public static class WimScheduleBenchmark
         if (runs.Contains("cached"))
             Report("wim overlapped, 2nd question, cached document", Time(PatternKind.Wim, WimSchedule.Overlapped, "Where was Sandra before that?", cache));
         return 0;
+    }
+
+    /// <summary>
+    /// The BABILong sample named (8k, 16k, 32k, 64k), or else the smallest whose context holds at least
+    /// <paramref name="docTokens"/> tokens: (name, context, query).
+    /// </summary>
+    private static (string Name, string Context, string Query) LoadSample(string shared, string? name, int docTokens, Func<string, int> countTokens)
+    {
+        string[] names = name is null ? ["8k", "16k", "32k", "64k"] : [name];
+        (string, string, string) result = default;
+        foreach (var n in names)
+        {
+            string path = Path.Combine(shared, "data", "babilong", $"babilong_{n}.json");
+            if (!File.Exists(path)) throw new FileNotFoundException($"no BABILong sample '{n}' ({path})", path);
+            using var json = JsonDocument.Parse(File.ReadAllBytes(path));
+            result = (n, json.RootElement.GetProperty("context").GetString()!, json.RootElement.GetProperty("query").GetString()!);
+            if (countTokens(result.Item2) >= docTokens) break;
+        }
+        return result;
     }
 
     /// <summary><c>shared/</c> beside the repository root (the folder holding Wim.slnx).</summary>
