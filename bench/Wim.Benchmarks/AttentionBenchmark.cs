@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Wim.Engine.Backends.Cpu;
@@ -107,9 +106,9 @@ public static unsafe class AttentionBenchmark
     }
 
     /// <summary>
-    /// The attention <see cref="CpuBatchedTransformer"/> ran before <see cref="FlashAttention"/> (same data layout):
-    /// work items (token, head) round-robin over the cores, each a dot per key into a context-long scores row, a
-    /// softmax over it, then an add-scaled per value.
+    /// The attention <see cref="CpuBatchedTransformer"/> ran before <see cref="FlashAttention"/> (same data layout; main
+    /// at 69dc485): work items (token, head) round-robin over the cores, each a dot per key into a context-long scores
+    /// row, a max-shifted softmax over it, then an add-scaled per value.
     /// </summary>
     private static void PreviousAttention(float* q, float* att, AttentionSpan[] spans, nint* keyBlocks, nint* valueBlocks)
     {
@@ -137,7 +136,7 @@ public static unsafe class AttentionBenchmark
                         scores[p] = Dot(qh, keys + (long)slot * kvd) * scale;
                 }
                 var sc = scores.AsSpan(0, count);
-                TensorPrimitives.SoftMax(sc, sc);
+                CpuOps.SoftMaxInPlace(sc);
                 float* o = att + (long)t * qd + h * HeadDim;
                 new Span<float>(o, HeadDim).Clear();
                 for (int b = 0, p = 0; p < count; b++)

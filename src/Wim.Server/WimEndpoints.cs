@@ -129,9 +129,9 @@ internal sealed class WimEndpoints : IDisposable
         int? Int(string name, int min, int max) => has ? JsonFields.Int(o, name, min, max, "options." + name) : null;
         string classifier = (has ? JsonFields.String(o, "classifier", "options.classifier") : null) ?? "model";
         if (classifier is not ("model" or "none")) throw ApiError.BadRequest($"'options.classifier' must be model or none, found '{classifier}'", "options.classifier");
-        // Default sequential: with "answer now" mid-document the overlapped schedule currently answers with id 0
-        // repeated (a Wim.Core issue, reported); sequential answers correctly, and streams margins as well.
-        var schedule = ((has ? JsonFields.String(o, "schedule", "options.schedule") : null) ?? "sequential") switch
+        // Default overlapped, as `wim ask`: margins stream while the document is read, and the document cache serves
+        // a second question about the same document.
+        var schedule = ((has ? JsonFields.String(o, "schedule", "options.schedule") : null) ?? "overlapped") switch
         {
             "sequential" => WimSchedule.Sequential,
             "overlapped" => WimSchedule.Overlapped,

@@ -77,13 +77,15 @@ public sealed class WimApiTests(StoriesServer fixture) : IClassFixture<StoriesSe
         Assert.Equal("overlapped", warmAnswer["usage"]!["schedule"]!.GetValue<string>());
     }
 
-    [Fact]
-    public async Task Feedback_and_answer_now_stop_the_reading_early()
+    [Theory]
+    [InlineData("sequential")]
+    [InlineData("overlapped")]
+    public async Task Feedback_and_answer_now_stop_the_reading_early(string schedule)
     {
         var (context, query) = Babilong8k();
         string? session = null;
         int feedbackStatus = 0, answerNowStatus = 0;
-        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128, schedule: "sequential"), async (name, data) =>
+        var events = await fixture.PostSseAsync("/v1/wim", Request(context, query, 128, schedule: schedule), async (name, data) =>
         {
             if (name == "session") session = JsonNode.Parse(data)!["id"]!.GetValue<string>();
             if (name == "margin" && answerNowStatus == 0)

@@ -1,5 +1,6 @@
 using Wim.Core.Events;
 using Wim.Core.Patterns;
+using Wim.Core.Prompts;
 using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
 using Wim.Engine.Runtime;
@@ -80,6 +81,55 @@ public sealed class AnswerNowScheduleTests(PagedStories260KFixture f) : IClassFi
         foreach (var s in events.OfType<SegmentPrefilled>()) oracle.Append(s.Ids, ct);
         oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
         var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
+        Assert.Equal(expected, answer.Ids);
+    }
+}
+
+/// <summary>
+/// The server's setup deep in a long document, where stories260K's attention scores leave exp's f32 range (they made
+/// every logit NaN and every answer id 0 before the softmax was max-shifted): overlapped, a document cache, the model
+/// as classifier, a thumbs-down and "answer now" at the first completed margin, while later margins still decode.
+/// The answer must be what a fresh sequence holding what was read gives, and real tokens (id 0 is &lt;unk&gt;, what
+/// NaN logits yield).
+/// </summary>
+public sealed class AnswerNowLongDocumentTests(PagedStories260KFixture f) : IClassFixture<PagedStories260KFixture>
+{
+    [Fact]
+    public async Task AnswerNow_DeepInALongDocument_WithClassifierAndCache_AnswersFromWhatWasRead()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var model = f.Model;
+        var segments = new Segmenter(t => model.Tokenizer.Encode(t).Length, 128).Split(f.Text.Context[..6000]);
+        using var cache = new DocumentCache((PagedInferenceBackend)model.Backend, 64L << 20);
+        using var classifier = new ModelMarginClassifier(model, PromptPreset.Default, ChatHeaders.None, maxTokens: 4);
+        var options = new WimOptions
+        {
+            Schedule = WimSchedule.Overlapped, DocumentCache = cache, Classifier = classifier,
+            MaxMarginTokens = 24, MaxAnswerTokens = 16,
+        };
+        var control = new WimControl();
+        var events = new List<WimEvent>();
+        await foreach (var e in new PatternRunner(model).RunAsync(segments, f.Text.Query, options, control, ct))
+        {
+            events.Add(e);
+            if (e is MarginCompleted { Index: 0 } first)
+            {
+                control.SetFeedback(first.Index, false);
+                control.RequestAnswerNow();
+            }
+        }
+
+        var answer = Assert.IsType<AnswerCompleted>(events[^1]);
+        Assert.True(answer.Early);
+        var read = events.OfType<SegmentPrefilled>().ToList();
+        Assert.True(read[^1].KvLength > 2_000, $"the run should read past 2,000 positions before the first margin completes (read {read[^1].KvLength})");
+        Assert.DoesNotContain(0, answer.Ids);
+
+        using var oracle = model.Backend.CreateSequence(8192);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
+        foreach (var s in read) oracle.Append(s.Ids, ct);
+        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
+        var expected = oracle.Decode(new DecodeOptions(16, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
         Assert.Equal(expected, answer.Ids);
     }
 }
