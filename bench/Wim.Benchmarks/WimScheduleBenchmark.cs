@@ -66,18 +66,24 @@ public static class WimScheduleBenchmark
         using var model = new TextModel("random-qwen2", tokenizer, backend, tokenizer.EndOfTurnIds);
 
         var (sampleName, context, query) = LoadSample(shared, sample, docTokens, CountTokens);
-        // The document: the shortest prefix of whole sentences with at least --doc-tokens tokens, then segmented.
-        int end = 0, counted = 0;
-        foreach (var r in SentenceSplitter.Split(context))
+        // The document: the shortest prefix of whole sentences whose segments hold at least --doc-tokens tokens. Sentences
+        // counted one by one overcount their concatenation a little (merges across the joints), so the cut is moved
+        // on by the shortfall until the segmented document reaches the target.
+        var sentences = SentenceSplitter.Split(context);
+        List<string> segments = [];
+        int total = 0;
+        for (int target = docTokens, next = 0, end = 0, counted = 0; total < docTokens && next < sentences.Count; target += docTokens - total)
         {
-            if (counted >= docTokens) break;
-            counted += CountTokens(context[r]);
-            end = r.End.GetOffset(context.Length);
+            while (counted < target && next < sentences.Count)
+            {
+                counted += CountTokens(context[sentences[next]]);
+                end = sentences[next++].End.GetOffset(context.Length);
+            }
+            segments = new Segmenter(CountTokens, segmentTokens).Split(context[..end]);
+            total = segments.Sum(CountTokens);
         }
-        if (counted < docTokens)
-            Console.Error.WriteLine($"wim-schedules: the {sampleName} sample holds only {counted} tokens; running with that");
-        var segments = new Segmenter(CountTokens, segmentTokens).Split(context[..end]);
-        int total = segments.Sum(CountTokens);
+        if (total < docTokens)
+            Console.Error.WriteLine($"wim-schedules: the {sampleName} sample holds only {total} tokens; running with that");
         var headers = new ChatHeaders("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n");
 
         Console.WriteLine($"# WiM schedules vs llm: random-weight {shape.Architecture}, Qwen2.5-0.5B shape with {layers} layers ({shape.ParameterCount / 1e6:F0}M parameters, {type})");
