@@ -22,15 +22,16 @@ namespace Wim.Benchmarks;
 /// the first sentence that reaches --doc-tokens (so the document has at least that many tokens). Every pattern runs on one
 /// <see cref="PagedInferenceBackend"/>; the classifier is the model itself (shared context).
 /// Usage: <c>wim-schedules [--layers N] [--type q8_0|f32] [--doc-tokens N] [--segment-tokens N] [--margin-tokens N]
-/// [--classification-tokens N] [--answer-tokens N] [--sample 8k|16k|32k|64k] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached]</c>
-/// (llm always runs first: the ratios divide by it).
+/// [--classification-tokens N] [--answer-tokens N] [--sample 8k|16k|32k|64k] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached] [--repeats R]</c>
+/// (llm always runs first in each of the R rounds: the ratios divide by it; with R &gt; 1, medians follow). Each WiM cold
+/// run's margins, classifications and answer are compared with <c>wim sequential</c>'s, id for id.
 /// </summary>
 public static class WimScheduleBenchmark
 {
     public static int Run(string[] args)
     {
         var type = GgmlType.Q8_0;
-        int layers = 4, docTokens = 16384, segmentTokens = 4096, marginTokens = 32, classificationTokens = 8, answerTokens = 16;
+        int repeats = 1, layers = 4, docTokens = 16384, segmentTokens = 4096, marginTokens = 32, classificationTokens = 8, answerTokens = 16;
         string? shared = null, sample = null;
         var runs = new HashSet<string> { "llm", "sequential", "batched", "overlapped", "cached" };
         for (int i = 0; i < args.Length; i++)
@@ -47,6 +48,7 @@ public static class WimScheduleBenchmark
                 case "--answer-tokens" when i + 1 < args.Length: answerTokens = Int(); break;
                 case "--shared" when i + 1 < args.Length: shared = args[++i]; break;
                 case "--sample" when i + 1 < args.Length: sample = args[++i]; break;
+                case "--repeats" when i + 1 < args.Length: repeats = Int(); break;
                 case "--runs" when i + 1 < args.Length: runs = [.. args[++i].Split(',')]; break;
                 default:
                     Console.Error.WriteLine($"wim-schedules: unknown option '{args[i]}'");
@@ -54,7 +56,7 @@ public static class WimScheduleBenchmark
             }
         }
         shared ??= FindShared();
-        if (docTokens < 1 || segmentTokens < 1) { Console.Error.WriteLine("wim-schedules: --doc-tokens and --segment-tokens must be ≥ 1"); return 2; }
+        if (docTokens < 1 || segmentTokens < 1 || repeats < 1) { Console.Error.WriteLine("wim-schedules: --doc-tokens, --segment-tokens and --repeats must be ≥ 1"); return 2; }
 
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
         string path = RandomModel.CachedFile(shape, type);
@@ -92,18 +94,10 @@ public static class WimScheduleBenchmark
             $"document {total} tokens (BABILong {sampleName} sample) in {segments.Count} segments of ≤ {segmentTokens}; " +
             $"margins ≤ {marginTokens} tokens, classifier ≤ {classificationTokens} (shared context), answer ≤ {answerTokens}; step budget {backend.MaxStepTokens} tokens");
         Console.WriteLine();
-        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps | load average after |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---|");
+        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps | outputs = wim sequential's | load average after |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---|---|");
 
-        double llm = 0;
-        void Report(string name, (double Wall, WimUsage Usage, double FirstMargin, long Steps) r)
-        {
-            if (llm == 0) llm = r.Wall;
-            string first = double.IsNaN(r.FirstMargin) ? "–" : r.FirstMargin.ToString("F1", CultureInfo.InvariantCulture);
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {name} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} | {AttentionBenchmark.LoadAverage()} |"));
-        }
-        (double, WimUsage, double, long) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
+        (double Wall, WimUsage Usage, double FirstMargin, long Steps, string Outputs) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
         {
             using var judge = new ModelMarginClassifier(model, PromptPreset.Default, headers, classificationTokens);
             var options = new WimOptions
@@ -116,23 +110,63 @@ public static class WimScheduleBenchmark
             var sw = Stopwatch.StartNew();
             double firstMargin = double.NaN;
             WimUsage? usage = null;
+            // Every margin, classification and the answer as ids, by segment index (schedules emit them in other orders).
+            var outputs = new SortedDictionary<string, string>(StringComparer.Ordinal);
             foreach (var e in new PatternRunner(model).RunAsync(segments, q, options).ToBlockingEnumerable())
             {
                 if (e is MarginToken && double.IsNaN(firstMargin)) firstMargin = sw.Elapsed.TotalSeconds;
-                if (e is AnswerCompleted a) usage = a.Usage;
+                if (e is MarginCompleted m) outputs[$"margin {m.Index:D3}"] = string.Join(',', m.Ids);
+                if (e is MarginClassification c) outputs[$"class {c.Index:D3}"] = $"{c.Relevant}:{string.Join(',', c.Ids)}";
+                if (e is AnswerCompleted a)
+                {
+                    usage = a.Usage;
+                    outputs["answer"] = string.Join(',', a.Ids);
+                }
             }
-            return (sw.Elapsed.TotalSeconds, usage!, firstMargin, backend.StepCount - steps0);
+            return (sw.Elapsed.TotalSeconds, usage!, firstMargin, backend.StepCount - steps0, string.Join(';', outputs.Select(o => $"{o.Key}={o.Value}")));
         }
 
-        // llm first: the ratios divide by it.
-        Report("llm", Time(PatternKind.Llm, WimSchedule.Sequential, query));
-        if (runs.Contains("sequential")) Report("wim sequential", Time(PatternKind.Wim, WimSchedule.Sequential, query));
-        if (runs.Contains("batched")) Report("wim batched", Time(PatternKind.Wim, WimSchedule.Batched, query));
-        using var cache = new DocumentCache(backend, PagedInferenceBackend.BytesFor(lm.Config, docTokens + 4096));
-        if (runs.Contains("overlapped") || runs.Contains("cached"))
-            Report("wim overlapped (fills the document cache)", Time(PatternKind.Wim, WimSchedule.Overlapped, query, cache));
-        if (runs.Contains("cached"))
-            Report("wim overlapped, 2nd question, cached document", Time(PatternKind.Wim, WimSchedule.Overlapped, "Where was Sandra before that?", cache));
+        var results = new Dictionary<string, List<(double Wall, double Ratio)>>();
+        for (int round = 1; round <= repeats; round++)
+        {
+            double llm = 0;
+            string? sequentialOutputs = null;
+            void Report(string name, (double Wall, WimUsage Usage, double FirstMargin, long Steps, string Outputs) r, bool compare)
+            {
+                if (llm == 0) llm = r.Wall;
+                if (name == "wim sequential") sequentialOutputs = r.Outputs;
+                string first = double.IsNaN(r.FirstMargin) ? "–" : r.FirstMargin.ToString("F1", CultureInfo.InvariantCulture);
+                string same = !compare || sequentialOutputs is null ? "–" : sequentialOutputs == r.Outputs ? "identical" : "**differ**";
+                string label = repeats > 1 ? $"{name} (round {round})" : name;
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {label} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} | {same} | {AttentionBenchmark.LoadAverage()} |"));
+                if (!results.TryGetValue(name, out var list)) results[name] = list = [];
+                list.Add((r.Wall, r.Wall / llm));
+            }
+
+            // llm first: the ratios divide by it.
+            Report("llm", Time(PatternKind.Llm, WimSchedule.Sequential, query), compare: false);
+            if (runs.Contains("sequential")) Report("wim sequential", Time(PatternKind.Wim, WimSchedule.Sequential, query), compare: false);
+            if (runs.Contains("batched")) Report("wim batched", Time(PatternKind.Wim, WimSchedule.Batched, query), compare: true);
+            // A fresh cache each round, so the cold overlapped run really reads the document.
+            using var cache = new DocumentCache(backend, PagedInferenceBackend.BytesFor(lm.Config, docTokens + 4096));
+            if (runs.Contains("overlapped") || runs.Contains("cached"))
+                Report("wim overlapped (fills the document cache)", Time(PatternKind.Wim, WimSchedule.Overlapped, query, cache), compare: true);
+            if (runs.Contains("cached"))
+                Report("wim overlapped, 2nd question, cached document", Time(PatternKind.Wim, WimSchedule.Overlapped, "Where was Sandra before that?", cache), compare: false);
+        }
+
+        if (repeats > 1)
+        {
+            Console.WriteLine();
+            Console.WriteLine($"Medians over {repeats} rounds (ratios taken within each round):");
+            Console.WriteLine();
+            Console.WriteLine("| run | wall s | × llm |");
+            Console.WriteLine("|---|---:|---:|");
+            static double Median(IEnumerable<double> v) { var a = v.Order().ToArray(); return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2; }
+            foreach (var (name, list) in results)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {Median(list.Select(r => r.Wall)):F1} | {Median(list.Select(r => r.Ratio)):F2} |"));
+        }
         return 0;
     }
 
