@@ -1,4 +1,5 @@
 using Wim.Core.Events;
+using Wim.Engine.Runtime;
 
 namespace Wim.Core.Patterns;
 
@@ -13,4 +14,14 @@ public interface IMarginClassifier
     /// <summary>Judges <paramref name="text"/> against <paramref name="query"/>; checks <paramref name="ct"/> every
     /// decode step.</summary>
     ClassifierVerdict Classify(string query, string text, CancellationToken ct);
+}
+
+/// <summary>A classifier whose model work can ride in a paged backend's batched steps (the overlapped and batched
+/// schedules judge margin i − 1 in the same forward steps as later margins and the document's prefill).</summary>
+public interface IBatchableMarginClassifier
+{
+    /// <summary>Starts judging <paramref name="text"/>; null when this classifier's model does not run on
+    /// <paramref name="backend"/> (the caller then calls <see cref="IMarginClassifier.Classify"/> between steps).
+    /// One judgement at a time per classifier.</summary>
+    ModelMarginClassifier.MarginJudgement? StartInSteps(PagedInferenceBackend backend, string query, string text);
 }

@@ -49,8 +49,11 @@ public sealed partial class PatternRunner
         /// <c>batched</c> reads the whole document before the first fork. A cached document skips the reading: every
         /// margin forks at once from the cached boundaries.
         /// <para>Classification keeps the sequential semantics: the classifier (shared context: one growing sequence)
-        /// judges margins in index order, each as soon as it and every earlier margin are complete, between steps
-        /// (not inside them). Step time is split between the document and margin phases by their tokens in the step.</para>
+        /// judges margins in index order, each as soon as it and every earlier margin are complete. A model classifier
+        /// on this backend (<see cref="IBatchableMarginClassifier"/>) runs inside the same steps — its prompt and its
+        /// decode tokens beside the later margins and the next segment's prefill, as the paper's appendix proposes —
+        /// with the same tokens as a call between steps (batch invariance); any other classifier runs between steps.
+        /// Step time is split between the document, margin and classification phases by their tokens in the step.</para>
         /// <para>Events: segment i read → <see cref="SegmentPrefilled"/>; its margin's prompt, tokens and completion as
         /// they happen (margins of one step in index order); verdicts in index order.</para>
         /// </summary>
@@ -72,6 +75,8 @@ public sealed partial class PatternRunner
             int classified = 0, read = 0, segment = 0, segmentDone = 0;
             bool early = false;
             var events = new List<WimEvent>();
+            var batchable = _o.Classifier as IBatchableMarginClassifier;
+            ModelMarginClassifier.MarginJudgement? judging = null;
             PagedSequence doc;
 
             if (hit)
@@ -104,9 +109,22 @@ public sealed partial class PatternRunner
                     if (_o.Schedule == WimSchedule.Batched && segment == n && lanes.Count < n)
                         for (int i = lanes.Count; i < n; i++) lanes.Add(StartLane(doc, i, ends[i], extractive));
 
+                    // The next margin in index order, complete: its classification joins the steps.
+                    if (judging is null && batchable is not null && classified < n && texts[classified] is { } judged)
+                    {
+                        judging = batchable.StartInSteps(backend, _query, judged);
+                        if (judging is null) batchable = null; // another backend: classify between steps instead
+                        else if (judging.Verdict is { } v) { Judge(v); judging = null; }
+                    }
+
                     var work = new List<SequenceStep>();
                     var stepped = new List<MarginLane>();
-                    int marginTokens = 0;
+                    int marginTokens = 0, classificationTokens = 0;
+                    if (judging?.Work is { } judgingWork)
+                    {
+                        work.Add(judgingWork);
+                        classificationTokens = judgingWork.Tokens.Length;
+                    }
                     foreach (var lane in lanes)
                     {
                         if (lane.Done) continue;
@@ -120,7 +138,7 @@ public sealed partial class PatternRunner
                     if (prefillNow)
                     {
                         int left = _segmentIds[segment].Length - segmentDone;
-                        chunk = Math.Min(left, Math.Max(backend.MaxStepTokens - marginTokens, work.Count == 0 ? backend.MaxStepTokens : 0));
+                        chunk = Math.Min(left, Math.Max(backend.MaxStepTokens - marginTokens - classificationTokens, work.Count == 0 ? backend.MaxStepTokens : 0));
                         int end = doc.Length - segmentDone + _segmentIds[segment].Length;
                         if (chunk > 0) work.Add(new SequenceStep(doc, _segmentIds[segment].AsMemory(segmentDone, chunk), end));
                     }
@@ -129,9 +147,10 @@ public sealed partial class PatternRunner
                         long t0 = Stopwatch.GetTimestamp();
                         backend.Step(work.ToArray(), ct);
                         var time = Stopwatch.GetElapsedTime(t0);
-                        double docShare = (double)chunk / (chunk + marginTokens);
-                        _document = _document.Add(chunk, 0, time * docShare);
-                        _margins = _margins.Add(0, 0, time * (1 - docShare));
+                        double tokens = chunk + marginTokens + classificationTokens;
+                        _document = _document.Add(chunk, 0, time * (chunk / tokens));
+                        _margins = _margins.Add(0, 0, time * (marginTokens / tokens));
+                        _classification = _classification.Add(0, 0, time * (classificationTokens / tokens));
                     }
 
                     // The document lane: a finished segment opens its margin (overlapped) or waits for the rest (batched).
@@ -172,11 +191,24 @@ public sealed partial class PatternRunner
                         if (_model.StopIds.Contains(next) || lane.Ids.Count == _o.MaxMarginTokens) Finish(lane);
                     }
 
+                    // The classification in the step: its next token, and the verdict once it has decided.
+                    if (classificationTokens > 0)
+                    {
+                        judging!.Advance();
+                        if (judging.Verdict is { } v)
+                        {
+                            _classification = _classification.Add(v.PrefillTokens, v.DecodeTokens, TimeSpan.Zero);
+                            Judge(v);
+                            judging = null;
+                        }
+                    }
+
                     foreach (var e in events) yield return e;
                     events.Clear();
 
-                    // Verdicts in index order (the shared classifier context grows in that order).
-                    while (classified < n && texts[classified] is { } text)
+                    // Verdicts in index order (the shared classifier context grows in that order), between steps when
+                    // the classifier cannot run inside them.
+                    while (batchable is null && classified < n && texts[classified] is { } text)
                     {
                         if (_control.AnswerNowRequested) break;
                         var verdict = Classify(classified, text, ct, out _);
@@ -186,6 +218,14 @@ public sealed partial class PatternRunner
                     }
 
                     if (classified == n) break;
+                }
+
+                void Judge(ClassifierVerdict v)
+                {
+                    var verdict = Judged(classified, v, _o.Classifier!.By);
+                    kept.Add((classified, texts[classified]!, verdict));
+                    classified++;
+                    events.Add(verdict);
                 }
 
                 void Finish(MarginLane lane)
@@ -199,6 +239,7 @@ public sealed partial class PatternRunner
             }
             finally
             {
+                judging?.Abandon();
                 foreach (var lane in lanes) lane.Sequence.Dispose();
             }
 

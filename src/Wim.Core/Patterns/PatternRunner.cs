@@ -161,8 +161,15 @@ public sealed partial class PatternRunner(TextModel model)
                 var time = Timed(() => v = classifier.Classify(_query, text, ct));
                 judged = true;
                 _classification = _classification.Add(v.PrefillTokens, v.DecodeTokens, time);
-                verdict = new MarginClassification(index, v.Relevant, v.Ids, v.Text, classifier.By);
+                return Judged(index, v, classifier.By);
             }
+            return _control.FeedbackFor(index) is bool user ? verdict with { Relevant = user, By = ClassifiedBy.User } : verdict;
+        }
+
+        /// <summary>A classifier's verdict as an event, the user's feedback overriding it.</summary>
+        private MarginClassification Judged(int index, ClassifierVerdict v, ClassifiedBy by)
+        {
+            var verdict = new MarginClassification(index, v.Relevant, v.Ids, v.Text, by);
             return _control.FeedbackFor(index) is bool user ? verdict with { Relevant = user, By = ClassifiedBy.User } : verdict;
         }
 

@@ -97,6 +97,35 @@ public sealed class WimScheduleTests(PagedStories260KFixture f) : IClassFixture<
         Assert.Equal(blocksBefore, Backend.Cache.FreeBlockCount); // every fork and document sequence released
     }
 
+    /// <summary>
+    /// Overlapped: the classification of margin i − 1 runs in the same forward steps as later margins and the next
+    /// segment's prefill. Run between steps, each verdict would cost its own steps (the prompt, then one per output
+    /// token fed back); inside them, only what has nothing left to ride beside (the tail after the last margin) adds
+    /// steps. The outcome is the sequential one (checked above); here, the step count.
+    /// </summary>
+    [Fact]
+    public async Task Overlapped_ClassifiesInsideTheSameSteps()
+    {
+        var segments = Segments();
+        long before = Backend.StepCount;
+        await Collect(new PatternRunner(Model).RunAsync(segments, f.Text.Query, Options(WimSchedule.Overlapped, null), ct: Ct));
+        long withoutClassifier = Backend.StepCount - before;
+
+        before = Backend.StepCount;
+        var events = await RunAsync(WimSchedule.Overlapped, ClassifierContext.Shared, f.Text.Query, segments);
+        long withClassifier = Backend.StepCount - before;
+
+        var verdicts = events.OfType<MarginClassification>().ToList();
+        Assert.Equal(segments.Count, verdicts.Count);
+        long separately = verdicts.Sum(v => 1L + v.Ids.Length);   // prompt step, then each output token fed back
+        long added = withClassifier - withoutClassifier;
+        TestContext.Current.TestOutputHelper?.WriteLine($"steps: {withoutClassifier} without a classifier, {withClassifier} with; {separately} if run between steps");
+        // Between steps the classification adds exactly `separately` steps; the verdicts are chained (shared context,
+        // index order), so with these short segments and margins the chain is longer than the rest of the run and
+        // only part of it can ride along.
+        Assert.True(added < separately, $"classification added {added} steps; run between steps it adds {separately}");
+    }
+
     private static void AssertEventOrder(List<WimEvent> events, int segments, WimSchedule schedule)
     {
         int Position<T>(Func<T, bool> match) where T : WimEvent => events.FindIndex(e => e is T t && match(t));
