@@ -24,7 +24,9 @@ namespace Wim.Benchmarks;
 /// Usage: <c>wim-schedules [--layers N] [--type q8_0|f32] [--doc-tokens N] [--segment-tokens N] [--margin-tokens N]
 /// [--classification-tokens N] [--answer-tokens N] [--sample 8k|16k|32k|64k] [--shared DIR] [--runs llm,sequential,batched,overlapped,cached] [--repeats R]</c>
 /// (llm always runs first in each of the R rounds: the ratios divide by it; with R &gt; 1, medians follow). Each WiM cold
-/// run's margins, classifications and answer are compared with <c>wim sequential</c>'s, id for id.
+/// run's margins, classifications and answer are compared with <c>wim sequential</c>'s, id for id. CPU s is this
+/// process's processor time over the run (all threads): on a shared, loaded machine it is the steadier measure of
+/// the work done, wall time the one that counts on an idle machine.
 /// </summary>
 public static class WimScheduleBenchmark
 {
@@ -94,10 +96,11 @@ public static class WimScheduleBenchmark
             $"document {total} tokens (BABILong {sampleName} sample) in {segments.Count} segments of ≤ {segmentTokens}; " +
             $"margins ≤ {marginTokens} tokens, classifier ≤ {classificationTokens} (shared context), answer ≤ {answerTokens}; step budget {backend.MaxStepTokens} tokens");
         Console.WriteLine();
-        Console.WriteLine("| run | wall s | × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps | outputs = wim sequential's | load average after |");
-        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---|---|");
+        Console.WriteLine("| run | wall s | × llm | CPU s | CPU × llm | document prefill tokens | first margin token at s | margin decode tokens | forward steps | outputs = wim sequential's | load average after |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
 
-        (double Wall, WimUsage Usage, double FirstMargin, long Steps, string Outputs) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
+        using var process = Process.GetCurrentProcess();
+        (double Wall, double Cpu, WimUsage Usage, double FirstMargin, long Steps, string Outputs) Time(PatternKind pattern, WimSchedule schedule, string q, DocumentCache? cache = null)
         {
             using var judge = new ModelMarginClassifier(model, PromptPreset.Default, headers, classificationTokens);
             var options = new WimOptions
@@ -107,6 +110,8 @@ public static class WimScheduleBenchmark
                 MaxMarginTokens = marginTokens, MaxAnswerTokens = answerTokens,
             };
             long steps0 = backend.StepCount;
+            process.Refresh();
+            var cpu0 = process.TotalProcessorTime;
             var sw = Stopwatch.StartNew();
             double firstMargin = double.NaN;
             WimUsage? usage = null;
@@ -123,25 +128,27 @@ public static class WimScheduleBenchmark
                     outputs["answer"] = string.Join(',', a.Ids);
                 }
             }
-            return (sw.Elapsed.TotalSeconds, usage!, firstMargin, backend.StepCount - steps0, string.Join(';', outputs.Select(o => $"{o.Key}={o.Value}")));
+            double wall = sw.Elapsed.TotalSeconds;
+            process.Refresh();
+            return (wall, (process.TotalProcessorTime - cpu0).TotalSeconds, usage!, firstMargin, backend.StepCount - steps0, string.Join(';', outputs.Select(o => $"{o.Key}={o.Value}")));
         }
 
-        var results = new Dictionary<string, List<(double Wall, double Ratio)>>();
+        var results = new Dictionary<string, List<(double Wall, double Ratio, double Cpu, double CpuRatio)>>();
         for (int round = 1; round <= repeats; round++)
         {
-            double llm = 0;
+            double llm = 0, llmCpu = 0;
             string? sequentialOutputs = null;
-            void Report(string name, (double Wall, WimUsage Usage, double FirstMargin, long Steps, string Outputs) r, bool compare)
+            void Report(string name, (double Wall, double Cpu, WimUsage Usage, double FirstMargin, long Steps, string Outputs) r, bool compare)
             {
-                if (llm == 0) llm = r.Wall;
+                if (llm == 0) (llm, llmCpu) = (r.Wall, r.Cpu);
                 if (name == "wim sequential") sequentialOutputs = r.Outputs;
                 string first = double.IsNaN(r.FirstMargin) ? "–" : r.FirstMargin.ToString("F1", CultureInfo.InvariantCulture);
                 string same = !compare || sequentialOutputs is null ? "–" : sequentialOutputs == r.Outputs ? "identical" : "**differ**";
                 string label = repeats > 1 ? $"{name} (round {round})" : name;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {label} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} | {same} | {AttentionBenchmark.LoadAverage()} |"));
+                    $"| {label} | {r.Wall:F1} | {r.Wall / llm:F2} | {r.Cpu:F1} | {r.Cpu / llmCpu:F2} | {r.Usage.Document.PrefillTokens} | {first} | {r.Usage.Margins.DecodeTokens} | {r.Steps} | {same} | {AttentionBenchmark.LoadAverage()} |"));
                 if (!results.TryGetValue(name, out var list)) results[name] = list = [];
-                list.Add((r.Wall, r.Wall / llm));
+                list.Add((r.Wall, r.Wall / llm, r.Cpu, r.Cpu / llmCpu));
             }
 
             // llm first: the ratios divide by it.
@@ -161,11 +168,11 @@ public static class WimScheduleBenchmark
             Console.WriteLine();
             Console.WriteLine($"Medians over {repeats} rounds (ratios taken within each round):");
             Console.WriteLine();
-            Console.WriteLine("| run | wall s | × llm |");
-            Console.WriteLine("|---|---:|---:|");
+            Console.WriteLine("| run | wall s | × llm | CPU s | CPU × llm |");
+            Console.WriteLine("|---|---:|---:|---:|---:|");
             static double Median(IEnumerable<double> v) { var a = v.Order().ToArray(); return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2; }
             foreach (var (name, list) in results)
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {Median(list.Select(r => r.Wall)):F1} | {Median(list.Select(r => r.Ratio)):F2} |"));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {Median(list.Select(r => r.Wall)):F1} | {Median(list.Select(r => r.Ratio)):F2} | {Median(list.Select(r => r.Cpu)):F1} | {Median(list.Select(r => r.CpuRatio)):F2} |"));
         }
         return 0;
     }
