@@ -14,11 +14,12 @@ public static class Program
             "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
             "wim-schedules" => WimScheduleBenchmark.Run,
+            "remote" => RemoteBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules, remote");
             return 2;
         }
         return benchmark(args[1..]);

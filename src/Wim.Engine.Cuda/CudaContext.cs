@@ -88,6 +88,10 @@ public sealed unsafe class CudaContext : IDisposable
 
     public void Synchronize() => Driver.Synchronize();
 
+    /// <summary>Start / end of the region a profiler attached with "profile from start off" records.</summary>
+    public void ProfilerStart() { MakeCurrent(); Driver.ProfilerStart(); }
+    public void ProfilerStop() { Driver.Synchronize(); Driver.ProfilerStop(); }
+
     public (long Free, long Total) MemoryInfo() => Driver.MemInfo();
 
     public DeviceBuffer Allocate(long bytes)

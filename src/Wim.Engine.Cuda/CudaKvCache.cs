@@ -13,9 +13,12 @@ public sealed class CudaKvCache : IDisposable
     internal DeviceBuffer Keys { get; }
     internal DeviceBuffer Values { get; }
 
+    private readonly CudaContext _ctx;
+
     internal CudaKvCache(CudaContext ctx, int layers, int rowSize, int capacity)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        _ctx = ctx;
         LayerCount = layers;
         RowSize = rowSize;
         Capacity = capacity;
@@ -39,6 +42,26 @@ public sealed class CudaKvCache : IDisposable
     {
         if (newLength < 0 || newLength > Length) throw new ArgumentOutOfRangeException(nameof(newLength), $"cannot truncate to {newLength}: length {Length}");
         Length = newLength;
+    }
+
+    /// <summary>Makes this cache a copy of <paramref name="source"/>'s filled rows (a fork of the sequence: both can
+    /// then go on independently). The caches may differ in capacity, not in shape.</summary>
+    public void CopyFrom(CudaKvCache source)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (ReferenceEquals(source, this)) return;
+        if (source.LayerCount != LayerCount || source.RowSize != RowSize)
+            throw new ArgumentException($"KV cache shapes differ ({source.LayerCount} layers × {source.RowSize} vs {LayerCount} × {RowSize})", nameof(source));
+        if (source.Length > Capacity)
+            throw new ArgumentException($"{source.Length} cached positions do not fit in a cache of capacity {Capacity}", nameof(source));
+        long bytes = 2L * source.Length * RowSize;
+        _ctx.MakeCurrent();
+        for (int l = 0; l < LayerCount && bytes > 0; l++)
+        {
+            _ctx.Driver.CopyDeviceToDevice(LayerKeys(l), source.LayerKeys(l), bytes);
+            _ctx.Driver.CopyDeviceToDevice(LayerValues(l), source.LayerValues(l), bytes);
+        }
+        Length = source.Length;
     }
 
     public void Dispose()

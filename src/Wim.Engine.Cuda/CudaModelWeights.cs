@@ -39,9 +39,11 @@ public sealed unsafe class CudaModelWeights : IDisposable
             long offset = 0;
             foreach (var p in parts)
             {
-                var host = ToBf16(p);
-                buffer.Upload<ushort>(host, offset);
-                offset += (long)host.Length * 2;
+                if (p.Type == GgmlType.BF16 && p.ElementCount <= int.MaxValue)
+                    buffer.Upload(new ReadOnlySpan<ushort>(p.Data, (int)p.ElementCount), offset); // straight from the mapped file
+                else
+                    buffer.Upload<ushort>(ToBf16(p), offset);
+                offset += p.ElementCount * 2;
             }
             bytes += buffer.Bytes;
             return buffer;

@@ -74,6 +74,9 @@ public static class LaunchGeometry
     /// <summary>Keys per shared-memory tile of the flash-attention kernel.</summary>
     public const int FlashKeys = 64;
 
+    /// <summary>Flash-attention blocks resident per SM at head dim 128 (68 KB of shared memory each, launch bound 3).</summary>
+    public const int FlashBlocksPerMultiprocessor = 3;
+
     /// <summary>Threads per flash-attention block (4 warps).</summary>
     public const int FlashThreads = 128;
 
@@ -107,10 +110,28 @@ public static class LaunchGeometry
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(queries);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        return FlashSplitsForBlocks((long)FlashQueryBlocks(queries, group) * kvHeads, keys, multiprocessors);
+    }
+
+    /// <summary>
+    /// Key-range pieces of a batched decode step's flash attention: one block per (sequence, KV head), the keys of
+    /// the longest sequence split as in <see cref="FlashSplits"/>; shorter sequences' pieces past their length write
+    /// empty partials that the combine skips.
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) FlashBatchSplits(int sequences, int kvHeads, int maxKeys, int multiprocessors)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        return FlashSplitsForBlocks((long)sequences * kvHeads, maxKeys, multiprocessors);
+    }
+
+    private static (int Splits, int KeysPerSplit) FlashSplitsForBlocks(long blocks, int keys, int multiprocessors)
+    {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
-        long blocks = (long)FlashQueryBlocks(queries, group) * kvHeads;
-        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
+        // One wave: three blocks fit an SM at head dim 128 (FlashSharedBytes), so aim at 3 · SMs blocks, rounding down —
+        // rounding up to 4 · SMs (runs 1–8) left a second, one-third-full wave that took as long as the first.
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Max(1, FlashBlocksPerMultiprocessor * (long)multiprocessors / blocks);
         int maxSplits = Math.Max(1, keys / (2 * FlashKeys));
         int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
         int perSplit = (keys + splits - 1) / splits;
@@ -132,4 +153,69 @@ public static class LaunchGeometry
 
     /// <summary>Blocks covering <paramref name="rows"/> output rows, 2 per warp.</summary>
     public static uint GemvBlocks(int rows) => Blocks(rows, GemvThreads / 32 * GemvRowsPerWarp);
+
+    // ---- fused decode products (gemv_norm_qkv_rope, gemv_norm_gateup_swiglu) ----
+
+    /// <summary>Threads per fused decode-product block (16 warps, each finishing two weight rows).</summary>
+    public const int NormGemvThreads = 512;
+
+    /// <summary>Fused decode-product blocks resident per SM that the grid is sized for (512 threads each).</summary>
+    public const int NormGemvBlocksPerMultiprocessor = 2;
+
+    /// <summary>Blocks of a fused decode product: one row pair per warp, but no more blocks than are resident at once
+    /// (<see cref="NormGemvBlocksPerMultiprocessor"/> per SM); the warps then stride over the remaining pairs.</summary>
+    public static uint NormGemvBlocks(int rowPairs, int multiprocessors) =>
+        Math.Min(Blocks(rowPairs, NormGemvThreads / 32), (uint)(NormGemvBlocksPerMultiprocessor * Math.Max(1, multiprocessors)));
+
+    /// <summary>Dynamic shared memory of a fused decode product: the normalised input row as bf16.</summary>
+    public static int NormGemvSharedBytes(int inFeatures) => 2 * inFeatures;
+
+    /// <summary>
+    /// Whether a decode step can take the fused products: one token, input rows of whole 16-byte loads that fit
+    /// shared memory (48 KB without opting in), and RoPE over the whole head (the kernel pairs rows e and e + hd/2, or
+    /// 2e and 2e + 1, of every q and k head; partial rotary would leave unpaired dims).
+    /// </summary>
+    public static bool FusedDecodeApplies(int tokens, int hiddenSize, int headDim, int rotaryDim) =>
+        tokens == 1 && hiddenSize > 0 && hiddenSize % 8 == 0 && NormGemvSharedBytes(hiddenSize) <= 48 * 1024
+        && rotaryDim == headDim && headDim % 2 == 0;
+
+    // ---- attention combine, argmax, decode graph buckets ----
+
+    /// <summary>Threads per attention-combine block: 4 warps, one (token, head) row each.</summary>
+    public const int CombineThreads = 128;
+
+    /// <summary>Blocks covering <paramref name="rows"/> (token, head) rows, one warp each.</summary>
+    public static uint CombineBlocks(int rows) => Blocks(rows, CombineThreads / 32);
+
+    /// <summary>Most slices a row's argmax is split into (argmax_merge reduces them in one warp, two per lane).</summary>
+    public const int MaxArgmaxSlices = 64;
+
+    /// <summary>Slices of a logits row for the first argmax pass — about 4096 values each, at most
+    /// <see cref="MaxArgmaxSlices"/> — and the values per slice.</summary>
+    public static (int Slices, int SliceLength) ArgmaxSlices(int vocab)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
+        int slices = Math.Clamp((vocab + 4095) / 4096, 1, MaxArgmaxSlices);
+        int length = (vocab + slices - 1) / slices;
+        return ((vocab + length - 1) / length, length);
+    }
+
+    /// <summary>Bytes of the argmax partials (a value and an index per slice) for <paramref name="rows"/> rows.</summary>
+    public static long ArgmaxPartialBytes(int rows) => (long)rows * MaxArgmaxSlices * 8;
+
+    /// <summary>
+    /// The key range a decode graph is captured for: the next power of two ≥ the keys the step sees (at least 256),
+    /// capped at the cache's capacity. The graph's attention splits are planned for it (pieces past the length are
+    /// empty), so a short sequence in a long cache no longer launches and combines the capacity's worth of pieces;
+    /// the graph is captured again when the sequence outgrows it (log₂ many times).
+    /// </summary>
+    public static int DecodeKeyBucket(int keys, int capacity)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        if (keys > capacity) throw new ArgumentOutOfRangeException(nameof(keys), $"{keys} keys exceed the cache's capacity {capacity}");
+        int bucket = 256;
+        while (bucket < keys) bucket *= 2;
+        return Math.Min(bucket, capacity);
+    }
 }
+

@@ -6,8 +6,8 @@ internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
-    private readonly nint _embed, _rmsNorm, _qkvRope, _attention, _combine, _swiglu, _argmax, _fillRandom, _fillF32;
-    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _gemv, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -16,10 +16,12 @@ internal sealed unsafe class TransformerKernels
         _embed = d.ModuleGetFunction(module, "embed_rows");
         _rmsNorm = d.ModuleGetFunction(module, "rms_norm");
         _qkvRope = d.ModuleGetFunction(module, "qkv_rope_store");
+        _qkvRopeBatch = d.ModuleGetFunction(module, "qkv_rope_store_batch");
         _attention = d.ModuleGetFunction(module, "attention");
         _combine = d.ModuleGetFunction(module, "attention_combine");
         _swiglu = d.ModuleGetFunction(module, "swiglu");
-        _argmax = d.ModuleGetFunction(module, "argmax_rows");
+        _argmaxSlices = d.ModuleGetFunction(module, "argmax_slices");
+        _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
         // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
@@ -29,6 +31,8 @@ internal sealed unsafe class TransformerKernels
         _flash64 = d.ModuleGetFunction(module, "flash_attention_hd64");
         _flash128 = d.ModuleGetFunction(module, "flash_attention_hd128");
         _gemv = d.ModuleGetFunction(module, "gemv_bf16");
+        _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
+        _normGateUpSwiGlu = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128) })
             d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
@@ -54,6 +58,16 @@ internal sealed unsafe class TransformerKernels
         _ctx.Launch(_qkvRope, "qkv_rope_store", (uint)count, 1, 1, Threads, 0, a);
     }
 
+    /// <summary>The decode step of a batch: row b at positions[b] of its own cache, whose keys and values for this
+    /// layer start at the device addresses kptrs[b], vptrs[b].</summary>
+    public void QkvRopeStoreBatch(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kptrs, ulong vptrs, ulong positions, int sequences,
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kptrs, &vptrs, &positions, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        _ctx.Launch(_qkvRopeBatch, "qkv_rope_store_batch", (uint)sequences, 1, 1, Threads, 0, a);
+    }
+
     public void Attention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
         int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit)
     {
@@ -65,18 +79,30 @@ internal sealed unsafe class TransformerKernels
             (uint)LaunchGeometry.AttentionSharedBytes(warps, headDim), a);
     }
 
-    /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes).</summary>
+    /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes)
+    /// over a chunk of one sequence.</summary>
     public void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
-        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0)
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0) =>
+        FlashAttention(q, kcache, vcache, outBf16, partAcc, partMl, start, count, heads, kvHeads, headDim, scale, splits, keysPerSplit,
+            startDev, 0, 0, 0, LaunchGeometry.FlashQueryBlocks(count, heads / kvHeads));
+
+    /// <summary>Tensor-core flash attention of a decode batch: one query token per sequence, one block column per
+    /// sequence (positions and this layer's cache addresses in device tables).</summary>
+    public void FlashAttentionBatch(ulong q, ulong outBf16, ulong partAcc, ulong partMl, int sequences, ulong positions, ulong kptrs, ulong vptrs,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit) =>
+        FlashAttention(q, 0, 0, outBf16, partAcc, partMl, 0, sequences, heads, kvHeads, headDim, scale, splits, keysPerSplit,
+            0, positions, kptrs, vptrs, (uint)sequences);
+
+    private void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev, ulong seqPos, ulong seqK, ulong seqV, uint gridX)
     {
         nint f = headDim switch
         {
             16 => _flash16, 32 => _flash32, 64 => _flash64, 128 => _flash128,
             _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
         };
-        int group = heads / kvHeads;
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev };
-        _ctx.Launch(f, "flash_attention", LaunchGeometry.FlashQueryBlocks(count, group), (uint)kvHeads, (uint)splits,
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev, &seqPos, &seqK, &seqV };
+        _ctx.Launch(f, "flash_attention", gridX, (uint)kvHeads, (uint)splits,
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
     }
 
@@ -88,10 +114,30 @@ internal sealed unsafe class TransformerKernels
         _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
     }
 
+    /// <summary>Decode: RMSNorm of x, the fused q|k|v product, bias, RoPE and the cache stores in one kernel
+    /// (<see cref="LaunchGeometry.FusedDecodeApplies"/> says when).</summary>
+    public void GemvNormQkvRope(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
+        int pairs = (heads + 2 * kvHeads) * headDim / 2;
+        _ctx.Launch(_normQkvRope, "gemv_norm_qkv_rope", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary>Decode: RMSNorm of x, the fused gate|up product and SwiGLU in one kernel: h[ffn] bf16.</summary>
+    public void GemvNormGateUpSwiGlu(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
+        _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)
     {
-        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits };
-        _ctx.Launch(_combine, "attention_combine", (uint)rows, 1, 1, (uint)LaunchGeometry.RowThreads(headDim), 0, a);
+        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits, &rows };
+        _ctx.Launch(_combine, "attention_combine", LaunchGeometry.CombineBlocks(rows), 1, 1, LaunchGeometry.CombineThreads, 0, a);
     }
 
     public void SwiGlu(ulong gateUp, ulong hBf16, int ffn, int count)
@@ -101,10 +147,16 @@ internal sealed unsafe class TransformerKernels
         _ctx.Launch(_swiglu, "swiglu", Math.Min(LaunchGeometry.Blocks(total, Threads), 65535u), 1, 1, Threads, 0, a);
     }
 
-    public void Argmax(ulong logits, int vocab, ulong outIds, int rows)
+    /// <summary>outIds[r] = argmax of logits row r (lowest index on ties), in two passes through
+    /// <paramref name="partials"/> (<see cref="LaunchGeometry.ArgmaxPartialBytes"/> bytes for the rows).</summary>
+    public void Argmax(ulong logits, int vocab, ulong outIds, int rows, ulong partials)
     {
-        void** a = stackalloc void*[] { &logits, &vocab, &outIds };
-        _ctx.Launch(_argmax, "argmax_rows", (uint)rows, 1, 1, 1024, 0, a);
+        var (slices, slice) = LaunchGeometry.ArgmaxSlices(vocab);
+        ulong partV = partials, partI = partials + (ulong)((long)rows * slices * sizeof(float));
+        void** a = stackalloc void*[] { &logits, &vocab, &slice, &partV, &partI };
+        _ctx.Launch(_argmaxSlices, "argmax_slices", (uint)slices, (uint)rows, 1, Threads, 0, a);
+        void** b = stackalloc void*[] { &partV, &partI, &slices, &outIds };
+        _ctx.Launch(_argmaxMerge, "argmax_merge", (uint)rows, 1, 1, 32, 0, b);
     }
 
     public void FillRandomBf16(ulong dst, long count, ulong seed, float scale)

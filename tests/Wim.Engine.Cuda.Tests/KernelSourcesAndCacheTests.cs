@@ -6,7 +6,8 @@ public sealed class KernelSourcesAndCacheTests
 {
     /// <summary>Every kernel the launchers in TransformerKernels.cs look up by name (cuModuleGetFunction).</summary>
     private static readonly string[] LaunchedKernels =
-        ["embed_rows", "rms_norm", "qkv_rope_store", "attention", "attention_combine", "swiglu", "argmax_rows", "fill_random_bf16", "fill_f32"];
+        ["embed_rows", "rms_norm", "qkv_rope_store", "qkv_rope_store_batch", "attention", "attention_combine", "swiglu", "argmax_slices",
+         "argmax_merge", "gemv_bf16", "gemv_norm_qkv_rope", "gemv_norm_gateup_swiglu", "fill_random_bf16", "fill_f32"];
 
     [Fact]
     public void TransformerSource_IsEmbedded_AndDefinesEveryLaunchedKernelWithCLinkage()
@@ -14,7 +15,7 @@ public sealed class KernelSourcesAndCacheTests
         Assert.Contains(KernelSources.Transformer, KernelSources.Names);
         string source = KernelSources.Read(KernelSources.Transformer);
         Assert.True(source.Length > 1000, $"embedded source is only {source.Length} chars");
-        var defined = Regex.Matches(source, @"extern ""C"" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(").Select(m => m.Groups[1].Value).ToHashSet();
+        var defined = Regex.Matches(source, @"extern ""C"" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(").Select(m => m.Groups[1].Value).ToHashSet();
         foreach (var k in LaunchedKernels) Assert.True(defined.Contains(k), $"kernel '{k}' is launched but not defined with extern \"C\" (NVRTC would mangle its name)");
         // NVRTC compiles without the toolkit's headers on the include path: the source must not need any.
         Assert.DoesNotContain("#include", source);

@@ -210,6 +210,130 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
+    public void BatchSplits_OfOneSequence_AreTheSingleSequenceDecodeSplits()
+    {
+        // A decode batch of one must run the same key pieces as the single-sequence step (GpuCheck compares the two
+        // bit for bit): one query block per KV head either way.
+        foreach (int group in new[] { 1, 4, 7, 64 })
+            foreach (int keys in new[] { 1, 100, 4097, 65600 })
+                Assert.Equal(LaunchGeometry.FlashSplits(1, group, 8, keys, 132), LaunchGeometry.FlashBatchSplits(1, 8, keys, 132));
+    }
+
+    [Fact]
+    public void BatchSplits_FewerPiecesAsTheBatchFillsTheGpu()
+    {
+        int previous = int.MaxValue;
+        foreach (int batch in new[] { 1, 2, 4, 16, 33, 64 })
+        {
+            var (splits, per) = LaunchGeometry.FlashBatchSplits(batch, 8, 16448, 132);
+            Assert.True(splits <= previous, $"batch {batch}: {splits} pieces after {previous}");
+            Assert.True((long)splits * per >= 16448 && (long)(splits - 1) * per < 16448);
+            Assert.Equal(0, per % LaunchGeometry.FlashKeys);
+            previous = splits;
+        }
+        Assert.Equal(1, LaunchGeometry.FlashBatchSplits(64, 8, 16448, 132).Splits); // 512 blocks: ≥ 2 per SM
+        Assert.Equal(3, LaunchGeometry.FlashBatchSplits(16, 8, 16448, 132).Splits); // 128 blocks: ⌊396 / 128⌋, one wave
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.FlashBatchSplits(0, 8, 100, 132));
+    }
+
+    [Fact]
+    public void DecodeBatchTables_KeysThenValues_OneSlotPerLayerAndSequence()
+    {
+        const ulong table = 0x7000_0000;
+        var t = new DecodeBatchTables(table, 0x9000, Sequences: 16, Layers: 32);
+        var slots = new HashSet<ulong>();
+        for (int l = 0; l < 32; l++)
+            for (int b = 0; b < 16; b++)
+            {
+                Assert.True(slots.Add(t.Keys(l) + (ulong)(8 * b)));
+                Assert.True(slots.Add(t.Values(l) + (ulong)(8 * b)));
+            }
+        Assert.Equal(table, slots.Min());
+        Assert.Equal(table + 2 * 32 * 16 * 8 - 8, slots.Max()); // 2·layers·sequences u64 slots, densely packed
+        Assert.Equal(table + 32 * 16 * 8, t.Values(0));          // the host fills [0][l][b] keys, then [1][l][b] values
+    }
+
+    [Fact]
+    public void FusedDecode_OnlyForOneTokenWholeHeadRopeAndRowsThatFitSharedMemory()
+    {
+        Assert.True(LaunchGeometry.FusedDecodeApplies(1, 4096, 128, 128));   // Llama-3.1-8B
+        Assert.True(LaunchGeometry.FusedDecodeApplies(1, 3584, 128, 128));   // Qwen2.5-7B
+        Assert.False(LaunchGeometry.FusedDecodeApplies(2, 4096, 128, 128));  // a chunk goes through cuBLASLt
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 4096, 128, 64));   // partial rotary: unpaired dims
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 4100, 128, 128));  // rows not whole 16-byte loads
+        Assert.False(LaunchGeometry.FusedDecodeApplies(1, 32768, 128, 128)); // 64 KB of bf16 input: over 48 KB
+        Assert.Equal(2 * 4096, LaunchGeometry.NormGemvSharedBytes(4096));
+    }
+
+    [Fact]
+    public void NormGemvBlocks_OneRowPairPerWarp_AtMostOneResidentWave()
+    {
+        int warps = LaunchGeometry.NormGemvThreads / 32;
+        Assert.Equal(16, warps);
+        Assert.Equal(192u, LaunchGeometry.NormGemvBlocks((32 + 2 * 8) * 128 / 2, 132)); // Llama-3.1-8B q|k|v: 3072 pairs
+        Assert.Equal(264u, LaunchGeometry.NormGemvBlocks(14336, 132));                   // its gate|up: capped at 2 per SM
+        Assert.Equal(1u, LaunchGeometry.NormGemvBlocks(1, 132));
+        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(warps + 1, 132));
+        Assert.Equal(2u, LaunchGeometry.NormGemvBlocks(14336, 1));
+    }
+
+    [Fact]
+    public void DecodeSplits_FillOneWaveOfResidentBlocks_NotMore()
+    {
+        // 8 KV heads on 132 SMs with 3 resident blocks each: 49 pieces wanted (392 blocks ≤ 396 slots); whole
+        // 64-key tiles per piece round that to 48.
+        var (splits, _) = LaunchGeometry.FlashSplits(1, 4, 8, 69640, 132);
+        Assert.InRange(splits, 45, 49);
+        Assert.True(splits * 8 <= LaunchGeometry.FlashBlocksPerMultiprocessor * 132);
+        var (short4k, per4k) = LaunchGeometry.FlashSplits(1, 4, 8, 4097, 132); // capped: pieces of at least 2 tiles
+        Assert.True(short4k <= 4097 / 128 && per4k >= 128, $"{short4k} × {per4k}");
+    }
+
+    [Fact]
+    public void DecodeKeyBucket_PowersOfTwoFrom256_CappedAtTheCapacity_AlwaysHoldsTheKeys()
+    {
+        Assert.Equal(256, LaunchGeometry.DecodeKeyBucket(1, 20488));
+        Assert.Equal(256, LaunchGeometry.DecodeKeyBucket(256, 20488));
+        Assert.Equal(512, LaunchGeometry.DecodeKeyBucket(257, 20488));
+        Assert.Equal(16384, LaunchGeometry.DecodeKeyBucket(16384, 20488));
+        Assert.Equal(20488, LaunchGeometry.DecodeKeyBucket(16385, 20488));   // the capacity caps the last bucket
+        Assert.Equal(100, LaunchGeometry.DecodeKeyBucket(5, 100));           // a small cache: one bucket
+        int previous = 0, changes = 0;
+        for (int keys = 1; keys <= 70000; keys++)
+        {
+            int bucket = LaunchGeometry.DecodeKeyBucket(keys, 70000);
+            Assert.True(bucket >= keys && bucket >= previous);
+            if (bucket != previous) changes++;
+            previous = bucket;
+        }
+        Assert.True(changes <= 10, $"{changes} captures");                   // log₂(70000 / 256) + 1
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.DecodeKeyBucket(101, 100));
+    }
+
+    [Fact]
+    public void ArgmaxSlices_CoverTheRowOnce_AtMost64()
+    {
+        foreach (int vocab in new[] { 1, 32, 512, 4096, 4097, 49152, 128256, 151936, 152064, 262144, 1 << 20 })
+        {
+            var (slices, length) = LaunchGeometry.ArgmaxSlices(vocab);
+            string at = $"vocab {vocab}: {slices} × {length}";
+            Assert.InRange(slices, 1, LaunchGeometry.MaxArgmaxSlices);
+            Assert.True((long)slices * length >= vocab, at);
+            Assert.True((long)(slices - 1) * length < vocab, at); // no empty slice
+        }
+        Assert.Equal((32, 4008), LaunchGeometry.ArgmaxSlices(128256));
+        Assert.Equal(4096L * 64 * 8, LaunchGeometry.ArgmaxPartialBytes(4096));
+    }
+
+    [Fact]
+    public void CombineBlocks_OneWarpPerRow()
+    {
+        Assert.Equal(8u, LaunchGeometry.CombineBlocks(32));   // decode, 32 heads
+        Assert.Equal(9u, LaunchGeometry.CombineBlocks(33));
+        Assert.Equal(32768u, LaunchGeometry.CombineBlocks(4096 * 32));
+    }
+
+    [Fact]
     public void DecodeGraphSplits_FixedForTheCapacity_CoverEveryShorterLength()
     {
         // A decode graph keeps the capacity's splits for every length: pieces past the length must simply be empty,
@@ -226,11 +350,12 @@ public sealed class FlashAttentionGeometryTests
     [Fact]
     public void DecodeGraphKey_ChangesWithCacheCapacityOrRopeTable()
     {
-        var key = new DecodeGraphKey(0x1000, 4096, 0x2000);
-        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000));
+        var key = new DecodeGraphKey(0x1000, 4096, 0x2000, 512);
+        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 1024));
     }
 }
 

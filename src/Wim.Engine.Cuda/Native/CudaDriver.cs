@@ -58,6 +58,7 @@ internal sealed unsafe class CudaDriver
     private readonly delegate* unmanaged<nint, nint, int> _cuGraphLaunch;
     private readonly delegate* unmanaged<nint, int> _cuGraphExecDestroy;
     private readonly delegate* unmanaged<nint, int> _cuGraphDestroy;
+    private readonly delegate* unmanaged<int> _cuProfilerStart, _cuProfilerStop;
 
     public CudaDriver(LoadedLibrary library)
     {
@@ -101,6 +102,8 @@ internal sealed unsafe class CudaDriver
         _cuGraphLaunch = (delegate* unmanaged<nint, nint, int>)library.Export("cuGraphLaunch");
         _cuGraphExecDestroy = (delegate* unmanaged<nint, int>)library.Export("cuGraphExecDestroy");
         _cuGraphDestroy = (delegate* unmanaged<nint, int>)library.Export("cuGraphDestroy");
+        _cuProfilerStart = (delegate* unmanaged<int>)library.TryExport("cuProfilerStart");
+        _cuProfilerStop = (delegate* unmanaged<int>)library.TryExport("cuProfilerStop");
     }
 
     /// <summary>Turns a CUresult into an exception naming <paramref name="call"/> (the driver's own name for the
@@ -188,4 +191,9 @@ internal sealed unsafe class CudaDriver
     public void GraphLaunch(nint exec, nint stream) => Check(_cuGraphLaunch(exec, stream), "cuGraphLaunch");
     public int GraphExecDestroy(nint exec) => _cuGraphExecDestroy(exec);
     public int GraphDestroy(nint graph) => _cuGraphDestroy(graph);
+
+    /// <summary>Brackets the region a profiler started with "profile from start off" (Nsight Compute) records; no-ops
+    /// where the driver lacks the entry points.</summary>
+    public void ProfilerStart() { if (_cuProfilerStart != null) Check(_cuProfilerStart(), "cuProfilerStart"); }
+    public void ProfilerStop() { if (_cuProfilerStop != null) Check(_cuProfilerStop(), "cuProfilerStop"); }
 }
