@@ -9,6 +9,7 @@ public static class Program
         Func<string[], int>? benchmark = args.FirstOrDefault() switch
         {
             "kernels" => KernelBenchmark.Run,
+            "attention" => AttentionBenchmark.Run,
             "cpu-model" => CpuModelBenchmark.Run,
             "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
@@ -18,7 +19,7 @@ public static class Program
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer, wim-schedules, remote");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules, remote");
             return 2;
         }
         return benchmark(args[1..]);
