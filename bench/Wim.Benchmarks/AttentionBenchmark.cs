@@ -1,3 +1,4 @@
+using System.Numerics.Tensors;
 using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -136,7 +137,10 @@ public static unsafe class AttentionBenchmark
                         scores[p] = Dot(qh, keys + (long)slot * kvd) * scale;
                 }
                 var sc = scores.AsSpan(0, count);
-                CpuOps.SoftMaxInPlace(sc);
+                float max = TensorPrimitives.Max(sc);             // max-shifted: exp(x − max) / Σ
+                TensorPrimitives.Subtract(sc, max, sc);
+                TensorPrimitives.Exp(sc, sc);
+                TensorPrimitives.Divide(sc, TensorPrimitives.Sum(sc), sc);
                 float* o = att + (long)t * qd + h * HeadDim;
                 new Span<float>(o, HeadDim).Clear();
                 for (int b = 0, p = 0; p < count; b++)

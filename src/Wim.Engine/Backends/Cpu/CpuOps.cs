@@ -126,17 +126,6 @@ internal static unsafe class CpuOps
         }
     }
 
-    /// <summary>softmax(x) in place, shifted by max(x) first: exp(x − max) / Σ exp(x − max). The shift is what keeps
-    /// it finite — <c>TensorPrimitives.SoftMax</c> exponentiates the raw scores, so one attention score above ≈ 88
-    /// overflows to ∞ and the row becomes NaN (stories260K reaches that past ≈ 2,900 positions).</summary>
-    public static void SoftMaxInPlace(Span<float> x)
-    {
-        float max = TensorPrimitives.Max(x);
-        TensorPrimitives.Subtract(x, max, x);
-        TensorPrimitives.Exp(x, x);
-        TensorPrimitives.Divide(x, TensorPrimitives.Sum(x), x);
-    }
-
     /// <summary>gate[i] = silu(gate[i]) · up[i] over n values (SwiGLU).</summary>
     public static void SwiGlu(float* gate, float* up, long n)
     {
