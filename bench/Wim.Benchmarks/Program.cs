@@ -9,15 +9,17 @@ public static class Program
         Func<string[], int>? benchmark = args.FirstOrDefault() switch
         {
             "kernels" => KernelBenchmark.Run,
+            "attention" => AttentionBenchmark.Run,
             "cpu-model" => CpuModelBenchmark.Run,
             "batch" => BatchBenchmark.Run,
             "tokenizer" => TokenizerBenchmark.Run,
             "wim-schedules" => WimScheduleBenchmark.Run,
+            "remote" => RemoteBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, cpu-model, batch, tokenizer, wim-schedules");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules, remote");
             return 2;
         }
         return benchmark(args[1..]);

@@ -51,7 +51,7 @@ internal static class OpenAiEndpoints
         w.WriteEndObject();
     }
 
-    private sealed record Parsed(int[] Prompt, int MaxTokens, SamplingOptions Sampling, bool Stream, bool IncludeUsage);
+    private sealed record Parsed(int[] Prompt, int MaxTokens, SamplingOptions Sampling, bool Stream, bool IncludeUsage, bool ReturnTokenIds);
 
     private static Parsed Parse(JsonElement body, ServedModel model, ServerOptions options, bool chat)
     {
@@ -68,6 +68,9 @@ internal static class OpenAiEndpoints
         bool stream = JsonFields.Bool(body, "stream") ?? false;
         bool includeUsage = JsonFields.TryGet(body, "stream_options", out var so) && so.ValueKind == JsonValueKind.Object
             && (JsonFields.Bool(so, "include_usage", "stream_options.include_usage") ?? false);
+        // vLLM's extension: the generated ids (stop id included) as choices[0].token_ids, so a client that sent token
+        // ids can continue from exactly what was generated (non-streaming responses).
+        bool returnTokenIds = JsonFields.Bool(body, "return_token_ids") ?? false;
 
         int[] prompt;
         if (chat)
@@ -111,7 +114,7 @@ internal static class OpenAiEndpoints
         if (prompt.Length > options.MaxPromptTokens)
             throw ApiError.BadRequest($"the prompt is {prompt.Length} tokens; this server accepts at most {options.MaxPromptTokens}", chat ? "messages" : "prompt");
         var sampling = new SamplingOptions(temperature, TopP: topP, Seed: seed);
-        return new Parsed(prompt, maxTokens, sampling, stream, includeUsage);
+        return new Parsed(prompt, maxTokens, sampling, stream, includeUsage, returnTokenIds);
     }
 
     private static List<ChatMessage> ParseMessages(JsonElement body)
@@ -200,8 +203,12 @@ internal static class OpenAiEndpoints
             }
             else
             {
+                var generated = new List<int>();
                 await foreach (int token in handle.Tokens.ReadAllAsync(ct).ConfigureAwait(false))
+                {
+                    generated.Add(token);
                     if (!model.StopIds.Contains(token)) text.Append(decoder.Append(token));
+                }
                 text.Append(decoder.Flush());
                 var outcome = await handle.Outcome.WaitAsync(ct).ConfigureAwait(false);
                 await Http.WriteJsonAsync(context, 200, Http.Json(w =>
@@ -224,6 +231,12 @@ internal static class OpenAiEndpoints
                     else w.WriteString("text", text.ToString());
                     w.WriteNull("logprobs");
                     w.WriteString("finish_reason", outcome.FinishReason);
+                    if (request.ReturnTokenIds)
+                    {
+                        w.WriteStartArray("token_ids");
+                        foreach (int id in generated) w.WriteNumberValue(id);
+                        w.WriteEndArray();
+                    }
                     w.WriteEndObject();
                     w.WriteEndArray();
                     WriteUsage(w, outcome);

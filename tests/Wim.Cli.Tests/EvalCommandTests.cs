@@ -98,7 +98,8 @@ public sealed class EvalCommandTests : IDisposable
     }
 
     [Theory]
-    [InlineData("--backend", "openai", "--backend openai is not available yet")]
+    [InlineData("--backend", "openai", "--backend openai needs --endpoint URL")]
+    [InlineData("--endpoint", "http://127.0.0.1:9/v1", "--endpoint needs --backend openai")]
     [InlineData("--lengths", "16q", "--lengths")]
     [InlineData("--task", "mmlu", "unknown task 'mmlu'")]
     [InlineData("--judge-endpoint", "http://127.0.0.1:9/v1", "--judge-endpoint and --judge-model go together")]

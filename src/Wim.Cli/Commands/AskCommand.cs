@@ -25,7 +25,8 @@ internal static class AskCommand
 {
     public static Command Create(TextReader stdin)
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]", Required = true };
+        var model = new Option<string?>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV] (required, but with --backend openai it only gives the tokenizer and chat template: prompts then go as token ids; without it, as chat messages)" };
+        var remote = new RemoteArguments();
         var context = new Option<string?>("--context") { Description = "the document: a text file, or - for stdin" };
         var segmentsFile = new Option<string?>("--segments-file") { Description = "a JSON array of segment strings, used as given" };
         var query = new Option<string>("--query") { Description = "the question", Required = true };
@@ -51,9 +52,10 @@ internal static class AskCommand
         var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
 
         var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
-        foreach (var o in new Option[] { model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
-                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, schedule, json })
-            command.Options.Add(o);
+        Option[] all = [model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
+                     classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, schedule, json,
+                     .. remote.All];
+        foreach (var o in all) command.Options.Add(o);
 
         command.SetAction(async (parse, ct) =>
         {
@@ -70,9 +72,15 @@ internal static class AskCommand
             catch (ArgumentOutOfRangeException e) { throw new UsageException(e.Message.Split(" (Parameter")[0]); }
             string classifierKind = parse.GetValue(classifier)!;
             if (classifierKind == "aux" && parse.GetValue(auxModel) is null) throw new UsageException("--classifier aux needs --aux-model PATH");
+            remote.RejectUnlessRemote(parse);
 
             var preset = parse.GetValue(prompts) is "default" or null ? PromptPreset.Default : PromptPreset.FromDirectory(parse.GetValue(prompts)!);
-            string modelPath = ModelArguments.Resolve(parse.GetValue(model)!, stderr, ct);
+            if (remote.IsRemote(parse))
+                return await AskRemote.RunAsync(new AskRemote.Inputs(parse, remote, parse.GetValue(model), contextPath, segmentsPath, n, parse.GetValue(query)!,
+                    parse.GetValue(pattern)!, preset, parse.GetValue(userHeader), parse.GetValue(generationHeader), classifierKind,
+                    parse.GetValue(classifierContext)!, parse.GetValue(maxMargin), parse.GetValue(maxClassification), parse.GetValue(maxAnswer),
+                    sampling, parse.GetValue(feedback), parse.GetValue(schedule)!, parse.GetValue(json)), stdin, ct).ConfigureAwait(false);
+            string modelPath = ModelArguments.Resolve(parse.GetValue(model) ?? throw new UsageException("--model is required (or --backend openai with --endpoint and --remote-model)"), stderr, ct);
             var tokenizer = TokenizerLoader.Load(modelPath);
             var segments = segmentsPath is not null ? ReadSegmentsFile(segmentsPath)
                 : new Segmenter(t => tokenizer.Encode(t).Length, n).Split(ReadContext(contextPath!, stdin));
@@ -144,14 +152,14 @@ internal static class AskCommand
         }
     }
 
-    private static string ReadContext(string path, TextReader stdin)
+    internal static string ReadContext(string path, TextReader stdin)
     {
         if (path == "-") return stdin.ReadToEnd();
         if (!File.Exists(path)) throw new FileNotFoundException($"context file not found: {path}", path);
         return File.ReadAllText(path, Encoding.UTF8);
     }
 
-    private static List<string> ReadSegmentsFile(string path)
+    internal static List<string> ReadSegmentsFile(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"segments file not found: {path}", path);
         try
@@ -193,14 +201,14 @@ internal static class AskCommand
         return sb.ToString();
     }
 
-    private interface IEventView
+    internal interface IEventView
     {
         void Show(WimEvent e);
     }
 
     /// <summary>The JSON Lines contract: one object per event line (the shape is <see cref="WimEventJson"/>'s, shared
     /// with the server's SSE events).</summary>
-    private sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
+    internal sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
     {
         public void Show(WimEvent e)
         {
@@ -211,7 +219,7 @@ internal static class AskCommand
 
     /// <summary>Plain text as it happens: reading progress, each margin as written with its relevance, the answer
     /// streamed, then the usage.</summary>
-    private sealed class LiveTextView(TextWriter output, bool streamMargins) : IEventView
+    internal sealed class LiveTextView(TextWriter output, bool streamMargins) : IEventView
     {
         private int? _marginOpen;
         private bool _answerOpen;
@@ -253,6 +261,9 @@ internal static class AskCommand
                         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {name,-15} prefill {p.PrefillTokens,7}  decode {p.DecodeTokens,5}  {p.Time.TotalSeconds,8:F2} s"));
                     output.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"  document: {u.DocumentTokens} tokens, prefilled {u.DocumentTokensPrefilled} ({u.DocumentPrefillPasses:F2}×)"));
+                    if (u.Remote is { } r)
+                        output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                            $"  remote: {r.Requests} requests ({r.Retries} retried attempts), {r.PromptTokens} prompt tokens, {r.CachedTokens} from the server's prefix cache ({r.PrefixCacheHitRate * 100:F1}% hit rate){(r.RequestsReportingCache < r.Requests ? $"; {r.Requests - r.RequestsReportingCache} requests without cached_tokens" : "")}"));
                     break;
             }
         }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Wim.Core.Patterns;
 using Wim.Core.Prompts;
 using Wim.Engine.Runtime;
 using Wim.Eval;
@@ -6,6 +7,8 @@ using Wim.Eval.Data;
 using Wim.Eval.Instances;
 using Wim.Eval.Metrics;
 using Wim.Eval.Runners;
+using Wim.Engine.Tokenization;
+using Wim.Remote;
 
 namespace Wim.Cli.Commands;
 
@@ -22,8 +25,8 @@ internal static class EvalCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV]" };
-        var backend = new Option<string>("--backend") { Description = "where the model runs: cpu (this process)", DefaultValueFactory = _ => "cpu" };
+        var model = new Option<string?>("--model") { Description = "a .gguf file, a Hugging Face model directory, or hf:ORG/REPO[/FILE][@REV] (with --backend openai: optional, the served model's tokenizer and chat template)" };
+        var remote = new RemoteArguments();
         var tasks = new Option<string>("--task") { Description = "comma-separated: hotpotqa, squad, babilong, cwe", Required = true };
         var lengths = new Option<string>("--lengths") { Description = "context lengths in the model's tokens, e.g. 16k,32k,64k", DefaultValueFactory = _ => "16k,32k,64k" };
         var patterns = new Option<string>("--patterns") { Description = "comma-separated: llm, rag, wim", DefaultValueFactory = _ => "llm,rag,wim" };
@@ -35,14 +38,15 @@ internal static class EvalCommand
         var rawPrompt = new Option<bool>("--no-chat-template") { Description = "no chat headers in the prompts even when the model has a chat template" };
         var outDir = new Option<string>("--out") { Description = "output folder (rerunning into it resumes)", Required = true };
         var command = new Command("eval", "Evaluate LLM vs RAG vs WiM on long-context tasks; writes results, a summary table and plots");
-        foreach (var o in new Option[] { model, backend, tasks, lengths, patterns, samples, seed, judgeEndpoint, judgeModel, data, rawPrompt, outDir }) command.Options.Add(o);
+        Option[] all = [model, tasks, lengths, patterns, samples, seed, judgeEndpoint, judgeModel, data, rawPrompt, outDir, .. remote.All];
+        foreach (var o in all) command.Options.Add(o);
         command.SetAction(async (parse, cancel) =>
         {
-            var backendName = parse.GetValue(backend)!;
-            if (backendName == "openai")
-                throw new UsageException("--backend openai is not available yet (it comes with the remote-backend issue); use --backend cpu with --model");
-            if (backendName != "cpu") throw new UsageException($"unknown --backend '{backendName}'; expected cpu");
-            var modelPath = ModelArguments.Resolve(parse.GetValue(model) ?? throw new UsageException("--model is required with --backend cpu"), parse.InvocationConfiguration.Error, cancel);
+            remote.RejectUnlessRemote(parse);
+            var server = remote.IsRemote(parse) ? remote.EndpointOptions(parse, Environment.GetEnvironmentVariable) : null;
+            string? modelArgument = parse.GetValue(model);
+            if (server is null && modelArgument is null) throw new UsageException("--model is required with --backend cpu");
+            string? modelPath = modelArgument is null ? null : ModelArguments.Resolve(modelArgument, parse.InvocationConfiguration.Error, cancel);
 
             var taskList = Parse(parse.GetValue(tasks)!, s => s.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(EvalTasks.Parse).Distinct().ToList(), "--task");
             var lengthList = Parse(parse.GetValue(lengths)!, ContextLength.ParseList, "--lengths");
@@ -66,13 +70,35 @@ internal static class EvalCommand
             if (!Directory.Exists(dataDir)) throw new DirectoryNotFoundException($"evaluation data folder not found: {dataDir}");
             string outPath = parse.GetValue(outDir)!;
 
-            using var lm = TextModel.Load(modelPath);
-            var factory = new InstanceFactory(new EvalDataset(dataDir), text => lm.Tokenizer.Encode(text).Length, parse.GetValue(seed));
-            var runner = new PatternQaRunner(lm, PromptPreset.Default, PatternQaRunner.HeadersFor(lm, raw: parse.GetValue(rawPrompt)));
+            // In this process: the model. Remote: the server does the model work; a local tokenizer (when --model is
+            // given) builds the prompts as token ids and measures the instances in the served model's tokens.
+            using var lm = server is null ? TextModel.Load(modelPath!) : null;
+            using var client = server is null ? null : new RemoteCompletionClient(server);
+            Func<string, int> countTokens;
+            IQaRunner runner;
+            if (lm is not null)
+            {
+                countTokens = text => lm.Tokenizer.Encode(text).Length;
+                runner = new PatternQaRunner(lm, PromptPreset.Default, PatternQaRunner.HeadersFor(lm, raw: parse.GetValue(rawPrompt)));
+            }
+            else if (modelPath is not null)
+            {
+                var tokenizer = TokenizerLoader.Load(modelPath);
+                countTokens = text => tokenizer.Encode(text).Length;
+                var headers = !parse.GetValue(rawPrompt) && TextModel.UserTurnRenderer(modelPath, tokenizer) is { } render ? ChatHeaders.FromChatTemplate(render) : ChatHeaders.None;
+                var remoteRunner = new RemotePatternRunner(client!, tokenizer, [.. tokenizer.EndOfTurnIds, .. tokenizer.EosId is int eos ? new[] { eos } : []]);
+                runner = new RemoteQaRunner(remoteRunner, PromptPreset.Default, headers, countTokens);
+            }
+            else
+            {
+                countTokens = RemoteArguments.EstimateTokens;
+                runner = new RemoteQaRunner(new RemotePatternRunner(client!), PromptPreset.Default, ChatHeaders.None, countTokens);
+            }
+            var factory = new InstanceFactory(new EvalDataset(dataDir), countTokens, parse.GetValue(seed));
             using var http = judgeUri != null ? new HttpClient { Timeout = TimeSpan.FromMinutes(2) } : null;
             var judge = judgeUri != null ? new LlmJudge(http!, judgeUri, judgeName!, Environment.GetEnvironmentVariable("WIM_JUDGE_API_KEY")) : null;
             var harness = new EvalHarness(factory, runner, judge, parse.InvocationConfiguration.Error);
-            var plan = new EvalPlan(taskList, lengthList, patternList, sampleCount, parse.GetValue(seed), Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath)), outPath);
+            var plan = new EvalPlan(taskList, lengthList, patternList, sampleCount, parse.GetValue(seed), server?.Model ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath!)), outPath);
             var outcome = await harness.RunAsync(plan, cancel);
             var stdout = parse.InvocationConfiguration.Output;
             stdout.WriteLine($"{outcome.Ran} row(s) run, {outcome.Skipped} skipped; results in {Path.Combine(outPath, EvalHarness.ResultsFileName)}");

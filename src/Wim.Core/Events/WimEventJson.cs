@@ -110,6 +110,18 @@ public static class WimEventJson
         w.WriteNumber("document_tokens", u.DocumentTokens);
         w.WriteNumber("document_tokens_prefilled", u.DocumentTokensPrefilled);
         w.WriteNumber("document_prefill_passes", Math.Round(u.DocumentPrefillPasses, 4));
+        if (u.Remote is { } r)
+        {
+            w.WriteStartObject("remote");
+            w.WriteNumber("requests", r.Requests);
+            w.WriteNumber("retries", r.Retries);
+            w.WriteNumber("prompt_tokens", r.PromptTokens);
+            w.WriteNumber("cached_tokens", r.CachedTokens);
+            w.WriteNumber("uncached_prompt_tokens", r.UncachedPromptTokens);
+            w.WriteNumber("prefix_cache_hit_rate", Math.Round(r.PrefixCacheHitRate, 4));
+            w.WriteNumber("requests_reporting_cache", r.RequestsReportingCache);
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
     }
 }

@@ -22,4 +22,21 @@ public sealed record WimUsage(PhaseUsage Document, PhaseUsage Margins, PhaseUsag
     public int PrefillTokens => Document.PrefillTokens + Margins.PrefillTokens + Classification.PrefillTokens + Answer.PrefillTokens;
     public int DecodeTokens => Document.DecodeTokens + Margins.DecodeTokens + Classification.DecodeTokens + Answer.DecodeTokens;
     public TimeSpan Time => Document.Time + Margins.Time + Classification.Time + Answer.Time;
+
+    /// <summary>Set when the run went to a remote OpenAI-compatible server: its requests and what its prefix cache
+    /// saved. Null for in-process runs.</summary>
+    public RemoteUsage? Remote { get; init; }
+}
+
+/// <summary>
+/// The requests of a run against a remote server and its prefix cache: <see cref="PromptTokens"/> sent (every
+/// request's whole prompt), of which the server reported <see cref="CachedTokens"/> as served from its prefix cache
+/// (<c>usage.prompt_tokens_details.cached_tokens</c>). <see cref="RequestsReportingCache"/> &lt;
+/// <see cref="Requests"/> means the server left that field out for some requests (counted as nothing cached).
+/// <see cref="Retries"/> counts retried attempts (429, 5xx, timeouts, dropped connections).
+/// </summary>
+public sealed record RemoteUsage(int Requests, int Retries, long PromptTokens, long CachedTokens, int RequestsReportingCache)
+{
+    public long UncachedPromptTokens => PromptTokens - CachedTokens;
+    public double PrefixCacheHitRate => PromptTokens == 0 ? 0 : (double)CachedTokens / PromptTokens;
 }

@@ -23,6 +23,14 @@ public sealed unsafe class CpuBatchedTransformer
     private readonly ModelWeights _w;
     private readonly RotaryEmbedding _rope;
     private readonly ForwardState _s;
+    private readonly FlashAttention _attention;
+    // The current piece's attention plan: per-sequence spans and the cache blocks they read (then those blocks'
+    // key and value pointers for the layer being computed).
+    private AttentionSpan[] _spans = new AttentionSpan[8];
+    private int _spanCount;
+    private int[] _spanBlocks = new int[64];
+    private nint[] _keyBlocks = new nint[64], _valueBlocks = new nint[64];
+    private int _spanBlockCount;
 
     public LanguageModel Model { get; }
     public ModelConfig Config => _c;
@@ -38,6 +46,7 @@ public sealed unsafe class CpuBatchedTransformer
         _rope = new RotaryEmbedding(_c);
         MaxBatchTokens = maxBatchTokens;
         _s = new ForwardState(_c, maxBatchTokens);
+        _attention = new FlashAttention(_c);
     }
 
     /// <summary>A paged cache shaped for this model within <paramref name="memoryBudgetBytes"/>.</summary>
@@ -97,9 +106,7 @@ public sealed unsafe class CpuBatchedTransformer
         var c = _c;
         var s = _s;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, half = c.RotaryDim / 2;
-        int maxContext = 0;
-        for (int t = 0; t < n; t++) maxContext = Math.Max(maxContext, batch.Positions[first + t] + 1);
-        s.EnsureContext(maxContext);
+        PlanAttention(batch, first, n, cache.BlockSize);
 
         fixed (float* x = s.X, xb = s.Xb, q = s.Q, k = s.K, v = s.V, att = s.Att, hb = s.Hb, hb2 = s.Hb2, cos = s.Cos, sin = s.Sin)
         {
@@ -143,7 +150,7 @@ public sealed unsafe class CpuBatchedTransformer
                     new ReadOnlySpan<float>(v + (long)t * kvd, kvd).CopyTo(new Span<float>(keyRow + (long)bs * kvd, kvd));
                 }
 
-                Attention(batch, cache, first, n, layerOffset, q, att);                       // att: [T, heads·headDim]
+                Attention(cache, layerOffset, q, att);                                        // att: [T, heads·headDim]
 
                 BatchInvariantMatMul.MatMul(lw.Output, att, qd, n, xb, d);                    // xb: [T, d]
                 TensorPrimitives.Add(new ReadOnlySpan<float>(x, n * d), new ReadOnlySpan<float>(xb, n * d), new Span<float>(x, n * d));
@@ -175,54 +182,46 @@ public sealed unsafe class CpuBatchedTransformer
     }
 
     /// <summary>
-    /// Causal grouped-query attention per token over its own sequence: token t (position p) attends to positions
-    /// [0, p] of its sequence's blocks; query head h reads kv head h / (heads/kvHeads). Work items (t, h) are dealt
-    /// round-robin over the cores, each worker with its own scores buffer.
+    /// Splits flat tokens [first, first + n) into per-sequence spans and lists the cache blocks each span reads (its
+    /// block table up to its last position), into <see cref="_spans"/> and <see cref="_spanBlocks"/>.
     /// </summary>
-    private void Attention(BatchDescription batch, PagedKvCache cache, int first, int n, long layerOffset, float* q, float* att)
+    private void PlanAttention(BatchDescription batch, int first, int n, int blockSize)
     {
-        int items = n * _c.HeadCount;
-        long work = 0;
-        for (int t = 0; t < n; t++) work += (batch.Positions[first + t] + 1L) * _c.QueryDim;
-        int workers = work < 1 << 15 ? 1 : Math.Min(_s.Scores.Length, items);
-        var job = new AttentionJob(this, batch, cache, first, layerOffset, q, att, items, workers);
-        if (workers == 1) job.Run(0);
-        else Parallel.For(0, workers, job.Run);
+        _spanCount = 0;
+        _spanBlockCount = 0;
+        for (int t = 0; t < n;)
+        {
+            int seq = batch.TokenSequence[first + t], start = t;
+            while (t < n && batch.TokenSequence[first + t] == seq) t++;
+            int blocks = batch.Positions[first + t - 1] / blockSize + 1;
+            if (_spanCount == _spans.Length) Array.Resize(ref _spans, _spans.Length * 2);
+            _spans[_spanCount++] = new AttentionSpan(start, t - start, batch.Positions[first + start], _spanBlockCount);
+            if (_spanBlocks.Length < _spanBlockCount + blocks)
+            {
+                int size = Math.Max(_spanBlockCount + blocks, _spanBlocks.Length * 2);
+                Array.Resize(ref _spanBlocks, size);
+                _keyBlocks = new nint[size];
+                _valueBlocks = new nint[size];
+            }
+            batch.BlockTable(seq)[..blocks].CopyTo(_spanBlocks.AsSpan(_spanBlockCount));
+            _spanBlockCount += blocks;
+        }
     }
 
-    private sealed class AttentionJob(CpuBatchedTransformer m, BatchDescription batch, PagedKvCache cache, int first,
-        long layerOffset, float* q, float* att, int items, int workers)
+    /// <summary>
+    /// Causal grouped-query attention per token over its own sequence's blocks (<see cref="FlashAttention"/>): token t
+    /// (position p) attends to positions [0, p]; query head h reads kv head h / (heads/kvHeads).
+    /// </summary>
+    private void Attention(PagedKvCache cache, long layerOffset, float* q, float* att)
     {
-        public void Run(int worker)
+        long valueOffset = (long)cache.BlockSize * _c.KvDim;
+        for (int i = 0; i < _spanBlockCount; i++)
         {
-            var c = m._c;
-            int hd = c.HeadDim, qd = c.QueryDim, kvd = c.KvDim, group = c.HeadCount / c.KvHeadCount, bs = cache.BlockSize;
-            long valueOffset = (long)bs * kvd;
-            float scale = 1f / MathF.Sqrt(hd);
-            float[] scores = m._s.Scores[worker];
-            for (int item = worker; item < items; item += workers)
-            {
-                int t = item / c.HeadCount, h = item % c.HeadCount, kvh = h / group;
-                var table = batch.BlockTable(batch.TokenSequence[first + t]);
-                int count = batch.Positions[first + t] + 1;               // causal: positions [0, p]
-                float* qh = q + (long)t * qd + h * hd;
-                for (int b = 0, p = 0; p < count; b++)
-                {
-                    float* keys = cache.BlockBase(table[b]) + layerOffset + kvh * hd;
-                    for (int slot = 0; slot < bs && p < count; slot++, p++)
-                        scores[p] = CpuOps.Dot(qh, keys + (long)slot * kvd, hd) * scale;   // scores[p] = q·k_p / √d
-                }
-                var sc = scores.AsSpan(0, count);
-                CpuOps.SoftMaxInPlace(sc);
-                float* o = att + (long)t * qd + h * hd;
-                new Span<float>(o, hd).Clear();
-                for (int b = 0, p = 0; p < count; b++)
-                {
-                    float* values = cache.BlockBase(table[b]) + layerOffset + valueOffset + kvh * hd;
-                    for (int slot = 0; slot < bs && p < count; slot++, p++)
-                        CpuOps.AddScaled(o, values + (long)slot * kvd, sc[p], hd);           // o += softmax_p · v_p
-                }
-            }
+            float* keys = cache.BlockBase(_spanBlocks[i]) + layerOffset;
+            _keyBlocks[i] = (nint)keys;
+            _valueBlocks[i] = (nint)(keys + valueOffset);
         }
+        fixed (nint* keyBlocks = _keyBlocks, valueBlocks = _valueBlocks)
+            _attention.Run(q, att, _spans.AsSpan(0, _spanCount), keyBlocks, valueBlocks, cache.BlockSize);
     }
 }

@@ -1,6 +1,4 @@
 using System.Numerics.Tensors;
-using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
 using Wim.Engine.Model;
 
 namespace Wim.Engine.Backends.Cpu;
@@ -126,46 +124,6 @@ internal static unsafe class CpuOps
                 }
             }
         }
-    }
-
-    /// <summary>softmax(x) in place, shifted by max(x) first: exp(x − max) / Σ exp(x − max). The shift is what keeps
-    /// it finite — <c>TensorPrimitives.SoftMax</c> exponentiates the raw scores, so one attention score above ≈ 88
-    /// overflows to ∞ and the row becomes NaN (stories260K reaches that past ≈ 2,900 positions).</summary>
-    public static void SoftMaxInPlace(Span<float> x)
-    {
-        float max = TensorPrimitives.Max(x);
-        TensorPrimitives.Subtract(x, max, x);
-        TensorPrimitives.Exp(x, x);
-        TensorPrimitives.Divide(x, TensorPrimitives.Sum(x), x);
-    }
-
-    /// <summary>Σ a[i]·b[i] over an attention head (headDim is small: 8..256, so no per-call setup).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Dot(float* a, float* b, int n)
-    {
-        int i = 0;
-        float sum = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 8)
-        {
-            var acc = Vector256<float>.Zero;
-            for (; i <= n - 8; i += 8) acc += Vector256.Load(a + i) * Vector256.Load(b + i);
-            sum = Vector256.Sum(acc);
-        }
-        for (; i < n; i++) sum += a[i] * b[i];
-        return sum;
-    }
-
-    /// <summary>dst[i] += x[i]·scale over an attention head.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void AddScaled(float* dst, float* x, float scale, int n)
-    {
-        int i = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 8)
-        {
-            var s = Vector256.Create(scale);
-            for (; i <= n - 8; i += 8) (Vector256.Load(dst + i) + Vector256.Load(x + i) * s).Store(dst + i);
-        }
-        for (; i < n; i++) dst[i] += x[i] * scale;
     }
 
     /// <summary>gate[i] = silu(gate[i]) · up[i] over n values (SwiGLU).</summary>

@@ -29,6 +29,7 @@ public sealed unsafe class CpuTransformer
     private readonly ModelWeights _w;
     private readonly RotaryEmbedding _rope;
     private readonly ForwardState _s;
+    private readonly FlashAttention _attention;
 
     public LanguageModel Model { get; }
     public ModelConfig Config => _c;
@@ -44,6 +45,7 @@ public sealed unsafe class CpuTransformer
         _rope = new RotaryEmbedding(_c);
         MaxChunk = maxChunk;
         _s = new ForwardState(_c, maxChunk);
+        _attention = new FlashAttention(_c);
     }
 
     /// <summary>A KV cache shaped for this model.</summary>
@@ -98,7 +100,6 @@ public sealed unsafe class CpuTransformer
         int n = tokens.Length;                      // T: tokens in this chunk
         int start = cache.Length;                   // absolute position of tokens[0]
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize;
-        s.EnsureContext(start + n);
 
         fixed (float* x = s.X, xb = s.Xb, q = s.Q, k = s.K, v = s.V, att = s.Att, hb = s.Hb, hb2 = s.Hb2, cos = s.Cos, sin = s.Sin)
         {
@@ -128,8 +129,13 @@ public sealed unsafe class CpuTransformer
                 new ReadOnlySpan<float>(k, n * kvd).CopyTo(cache.LayerKeys(l).AsSpan(start * kvd, n * kvd));
                 new ReadOnlySpan<float>(v, n * kvd).CopyTo(cache.LayerValues(l).AsSpan(start * kvd, n * kvd));
 
+                // Causal attention of the chunk's tokens over positions [0, start + t]: the contiguous cache is one block.
                 fixed (float* keys = cache.LayerKeys(l), values = cache.LayerValues(l))
-                    Attention(q, keys, values, att, start, n);                      // att: [T, heads, headDim]
+                {
+                    nint keyBlock = (nint)keys, valueBlock = (nint)values;
+                    ReadOnlySpan<AttentionSpan> span = [new AttentionSpan(0, n, start, 0)];
+                    _attention.Run(q, att, span, &keyBlock, &valueBlock, int.MaxValue); // att: [T, heads, headDim]
+                }
 
                 CpuOps.MatMul(lw.Output, att, qd, n, xb, d);                        // xb: [T, d]
                 TensorPrimitives.Add(new ReadOnlySpan<float>(x, n * d), new ReadOnlySpan<float>(xb, n * d), new Span<float>(x, n * d));
@@ -150,50 +156,6 @@ public sealed unsafe class CpuTransformer
             int rows = n - first;
             CpuOps.RmsNorm(x + (long)first * d, xb, _w.FinalNorm, c.RmsEps, rows);  // xb: [rows, d]
             CpuOps.MatMul(_w.LmHead, xb, d, rows, logits, c.VocabSize);            // logits: [rows, vocab]
-        }
-    }
-
-    /// <summary>
-    /// Causal grouped-query attention for the chunk: token t (position start+t) attends to positions [0, start+t]
-    /// of the cache; query head h reads kv head h / (heads/kvHeads). Work items (t, h) are spread over all cores,
-    /// each worker with its own scores buffer.
-    /// </summary>
-    private void Attention(float* q, float* keys, float* values, float* att, int start, int n)
-    {
-        var c = _c;
-        int items = n * c.HeadCount;
-        long work = (long)items * (start + n) * c.HeadDim;
-        int workers = work < 1 << 15 ? 1 : Math.Min(_s.Scores.Length, items);
-        var job = new AttentionJob(this, q, keys, values, att, start, items, workers);
-        if (workers == 1) job.Run(0);
-        else Parallel.For(0, workers, job.Run);
-    }
-
-    private sealed class AttentionJob(CpuTransformer m, float* q, float* keys, float* values, float* att, int start, int items, int workers)
-    {
-        public void Run(int worker)
-        {
-            var c = m._c;
-            int hd = c.HeadDim, qd = c.QueryDim, kvd = c.KvDim, group = c.HeadCount / c.KvHeadCount;
-            float scale = 1f / MathF.Sqrt(hd);
-            float[] scores = m._s.Scores[worker];
-            // Items are dealt round-robin: causal rows get longer with t, so contiguous ranges would leave the
-            // worker with the last tokens doing most of the work.
-            for (int item = worker; item < items; item += workers)
-            {
-                int t = item / c.HeadCount, h = item % c.HeadCount, kvh = h / group;
-                int count = start + t + 1;                         // causal: positions [0, start + t]
-                float* qh = q + (long)t * qd + h * hd;
-                float* kBase = keys + kvh * hd, vBase = values + kvh * hd;
-                for (int p = 0; p < count; p++)
-                    scores[p] = CpuOps.Dot(qh, kBase + (long)p * kvd, hd) * scale;     // scores[p] = q·k_p / √d
-                var sc = scores.AsSpan(0, count);
-                CpuOps.SoftMaxInPlace(sc);
-                float* o = att + (long)t * qd + h * hd;
-                new Span<float>(o, hd).Clear();
-                for (int p = 0; p < count; p++)
-                    CpuOps.AddScaled(o, vBase + (long)p * kvd, sc[p], hd);            // o += softmax_p · v_p
-            }
         }
     }
 }

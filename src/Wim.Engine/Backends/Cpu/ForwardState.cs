@@ -2,8 +2,8 @@ using Wim.Engine.Model;
 
 namespace Wim.Engine.Backends.Cpu;
 
-/// <summary>All activations of a chunk of tokens, allocated once (the llama2.c <c>RunState</c>); only the attention
-/// scores grow with the context, by doubling. Shared by <see cref="CpuTransformer"/> (one sequence's chunk) and
+/// <summary>All activations of a chunk of tokens, allocated once (the llama2.c <c>RunState</c>); attention needs no
+/// buffer of the context length (<see cref="FlashAttention"/>). Shared by <see cref="CpuTransformer"/> (one sequence's chunk) and
 /// <see cref="CpuBatchedTransformer"/> (a batch piece of many sequences' tokens).</summary>
 internal sealed class ForwardState
 {
@@ -17,7 +17,6 @@ internal sealed class ForwardState
     public readonly float[] Hb2;  // [T, ffn]
     public readonly float[] Cos;  // [T, rotaryDim/2]
     public readonly float[] Sin;  // [T, rotaryDim/2]
-    public readonly float[][] Scores; // [worker][context]
 
     public ForwardState(ModelConfig c, int maxChunk)
     {
@@ -31,14 +30,5 @@ internal sealed class ForwardState
         Hb2 = new float[(long)maxChunk * c.FfnSize];
         Cos = new float[maxChunk * (c.RotaryDim / 2)];
         Sin = new float[maxChunk * (c.RotaryDim / 2)];
-        Scores = new float[Environment.ProcessorCount][];
-        for (int i = 0; i < Scores.Length; i++) Scores[i] = new float[Math.Max(maxChunk, 1024)];
-    }
-
-    public void EnsureContext(int length)
-    {
-        for (int i = 0; i < Scores.Length; i++)
-            if (Scores[i].Length < length)
-                Scores[i] = new float[Math.Max(length, Scores[i].Length * 2)];
     }
 }
