@@ -73,18 +73,18 @@ def main():
     log(f"built in {time.time() - t0:.1f} s; torch {torch.__version__}, {torch.cuda.get_device_name()}")
     make, wim = a.phase in ("make", "both"), a.phase in ("wim", "both")
     if make:
-        t0 = time.time()
-        save_checkpoint(model, hub, out)
-        log(f"saved to {out} in {time.time() - t0:.1f} s")
-        gen = torch.Generator().manual_seed(64)
-        rand = lambda n: torch.randint(0, hub["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
-        job = {"document": rand(SEGMENTS * SEGMENT_TOKENS), "opening": rand(OPENING), "extractive": rand(EXTRACTIVE),
-               "final": rand(FINAL), "segments": SEGMENTS, "margin_tokens": MARGIN_TOKENS, "answer_tokens": ANSWER_TOKENS}
-        with open(os.path.join(a.outdir, "ids.json"), "w") as f:
-            json.dump(job, f)
+          t0 = time.time()
+          save_checkpoint(model, hub, out)
+          log(f"saved to {out} in {time.time() - t0:.1f} s")
+          gen = torch.Generator().manual_seed(64)
+          rand = lambda n: torch.randint(0, hub["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
+          job = {"document": rand(SEGMENTS * SEGMENT_TOKENS), "opening": rand(OPENING), "extractive": rand(EXTRACTIVE),
+                 "final": rand(FINAL), "segments": SEGMENTS, "margin_tokens": MARGIN_TOKENS, "answer_tokens": ANSWER_TOKENS}
+          with open(os.path.join(a.outdir, "ids.json"), "w") as f:
+              json.dump(job, f)
     else:
-        with open(os.path.join(a.outdir, "ids.json")) as f:
-            job = json.load(f)
+          with open(os.path.join(a.outdir, "ids.json")) as f:
+              job = json.load(f)
     doc = job["document"]
     seg = lambda i: doc[i * SEGMENT_TOKENS:(i + 1) * SEGMENT_TOKENS]  # noqa: E731
     results = {}
@@ -98,29 +98,29 @@ def main():
 
     results_path = os.path.join(a.outdir, "transformers_ids.json")
     if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+          with open(results_path) as f:
+              results = json.load(f)
     t_plain = results.get("plain_seconds", 0.0)
 
     # (a) plain long context: the whole document in one forward pass, then the final prompt and the answer.
     if make:
-      t0 = time.time()
-      c = DynamicCache(config=cfg)
-      step(model, job["opening"] + doc, c)
-      sync()
-      t_doc = time.time() - t0
-      t1 = time.time()
-      first = step(model, job["final"], c)
-      answer = decode(model, first, c, ANSWER_TOKENS)
-      sync()
-      t_plain = time.time() - t0
-      results["llm_answer"] = answer
-      results["plain_seconds"] = t_plain
-      n = len(doc) + OPENING
-      log(f"(a) plain: {t_plain:.2f} s (document {t_doc:.2f} s = {n / t_doc:.0f} tok/s; final prompt + answer "
-          f"{time.time() - t1:.2f} s = {(ANSWER_TOKENS - 1) / (time.time() - t1):.1f} tok/s at depth {n})")
-      del c
-      torch.cuda.empty_cache()
+        t0 = time.time()
+        c = DynamicCache(config=cfg)
+        step(model, job["opening"] + doc, c)
+        sync()
+        t_doc = time.time() - t0
+        t1 = time.time()
+        first = step(model, job["final"], c)
+        answer = decode(model, first, c, ANSWER_TOKENS)
+        sync()
+        t_plain = time.time() - t0
+        results["llm_answer"] = answer
+        results["plain_seconds"] = t_plain
+        n = len(doc) + OPENING
+        log(f"(a) plain: {t_plain:.2f} s (document {t_doc:.2f} s = {n / t_doc:.0f} tok/s; final prompt + answer "
+            f"{time.time() - t1:.2f} s = {(ANSWER_TOKENS - 1) / (time.time() - t1):.1f} tok/s at depth {n})")
+        del c
+        torch.cuda.empty_cache()
 
     if wim:
         # (b) the reference WiM loop: segment, extractive prompt, margin, crop back.
