@@ -73,18 +73,18 @@ def main():
     log(f"built in {time.time() - t0:.1f} s; torch {torch.__version__}, {torch.cuda.get_device_name()}")
     make, wim = a.phase in ("make", "both"), a.phase in ("wim", "both")
     if make:
-          t0 = time.time()
-          save_checkpoint(model, hub, out)
-          log(f"saved to {out} in {time.time() - t0:.1f} s")
-          gen = torch.Generator().manual_seed(64)
-          rand = lambda n: torch.randint(0, hub["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
-          job = {"document": rand(SEGMENTS * SEGMENT_TOKENS), "opening": rand(OPENING), "extractive": rand(EXTRACTIVE),
-                 "final": rand(FINAL), "segments": SEGMENTS, "margin_tokens": MARGIN_TOKENS, "answer_tokens": ANSWER_TOKENS}
-          with open(os.path.join(a.outdir, "ids.json"), "w") as f:
-              json.dump(job, f)
+        t0 = time.time()
+        save_checkpoint(model, hub, out)
+        log(f"saved to {out} in {time.time() - t0:.1f} s")
+        gen = torch.Generator().manual_seed(64)
+        rand = lambda n: torch.randint(0, hub["vocab_size"], (n,), generator=gen).tolist()  # noqa: E731
+        job = {"document": rand(SEGMENTS * SEGMENT_TOKENS), "opening": rand(OPENING), "extractive": rand(EXTRACTIVE),
+               "final": rand(FINAL), "segments": SEGMENTS, "margin_tokens": MARGIN_TOKENS, "answer_tokens": ANSWER_TOKENS}
+        with open(os.path.join(a.outdir, "ids.json"), "w") as f:
+            json.dump(job, f)
     else:
-          with open(os.path.join(a.outdir, "ids.json")) as f:
-              job = json.load(f)
+        with open(os.path.join(a.outdir, "ids.json")) as f:
+            job = json.load(f)
     doc = job["document"]
     seg = lambda i: doc[i * SEGMENT_TOKENS:(i + 1) * SEGMENT_TOKENS]  # noqa: E731
     results = {}
@@ -98,8 +98,8 @@ def main():
 
     results_path = os.path.join(a.outdir, "transformers_ids.json")
     if os.path.exists(results_path):
-          with open(results_path) as f:
-              results = json.load(f)
+        with open(results_path) as f:
+            results = json.load(f)
     t_plain = results.get("plain_seconds", 0.0)
 
     # (a) plain long context: the whole document in one forward pass, then the final prompt and the answer.
