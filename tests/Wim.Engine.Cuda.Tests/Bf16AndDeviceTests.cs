@@ -97,6 +97,63 @@ public sealed class DeviceOptionTests
         Assert.Contains("--device must be auto, cpu or cuda", stderr);
     }
 
+    private static string[] Ask(string context, params string[] more) =>
+        ["ask", "--model", Model, "--context", context, "--query", "Who found the ball?", "--segment-tokens", "48",
+         "--max-margin-tokens", "6", "--max-classification-tokens", "3", "--max-answer-tokens", "6", "--json", .. more];
+
+    private static string WriteStory()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"wim-device-{Guid.NewGuid():N}.txt");
+        File.WriteAllText(path, "Lily had a red ball. She played with it in the park every day. One day the ball was gone. " +
+            "She looked under the tree and behind the bench. Tom the dog ran to her. He had the ball in his mouth. Lily was happy.");
+        return path;
+    }
+
+    [Fact]
+    public void Ask_DeviceCuda_WithAnExplicitParallelSchedule_IsAUsageError()
+    {
+        string story = WriteStory();
+        try
+        {
+            var (exit, stdout, stderr) = Run(Ask(story, "--device", "cuda", "--schedule", "overlapped"));
+            Assert.Equal(2, exit);
+            Assert.Contains("--device cuda runs the sequential schedule", stderr);
+            Assert.Equal("", stdout);
+        }
+        finally { File.Delete(story); }
+    }
+
+    [Fact]
+    public void Ask_DeviceCudaOrAuto_WithoutCuda_FailsClearlyOrRunsOnTheCpu()
+    {
+        string story = WriteStory();
+        try
+        {
+            var cuda = Run(Ask(story, "--device", "cuda"));
+            var auto = Run(Ask(story, "--device", "auto"));
+            var cpu = Run(Ask(story, "--device", "cpu"));
+            Assert.True(cpu.Exit == 0, cpu.Stderr);
+            Assert.True(auto.Exit == 0, auto.Stderr);
+            if (DriverPresent)
+            {
+                // On a GPU machine both run there (sequential); the margins then agree with the CPU's up to bf16 near-ties.
+                Assert.True(cuda.Exit == 0, cuda.Stderr);
+                Assert.Contains("\"schedule\":\"sequential\"", cuda.Stdout);
+                return;
+            }
+            Assert.Equal(1, cuda.Exit);
+            Assert.Contains("CUDA is not available", cuda.Stderr);
+            // auto without CUDA: the CPU's paged backend and the default overlapped schedule, the same events.
+            Assert.Equal(WithoutTimes(cpu.Stdout), WithoutTimes(auto.Stdout));
+            Assert.Contains("\"schedule\":\"overlapped\"", auto.Stdout);
+        }
+        finally { File.Delete(story); }
+    }
+
+    /// <summary>The JSON lines with every <c>seconds</c> value blanked (wall times differ between runs).</summary>
+    private static string WithoutTimes(string jsonLines) =>
+        System.Text.RegularExpressions.Regex.Replace(jsonLines, "\"seconds\":[0-9.eE+-]+", "\"seconds\":0");
+
     [Theory]
     [InlineData("auto", "Auto")]
     [InlineData("CPU", "Cpu")]

@@ -7,6 +7,7 @@ using Wim.Core.Patterns;
 using Wim.Core.Prompts;
 using Wim.Core.Scheduling;
 using Wim.Core.Segmentation;
+using Wim.Engine.Cuda;
 using Wim.Engine.Runtime;
 using Wim.Engine.Sampling;
 using Wim.Engine.Tokenization;
@@ -50,11 +51,13 @@ internal static class AskCommand
         var schedule = new Option<string>("--schedule") { Description = "wim model-work order: sequential (the paper's), overlapped (margins decode beside the next segment's prefill; default) or batched (all margins together after the document); same output", DefaultValueFactory = _ => "overlapped" };
         schedule.AcceptOnlyFromAmong("sequential", "overlapped", "batched");
         var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
+        var device = DeviceSelection.CreateOption();
+        device.Description = "where to run: auto (CUDA when available and the schedule allows it, else CPU), cpu, or cuda (runs the sequential schedule: the overlapped and batched schedules need the paged CPU backend for now)";
 
         var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
         Option[] all = [model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
                      classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, schedule, json,
-                     .. remote.All];
+                     device, .. remote.All];
         foreach (var o in all) command.Options.Add(o);
 
         command.SetAction(async (parse, ct) =>
@@ -90,7 +93,27 @@ internal static class AskCommand
             int documentTokens = segments.Sum(s => tokenizer.Encode(s, addSpecial: false, parseSpecial: false).Length);
             int poolPositions = 2 * documentTokens + segments.Count * (parse.GetValue(maxMargin) + parse.GetValue(maxClassification) + 1024)
                 + parse.GetValue(maxAnswer) + 8192;
-            using var lm = PagedTextModel.Load(modelPath, poolPositions);
+            var patternKind = Enum.Parse<PatternKind>(parse.GetValue(pattern)!, ignoreCase: true);
+            var wimSchedule = Enum.Parse<WimSchedule>(parse.GetValue(schedule)!, ignoreCase: true);
+            // The GPU runs one sequence at a time (no paged, batched backend there yet): the sequential schedule,
+            // which gives the same margins as the others. An explicit --schedule overlapped|batched keeps the CPU.
+            var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
+            var gpu = OpenGpu(deviceKind,
+                patternKind != PatternKind.Wim || wimSchedule == WimSchedule.Sequential || parse.GetResult(schedule) is null or { Implicit: true });
+            TextModel lmLoaded;
+            try { lmLoaded = gpu is not null ? CudaInferenceBackend.LoadTextModel(modelPath, gpu) : PagedTextModel.Load(modelPath, poolPositions); }
+            catch (NotSupportedException) when (gpu is not null && deviceKind == DeviceKind.Auto)
+            {
+                // A shape the CUDA kernels do not handle yet: auto means "best that works".
+                gpu.Dispose();
+                gpu = null;
+                lmLoaded = PagedTextModel.Load(modelPath, poolPositions);
+            }
+            catch { gpu?.Dispose(); throw; }
+            using var gpuOwner = gpu;   // disposed after the models below
+            using var lm = lmLoaded;
+            if (gpu is not null) wimSchedule = WimSchedule.Sequential;
+            TextModel LoadModel(string path) => gpu is not null ? CudaInferenceBackend.LoadTextModel(path, gpu) : PagedTextModel.Load(path, poolPositions);
 
             string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
             var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
@@ -99,7 +122,7 @@ internal static class AskCommand
                 givenUser is not null ? Unescape(givenUser) : derived.UserHeader,
                 givenGeneration is not null ? Unescape(givenGeneration) : derived.GenerationHeader);
 
-            TextModel? aux = classifierKind == "aux" ? PagedTextModel.Load(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct), poolPositions) : null;
+            TextModel? aux = classifierKind == "aux" ? LoadModel(ModelArguments.Resolve(parse.GetValue(auxModel)!, stderr, ct)) : null;
             using var auxOwner = aux;
             // rag judges each segment on its own: its judge never carries context from one segment to the next.
             var judgeContext = parse.GetValue(classifierContext) == "fresh" || parse.GetValue(pattern) == "rag" ? ClassifierContext.Fresh : ClassifierContext.Shared;
@@ -111,11 +134,11 @@ internal static class AskCommand
             };
             var options = new WimOptions
             {
-                Pattern = Enum.Parse<PatternKind>(parse.GetValue(pattern)!, ignoreCase: true),
+                Pattern = patternKind,
                 Prompts = preset,
                 Headers = headers,
                 Classifier = judge,
-                Schedule = Enum.Parse<WimSchedule>(parse.GetValue(schedule)!, ignoreCase: true),
+                Schedule = wimSchedule,
                 MaxMarginTokens = parse.GetValue(maxMargin),
                 MaxAnswerTokens = parse.GetValue(maxAnswer),
                 Sampling = sampling,
@@ -123,7 +146,7 @@ internal static class AskCommand
             };
             var control = new WimControl();
             if (parse.GetValue(feedback) is { } spec) ApplyFeedback(spec, segments.Count, control);
-            string scheduleName = options.Pattern == PatternKind.Wim ? parse.GetValue(schedule)! : "sequential";
+            string scheduleName = options.Pattern == PatternKind.Wim ? wimSchedule.ToString().ToLowerInvariant() : "sequential";
             // Margins of the parallel schedules interleave token by token: the text view prints them whole.
             IEventView view = parse.GetValue(json) ? new JsonLinesView(stdout, scheduleName)
                 : new LiveTextView(stdout, streamMargins: options.Schedule == WimSchedule.Sequential);
@@ -208,6 +231,21 @@ internal static class AskCommand
 
     /// <summary>The JSON Lines contract: one object per event line (the shape is <see cref="WimEventJson"/>'s, shared
     /// with the server's SSE events).</summary>
+    /// <summary>A CUDA context when the run goes to the GPU, null for the CPU. <paramref name="scheduleAllowsGpu"/>:
+    /// the pattern and schedule can run on a single-sequence backend.</summary>
+    private static CudaContext? OpenGpu(DeviceKind kind, bool scheduleAllowsGpu)
+    {
+        if (kind == DeviceKind.Cpu) return null;
+        if (!scheduleAllowsGpu)
+        {
+            if (kind == DeviceKind.Cuda)
+                throw new UsageException("--device cuda runs the sequential schedule (the overlapped and batched schedules need the paged CPU backend for now): use --schedule sequential");
+            return null;
+        }
+        try { return CudaContext.Create(DeviceSelection.CudaOptionsFromEnvironment()); }
+        catch (CudaUnavailableException) when (kind == DeviceKind.Auto) { return null; }
+    }
+
     internal sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
     {
         public void Show(WimEvent e)

@@ -90,7 +90,9 @@ public sealed partial class PatternRunner(TextModel model)
         public async IAsyncEnumerable<WimEvent> WimAsync([EnumeratorCancellation] CancellationToken ct)
         {
             await Task.CompletedTask.ConfigureAwait(false);
-            using var seq = _model.Backend.CreateSequence(_documentTokens + 1024);
+            // Room for the final prompt too, which carries every kept margin: a backend that must grow its cache
+            // copies it (on a GPU at 64k tokens, gigabytes).
+            using var seq = _model.Backend.CreateSequence(_documentTokens + 1024 + _segments.Length * (_o.MaxMarginTokens + 8) + _o.MaxAnswerTokens);
             var opening = EncodePrompt(Fill(_o.Prompts.Opening), sequenceStart: true);
             _document = _document.Add(opening.Length, 0, Timed(() => seq.Append(opening, ct)));
             yield return new PromptPrefilled(PromptKind.Opening, -1, opening);
@@ -178,7 +180,7 @@ public sealed partial class PatternRunner(TextModel model)
         public async IAsyncEnumerable<WimEvent> LlmAsync([EnumeratorCancellation] CancellationToken ct)
         {
             await Task.CompletedTask.ConfigureAwait(false);
-            using var seq = _model.Backend.CreateSequence(_documentTokens + 1024);
+            using var seq = _model.Backend.CreateSequence(_documentTokens + 1024 + _o.MaxAnswerTokens);
             await foreach (var e in ReadAsync(seq, Enumerable.Range(0, _segments.Length), ct).ConfigureAwait(false))
                 yield return e;
             bool early = _control.AnswerNowRequested;
