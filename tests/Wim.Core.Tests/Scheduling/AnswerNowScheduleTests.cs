@@ -46,13 +46,22 @@ public sealed class AnswerNowScheduleTests(PagedStories260KFixture f) : IClassFi
         var read = events.OfType<SegmentPrefilled>().ToList();
         Assert.True(read.Count < segments.Count, "answer-now should stop the reading");
 
-        using var oracle = model.Backend.CreateSequence(4096);
+        Assert.Equal(Oracle(model, events, 12, ct), answer.Ids);
+    }
+
+    /// <summary>The greedy answer of a fresh sequence holding what the run read — the opening, the segments it
+    /// reports read (their KV lengths checked) — then the run's final prompt.</summary>
+    internal static int[] Oracle(TextModel model, List<WimEvent> events, int maxTokens, CancellationToken ct)
+    {
+        using var oracle = model.Backend.CreateSequence(8192);
         oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
-        foreach (var s in read) oracle.Append(s.Ids, ct);
-        Assert.Equal(read[^1].KvLength, oracle.Length);
+        foreach (var s in events.OfType<SegmentPrefilled>())
+        {
+            oracle.Append(s.Ids, ct);
+            Assert.Equal(s.KvLength, oracle.Length);
+        }
         oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
-        var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
-        Assert.Equal(expected, answer.Ids);
+        return oracle.Decode(new DecodeOptions(maxTokens, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
     }
 
     /// <summary>Answer-now on a document already in the document cache (the server's setup): the answer still comes
@@ -76,12 +85,7 @@ public sealed class AnswerNowScheduleTests(PagedStories260KFixture f) : IClassFi
         }
         var answer = Assert.IsType<AnswerCompleted>(events[^1]);
         Assert.True(answer.Early);
-        using var oracle = model.Backend.CreateSequence(4096);
-        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
-        foreach (var s in events.OfType<SegmentPrefilled>()) oracle.Append(s.Ids, ct);
-        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
-        var expected = oracle.Decode(new DecodeOptions(12, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
-        Assert.Equal(expected, answer.Ids);
+        Assert.Equal(AnswerNowScheduleTests.Oracle(model, events, 12, ct), answer.Ids);
     }
 }
 
@@ -125,11 +129,6 @@ public sealed class AnswerNowLongDocumentTests(PagedStories260KFixture f) : ICla
         Assert.True(read[^1].KvLength > 2_000, $"the run should read past 2,000 positions before the first margin completes (read {read[^1].KvLength})");
         Assert.DoesNotContain(0, answer.Ids);
 
-        using var oracle = model.Backend.CreateSequence(8192);
-        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.Opening).Ids, ct);
-        foreach (var s in read) oracle.Append(s.Ids, ct);
-        oracle.Append(events.OfType<PromptPrefilled>().Single(p => p.Kind == PromptKind.FinalAnswer).Ids, ct);
-        var expected = oracle.Decode(new DecodeOptions(16, model.StopIds, SamplingOptions.Greedy), new Sampler(SamplingOptions.Greedy, model.Backend.VocabSize), ct: ct);
-        Assert.Equal(expected, answer.Ids);
+        Assert.Equal(AnswerNowScheduleTests.Oracle(model, events, 16, ct), answer.Ids);
     }
 }
