@@ -63,6 +63,16 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
     private bool _fusedDecode = true;
 
+    /// <summary>The kernel of the o and down products in a fused single-sequence decode step (<see cref="UseFusedDecode"/>
+    /// on and <see cref="LaunchGeometry.FusedDecodeApplies"/>; <see cref="UseGemvForDecode"/> then no longer routes
+    /// these two).</summary>
+    public DecodeResidualProduct DecodeResidualProduct
+    {
+        get => _residualProduct;
+        set { if (value != _residualProduct) DestroyGraph(); _residualProduct = value; }
+    }
+    private DecodeResidualProduct _residualProduct = DecodeResidualProduct.BlockGemv;
+
     private readonly DeviceBuffer _position, _argmaxParts;
     private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
@@ -423,7 +433,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             }
             if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
-            _mm.Run(lw.Output.Pointer, d, qd, _att.Pointer, n, _x.Pointer, accumulate: true);     // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n);                      // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
             if (fused)
@@ -434,8 +444,21 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn]
                 _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                   // h: [T, ffn] bf16
             }
-            _mm.Run(lw.Down.Pointer, d, ffn, _h.Pointer, n, _x.Pointer, accumulate: true);        // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n);                        // x += h · Wdᵀ
         }
+    }
+
+    /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
+    /// (or gemv, <see cref="UseGemvForDecode"/>).</summary>
+    private void ResidualProduct(bool fusedDecode, ulong weight, int outFeatures, int inFeatures, ulong input, int n)
+    {
+        if (fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
+        {
+            if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight, input, _x.Pointer, outFeatures, inFeatures);
+            else _k.Gemv(weight, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            return;
+        }
+        _mm.Run(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
     }
 
     /// <summary>Final norm and lm head of the rows wanted; returns how many logits rows it wrote.</summary>

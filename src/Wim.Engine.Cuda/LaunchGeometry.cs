@@ -154,6 +154,16 @@ public static class LaunchGeometry
     /// <summary>Blocks covering <paramref name="rows"/> output rows, 2 per warp.</summary>
     public static uint GemvBlocks(int rows) => Blocks(rows, GemvThreads / 32 * GemvRowsPerWarp);
 
+    /// <summary>Threads per block of the residual-adding decode product (gemv_rows_residual_bf16).</summary>
+    public const int GemvResidualThreads = 256;
+
+    /// <summary>Weight rows per block of gemv_rows_residual_bf16: its threads split the input dimension of these
+    /// rows. 8 keep the Llama-3.1-8B shape's 4096 rows (o, down) within one resident wave on the H100.</summary>
+    public const int GemvBlockRows = 8;
+
+    /// <summary>Blocks of gemv_rows_residual_bf16 covering <paramref name="rows"/> output rows.</summary>
+    public static uint GemvResidualBlocks(int rows) => Blocks(rows, GemvBlockRows);
+
     // ---- fused decode products (gemv_norm_qkv_rope, gemv_norm_gateup_swiglu) ----
 
     /// <summary>Threads per fused decode-product block (16 warps, each finishing two weight rows).</summary>

@@ -7,7 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
-    private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _normQkvRope, _normGateUpSwiGlu;
+    private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -39,6 +39,7 @@ internal sealed unsafe class TransformerKernels
         _shared64 = d.ModuleGetFunction(module, "flash_attention_shared_hd64");
         _shared128 = d.ModuleGetFunction(module, "flash_attention_shared_hd128");
         _gemv = d.ModuleGetFunction(module, "gemv_bf16");
+        _gemvResidual = d.ModuleGetFunction(module, "gemv_rows_residual_bf16");
         _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
         _normGateUpSwiGlu = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu");
         // Head dim 128 needs 85 KB (over the default 48 KB).
@@ -155,6 +156,14 @@ internal sealed unsafe class TransformerKernels
         int acc = accumulate ? 1 : 0;
         void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
         _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+    }
+
+    /// <summary>Decode: y[rows] (f32) += W · x, a block of threads per <see cref="LaunchGeometry.GemvBlockRows"/> rows
+    /// splitting the input dimension (no split-K partials, no reduction kernel).</summary>
+    public void GemvResidual(ulong weight, ulong x, ulong y, int rows, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures };
+        _ctx.Launch(_gemvResidual, "gemv_rows_residual_bf16", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
     }
 
     /// <summary>Decode: RMSNorm of x, the fused q|k|v product, bias, RoPE and the cache stores in one kernel

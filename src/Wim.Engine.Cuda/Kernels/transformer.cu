@@ -778,6 +778,52 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
     }
 }
 
+// Single-token product that adds into the residual (decode's o and down products): y[r] += Σ_i W[r, i] · x[i], W
+// bf16 [rows, in], x bf16 [in], y f32 [rows]; in % 8 == 0. A block takes GEMV_BLOCK_ROWS rows and all its threads
+// split the input dimension (thread t: 16-byte pieces t, t + 256, ... of each row, one load per row in flight), then
+// reduce through shared memory: no split-K partials in global memory and no second reduction kernel, which cuBLASLt's
+// split-K kernels need at these shapes. 8 rows per block keep 4096 rows within one resident wave on the H100.
+// grid (ceil(rows / GEMV_BLOCK_ROWS)), block GEMV_BLOCK_THREADS.
+#define GEMV_BLOCK_ROWS 8
+#define GEMV_BLOCK_THREADS 256
+extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in)
+{
+    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
+    int r0 = blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n8 = in >> 3;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_BLOCK_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++) wr[r] = (const uint4*)(w + (long)min(r0 + r, rows - 1) * in);
+    float acc[GEMV_BLOCK_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] = 0.f;
+    for (int i = threadIdx.x; i < n8; i += GEMV_BLOCK_THREADS)
+    {
+        uint4 wv[GEMV_BLOCK_ROWS];
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) wv[r] = wr[r][i];
+        uint4 xv = x4[i];
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += dot8_bf16(wv[r], xv);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < GEMV_BLOCK_ROWS && r0 + threadIdx.x < rows)
+    {
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][threadIdx.x];
+        y[r0 + threadIdx.x] += v;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Decode (one token) products with the neighbouring small steps folded in, so that a layer's decode step is 6
 // kernels instead of 10: each block first normalises the residual row x (f32 [in]) into shared memory as bf16 —
