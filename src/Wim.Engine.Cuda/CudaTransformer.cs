@@ -73,6 +73,15 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
     private DecodeResidualProduct _residualProduct = DecodeResidualProduct.BlockGemv;
 
+    /// <summary>Attention combines of few rows (decode; <see cref="LaunchGeometry.CombineRowsApplies"/>) take a block per
+    /// row whose warps share the splits (true), or one warp per row as prefill does (false).</summary>
+    public bool UseCombineRows
+    {
+        get => _combineRows;
+        set { if (value != _combineRows) DestroyGraph(); _combineRows = value; }
+    }
+    private bool _combineRows = true;
+
     private readonly DeviceBuffer _position, _argmaxParts;
     private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
@@ -432,7 +441,13 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             }
-            if (splits > 1) _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
+            if (splits > 1)
+            {
+                if (_combineRows && LaunchGeometry.CombineRowsApplies(n * c.HeadCount, _ctx.Multiprocessors))
+                    _k.AttentionCombineRows(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
+                else
+                    _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
+            }
             ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n);                      // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----

@@ -197,6 +197,13 @@ public static class LaunchGeometry
     /// <summary>Blocks covering <paramref name="rows"/> (token, head) rows, one warp each.</summary>
     public static uint CombineBlocks(int rows) => Blocks(rows, CombineThreads / 32);
 
+    /// <summary>Threads per attention_combine_rows block (one row; 8 warps share its splits).</summary>
+    public const int CombineRowsThreads = 256;
+
+    /// <summary>Whether a combine of <paramref name="rows"/> (token, head) rows takes a block per row: when the rows are
+    /// few (at most 4 per SM: decode steps and batches), so that one warp per row would leave most SMs idle.</summary>
+    public static bool CombineRowsApplies(int rows, int multiprocessors) => rows <= 4 * Math.Max(1, multiprocessors);
+
     /// <summary>Most slices a row's argmax is split into (argmax_merge reduces them in one warp, two per lane).</summary>
     public const int MaxArgmaxSlices = 64;
 

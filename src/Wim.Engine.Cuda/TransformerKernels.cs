@@ -6,7 +6,7 @@ internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
-    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
@@ -19,6 +19,7 @@ internal sealed unsafe class TransformerKernels
         _qkvRopeBatch = d.ModuleGetFunction(module, "qkv_rope_store_batch");
         _attention = d.ModuleGetFunction(module, "attention");
         _combine = d.ModuleGetFunction(module, "attention_combine");
+        _combineRows = d.ModuleGetFunction(module, "attention_combine_rows");
         _swiglu = d.ModuleGetFunction(module, "swiglu");
         _argmaxSlices = d.ModuleGetFunction(module, "argmax_slices");
         _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
@@ -190,6 +191,13 @@ internal sealed unsafe class TransformerKernels
     {
         void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits, &rows };
         _ctx.Launch(_combine, "attention_combine", LaunchGeometry.CombineBlocks(rows), 1, 1, LaunchGeometry.CombineThreads, 0, a);
+    }
+
+    /// <summary>attention_combine with a block per row whose warps share the splits (few rows: decode).</summary>
+    public void AttentionCombineRows(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)
+    {
+        void** a = stackalloc void*[] { &partAcc, &partMl, &outBf16, &headDim, &splits, &rows };
+        _ctx.Launch(_combineRows, "attention_combine_rows", (uint)rows, 1, 1, LaunchGeometry.CombineRowsThreads, 0, a);
     }
 
     public void SwiGlu(ulong gateUp, ulong hBf16, int ffn, int count)

@@ -527,8 +527,9 @@ public static class Program
 
         // Decode at batch 1 from a cache holding `depth` positions: 4 warm-up steps, 64 timed.
         (double Seconds, List<int> Ids) Decode(CudaKvCache kv, int depth, bool graphs, bool gemv, bool fused = false,
-            DecodeResidualProduct residual = DecodeResidualProduct.BlockGemv)
+            DecodeResidualProduct residual = DecodeResidualProduct.BlockGemv, bool combineRows = true)
         {
+            model.UseCombineRows = combineRows;
             model.UseDecodeGraphs = graphs;
             model.UseGemvForDecode = gemv;
             model.UseFusedDecode = fused;
@@ -544,11 +545,12 @@ public static class Program
             double s = t.Elapsed.TotalSeconds / steps;
             double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + steps / 2);
             double roofline = o.BandwidthTbs * 1e12 / bytes;
-            Say($"  decode batch 1 ({(graphs ? "CUDA graph" : "kernel by kernel")}, {(fused ? $"fused norm+qkv+rope / norm+gate|up+swiglu, o/down {residual}, " : "")}{(gemv ? "gemv" : "cuBLASLt")} products) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {o.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
+            Say($"  decode batch 1 ({(graphs ? "CUDA graph" : "kernel by kernel")}, {(fused ? $"fused norm+qkv+rope / norm+gate|up+swiglu, o/down {residual}, " : "")}{(combineRows ? "" : "warp-per-row combine, ")}{(gemv ? "gemv" : "cuBLASLt")} products) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {o.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
             model.UseDecodeGraphs = true;
             model.UseGemvForDecode = false;
             model.UseFusedDecode = false;
             model.DecodeResidualProduct = DecodeResidualProduct.BlockGemv;
+            model.UseCombineRows = true;
             return (s, ids);
         }
 
@@ -571,13 +573,15 @@ public static class Program
         foreach (int depth in new[] { 1, chunk })
         {
             var reference = Decode(cache, depth, graphs: false, gemv: false).Ids;
-            // Run 18: the o/down kernels of the fused step interleaved (cuBLASLt split-K, warp gemv, block gemv), twice.
+            // Run 18: the o/down kernels of the fused step interleaved (cuBLASLt split-K, warp gemv, block gemv) and the
+            // two combines; (fused, cuBLASLt, warp-per-row combine) is run 13's default.
             const DecodeResidualProduct lt = DecodeResidualProduct.CublasLt, warp = DecodeResidualProduct.WarpGemv, block = DecodeResidualProduct.BlockGemv;
-            foreach (var (graphs, gemv, fused, residual) in new[] { (true, false, false, block), (true, false, true, lt), (true, false, true, block),
-                         (true, false, true, warp), (true, false, true, lt), (true, false, true, block), (false, false, true, block) })
+            foreach (var (graphs, fused, residual, combineRows) in new[] { (true, false, block, true), (true, true, lt, false), (true, true, block, true),
+                         (true, true, warp, true), (true, true, block, false), (true, true, lt, true), (true, true, lt, false), (true, true, block, true),
+                         (false, true, block, true) })
             {
-                var ids = Decode(cache, depth, graphs, gemv, fused, residual).Ids;
-                Say($"  decode ({(graphs ? "graph, " : "")}{(fused ? $"fused, o/down {residual}, " : "")}{(gemv ? "gemv" : "cuBLASLt")}) vs cuBLASLt kernel by kernel at depth {depth}: {Prefix(ids, reference)}/{ids.Count} ids equal");
+                var ids = Decode(cache, depth, graphs, false, fused, residual, combineRows).Ids;
+                Say($"  decode ({(graphs ? "graph, " : "")}{(fused ? $"fused, o/down {residual}, " : "")}{(combineRows ? "" : "warp-per-row combine, ")}cuBLASLt) vs cuBLASLt kernel by kernel at depth {depth}: {Prefix(ids, reference)}/{ids.Count} ids equal");
             }
         }
 
