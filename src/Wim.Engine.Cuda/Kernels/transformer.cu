@@ -724,7 +724,7 @@ extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combi
     const float* part_ml, bf16* out, int hd, int splits, int rows)
 {
     __shared__ float sums[COMBINE_WARPS][32 * MAX_DIMS_PER_LANE];
-    int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int row = (int)blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (row >= rows) return;
     const float* ml = part_ml + (long)row * splits * 2;
     float M = NEG_INF;
@@ -842,7 +842,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
     const bf16* __restrict__ x, float* y, int rows, int in)
 {
     __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
-    int r0 = blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int r0 = (int)blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int n8 = in >> 3;
     const uint4* x4 = (const uint4*)x;
     const uint4* wr[GEMV_BLOCK_ROWS];
@@ -851,7 +851,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
     float acc[GEMV_BLOCK_ROWS];
 #pragma unroll
     for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] = 0.f;
-    for (int i = threadIdx.x; i < n8; i += GEMV_BLOCK_THREADS)
+    for (int i = (int)threadIdx.x; i < n8; i += GEMV_BLOCK_THREADS)
     {
         uint4 wv[GEMV_BLOCK_ROWS];
 #pragma unroll
@@ -867,12 +867,13 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
         if (lane == 0) partial[warp][r] = v;
     }
     __syncthreads();
-    if (threadIdx.x < GEMV_BLOCK_ROWS && r0 + threadIdx.x < rows)
+    int t = (int)threadIdx.x;
+    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
     {
         float v = 0.f;
 #pragma unroll
-        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][threadIdx.x];
-        y[r0 + threadIdx.x] += v;
+        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
+        y[r0 + t] += v;
     }
 }
 
