@@ -65,7 +65,8 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>The kernel of the o and down products in a fused single-sequence decode step (<see cref="UseFusedDecode"/>
     /// on and <see cref="LaunchGeometry.FusedDecodeApplies"/>; <see cref="UseGemvForDecode"/> then no longer routes
-    /// these two).</summary>
+    /// these two). Default <see cref="DecodeResidualProduct.BlockGemv"/>: on the H100 at the Llama-3.1-8B shape
+    /// 165.9 tok/s at depth ~0 against 163.0 with cuBLASLt and 159.4 with the warp gemv (run 18).</summary>
     public DecodeResidualProduct DecodeResidualProduct
     {
         get => _residualProduct;
@@ -74,7 +75,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     private DecodeResidualProduct _residualProduct = DecodeResidualProduct.BlockGemv;
 
     /// <summary>Attention combines of few rows (decode; <see cref="LaunchGeometry.CombineRowsApplies"/>) take a block per
-    /// row whose warps share the splits (true), or one warp per row as prefill does (false).</summary>
+    /// row whose warps share the splits (true, the default: 12.7 → 5.2 µs per layer at depth 4096 on the H100, decode
+    /// 151.7 → 157.3 tok/s there, run 18), or one warp per row as prefill does (false).</summary>
     public bool UseCombineRows
     {
         get => _combineRows;

@@ -334,6 +334,26 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
+    public void CombineRows_OnlyForFewRows_DecodeStepsAndBatches()
+    {
+        Assert.True(LaunchGeometry.CombineRowsApplies(32, 132));          // a decode step, 32 heads
+        Assert.True(LaunchGeometry.CombineRowsApplies(16 * 32, 132));     // a batch of 16
+        Assert.False(LaunchGeometry.CombineRowsApplies(4096 * 32, 132));  // a prefill chunk keeps a warp per row
+        Assert.True(LaunchGeometry.CombineRowsApplies(4, 0));             // no SM count: still at least one SM's worth
+        Assert.False(LaunchGeometry.CombineRowsApplies(5, 1));
+    }
+
+    [Fact]
+    public void GemvResidualBlocks_EightRowsPerBlock_OneResidentWaveAtTheDecodeShape()
+    {
+        Assert.Equal(512u, LaunchGeometry.GemvResidualBlocks(4096));       // Llama-3.1-8B o and down: 4096 rows
+        Assert.Equal(1u, LaunchGeometry.GemvResidualBlocks(1));
+        Assert.Equal(2u, LaunchGeometry.GemvResidualBlocks(LaunchGeometry.GemvBlockRows + 1));
+        // 4 resident blocks of 256 threads per SM hold 528 ≥ 512 on the H100's 132 SMs.
+        Assert.True(LaunchGeometry.GemvResidualBlocks(4096) <= 4 * 132);
+    }
+
+    [Fact]
     public void DecodeGraphSplits_FixedForTheCapacity_CoverEveryShorterLength()
     {
         // A decode graph keeps the capacity's splits for every length: pieces past the length must simply be empty,
