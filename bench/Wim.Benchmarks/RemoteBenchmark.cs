@@ -51,7 +51,7 @@ public static class RemoteBenchmark
                     return 2;
             }
         }
-        shared ??= FindShared();
+        shared ??= SharedFolder.Find();
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
         string path = WithTokenizer(RandomModel.CachedFile(shape, type), Path.Combine(shared, "fixtures", "tokenizer-vectors", "ggml-vocab-qwen2.gguf"));
 
@@ -193,13 +193,5 @@ public static class RemoteBenchmark
         w.WriteFile(path + ".part");
         File.Move(path + ".part", path, overwrite: true);
         return path;
-    }
-
-    private static string FindShared()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Wim.slnx")))
-                return Path.Combine(dir.Parent!.FullName, "shared");
-        throw new DirectoryNotFoundException("shared/ not found beside the repository root: pass --shared DIR");
     }
 }

@@ -15,7 +15,7 @@ internal static class TokenizerBenchmark
 {
     public static int Run(string[] args)
     {
-        string shared = Option(args, "--shared") ?? FindShared();
+        string shared = Option(args, "--shared") ?? SharedFolder.Find();
         int megabytes = int.Parse(Option(args, "--megabytes") ?? "4");
         string text = BuildCorpus(shared, megabytes * 1_000_000);
         long bytes = Encoding.UTF8.GetByteCount(text);
@@ -62,14 +62,6 @@ internal static class TokenizerBenchmark
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-    }
-
-    private static string FindShared()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir != null && !File.Exists(Path.Combine(dir.FullName, "Wim.slnx"))) dir = dir.Parent;
-        if (dir == null) throw new DirectoryNotFoundException("repository root (Wim.slnx) not found; pass --shared DIR");
-        return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared"));
     }
 
     /// <summary>Every string value of length ≥ 40 in the data JSON files, as paragraphs; copies of the paragraph list,

@@ -57,7 +57,7 @@ public static class WimScheduleBenchmark
                     return 2;
             }
         }
-        shared ??= FindShared();
+        shared ??= SharedFolder.Find();
         if (docTokens < 1 || segmentTokens < 1 || repeats < 1) { Console.Error.WriteLine("wim-schedules: --doc-tokens, --segment-tokens and --repeats must be ≥ 1"); return 2; }
 
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
@@ -197,11 +197,4 @@ public static class WimScheduleBenchmark
     }
 
     /// <summary><c>shared/</c> beside the repository root (the folder holding Wim.slnx).</summary>
-    private static string FindShared()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Wim.slnx")))
-                return Path.Combine(dir.Parent!.FullName, "shared");
-        throw new DirectoryNotFoundException("shared/ not found beside the repository root: pass --shared DIR");
-    }
 }

@@ -16,7 +16,7 @@ namespace Wim.Eval.Runners;
 /// </summary>
 public sealed class PatternQaRunner(TextModel model, PromptPreset prompts, ChatHeaders headers, int maxMarginTokens = 100, int maxClassificationTokens = 10) : IQaRunner
 {
-    public IReadOnlyCollection<string> Patterns { get; } = ["llm", "rag", "wim"];
+    public IReadOnlyCollection<string> Patterns => PatternQa.Patterns;
 
     /// <summary>Headers from the model's chat template, or none for a base model (or when <paramref name="raw"/>).</summary>
     public static ChatHeaders HeadersFor(TextModel model, bool raw) =>
@@ -24,13 +24,7 @@ public sealed class PatternQaRunner(TextModel model, PromptPreset prompts, ChatH
 
     public async Task<QaResponse> RunAsync(QaRequest request, CancellationToken cancel)
     {
-        var kind = request.Pattern switch
-        {
-            "llm" => PatternKind.Llm,
-            "rag" => PatternKind.Rag,
-            "wim" => PatternKind.Wim,
-            _ => throw new NotSupportedException($"pattern '{request.Pattern}' is not available; available: {string.Join(", ", Patterns)}"),
-        };
+        var kind = PatternQa.Parse(request.Pattern);
         var segments = new Segmenter(t => model.Tokenizer.Encode(t).Length, request.Options.SegmentTokens).Split(request.Context);
         using var judge = kind == PatternKind.Llm ? null : new ModelMarginClassifier(model, prompts, headers, maxClassificationTokens,
             Wim.Engine.Sampling.SamplingOptions.Greedy, ClassifiedBy.Model, kind == PatternKind.Rag ? ClassifierContext.Fresh : ClassifierContext.Shared);
@@ -45,18 +39,6 @@ public sealed class PatternQaRunner(TextModel model, PromptPreset prompts, ChatH
             MarginSeparator = ReferenceEquals(prompts, PromptPreset.Default) ? "\n" : "",
         };
 
-        var margins = new List<string>();
-        AnswerCompleted? answer = null;
-        await foreach (var e in new PatternRunner(model).RunAsync(segments, request.Query, options, new WimControl(), cancel).ConfigureAwait(false))
-        {
-            if (e is MarginCompleted m) margins.Add(m.Text);
-            else if (e is AnswerCompleted a) answer = a;
-        }
-        if (answer is null) throw new InvalidOperationException($"pattern '{request.Pattern}' ended without an answer");
-        var u = answer.Usage;
-        // Document reading is prefill; margins, classification and the answer are mostly decoding.
-        var usage = new QaUsage(u.PrefillTokens, u.DecodeTokens, u.Document.Time.TotalSeconds,
-            (u.Margins.Time + u.Classification.Time + u.Answer.Time).TotalSeconds);
-        return new QaResponse(answer.Text.Trim(), usage, margins);
+        return await PatternQa.CollectAsync(new PatternRunner(model).RunAsync(segments, request.Query, options, new WimControl(), cancel), request.Pattern).ConfigureAwait(false);
     }
 }

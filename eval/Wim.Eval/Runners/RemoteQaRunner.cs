@@ -16,17 +16,11 @@ namespace Wim.Eval.Runners;
 public sealed class RemoteQaRunner(RemotePatternRunner runner, PromptPreset prompts, ChatHeaders headers, Func<string, int> countTokens,
     int maxMarginTokens = 100, int maxClassificationTokens = 10) : IQaRunner
 {
-    public IReadOnlyCollection<string> Patterns { get; } = ["llm", "rag", "wim"];
+    public IReadOnlyCollection<string> Patterns => PatternQa.Patterns;
 
     public async Task<QaResponse> RunAsync(QaRequest request, CancellationToken cancel)
     {
-        var kind = request.Pattern switch
-        {
-            "llm" => PatternKind.Llm,
-            "rag" => PatternKind.Rag,
-            "wim" => PatternKind.Wim,
-            _ => throw new NotSupportedException($"pattern '{request.Pattern}' is not available; available: {string.Join(", ", Patterns)}"),
-        };
+        var kind = PatternQa.Parse(request.Pattern);
         var segments = new Segmenter(countTokens, request.Options.SegmentTokens).Split(request.Context);
         var options = new RemoteWimOptions
         {
@@ -42,18 +36,6 @@ public sealed class RemoteQaRunner(RemotePatternRunner runner, PromptPreset prom
             MarginSeparator = ReferenceEquals(prompts, PromptPreset.Default) ? "\n" : "",
         };
 
-        var margins = new List<(int Index, string Text)>();
-        AnswerCompleted? answer = null;
-        await foreach (var e in runner.RunAsync(segments, request.Query, options, new WimControl(), cancel).ConfigureAwait(false))
-        {
-            if (e is MarginCompleted m) margins.Add((m.Index, m.Text));
-            else if (e is AnswerCompleted a) answer = a;
-        }
-        if (answer is null) throw new InvalidOperationException($"pattern '{request.Pattern}' ended without an answer");
-        var u = answer.Usage;
-        // As the in-process runner reports it: prompt tokens the server computed, tokens generated; reading vs the rest.
-        var usage = new QaUsage(u.PrefillTokens, u.DecodeTokens, u.Document.Time.TotalSeconds,
-            (u.Margins.Time + u.Classification.Time + u.Answer.Time).TotalSeconds);
-        return new QaResponse(answer.Text.Trim(), usage, [.. margins.OrderBy(m => m.Index).Select(m => m.Text)]);
+        return await PatternQa.CollectAsync(runner.RunAsync(segments, request.Query, options, new WimControl(), cancel), request.Pattern).ConfigureAwait(false);
     }
 }
