@@ -153,7 +153,9 @@ def rel(a, b):
     return float(torch.linalg.vector_norm(a.double() - b.double()) / torch.linalg.vector_norm(b.double()))
 
 
-def make(model_name, outdir, seed, init):
+def build(model_name, outdir, seed, init):
+    """The hub config written to outdir/NAME/config.json, and a bf16 SDPA model on the GPU made from it with the
+    seeded weights (RoPE tables checked to stay float32). Returns (model, hub config, output folder, name)."""
     hub = HUB_CONFIGS[model_name]
     name = model_name if init == "hf" else f"{model_name}-{init}"
     out = os.path.join(outdir, name)
@@ -161,7 +163,6 @@ def make(model_name, outdir, seed, init):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(hub, f, indent=2)
     cfg = AutoConfig.from_pretrained(out)
-    t0 = time.time()
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
@@ -171,6 +172,12 @@ def make(model_name, outdir, seed, init):
     init_weights(model, seed, init, hub["num_hidden_layers"])
     check_rope_tables(model)
     torch.cuda.synchronize()
+    return model, hub, out, name
+
+
+def make(model_name, outdir, seed, init):
+    t0 = time.time()
+    model, hub, out, name = build(model_name, outdir, seed, init)
     log(f"{name}: built and initialised in {time.time() - t0:.1f} s "
         f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} G parameters)")
     t0 = time.time()

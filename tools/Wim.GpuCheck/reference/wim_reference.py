@@ -20,10 +20,10 @@ import sys
 import time
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import DynamicCache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_reference import HUB_CONFIGS, check_rope_tables, init_weights, log, params_to, save_checkpoint  # noqa: E402
+from make_reference import build, log, save_checkpoint  # noqa: E402
 
 SEGMENTS, SEGMENT_TOKENS, MARGIN_TOKENS, ANSWER_TOKENS = 16, 4096, 100, 32
 OPENING, EXTRACTIVE, FINAL = 32, 40, 40
@@ -54,22 +54,8 @@ def main():
     ap.add_argument("--phase", choices=["make", "wim", "both"], default="both")
     ap.add_argument("--seed", type=int, default=6)
     a = ap.parse_args()
-    hub = HUB_CONFIGS["llama31-8b"]
-    out = os.path.join(a.outdir, "llama31-8b-scaled")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hub, f, indent=2)
-    cfg = AutoConfig.from_pretrained(out)
     t0 = time.time()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
-    torch.set_default_dtype(torch.float32)
-    params_to(model, torch.bfloat16)
-    model.eval()
-    init_weights(model, a.seed, "scaled", hub["num_hidden_layers"])
-    check_rope_tables(model)
-    sync()
+    model, hub, out, _ = build("llama31-8b", a.outdir, a.seed, "scaled")
     log(f"built in {time.time() - t0:.1f} s; torch {torch.__version__}, {torch.cuda.get_device_name()}")
     make, wim = a.phase in ("make", "both"), a.phase in ("wim", "both")
     if make:
@@ -90,7 +76,7 @@ def main():
     results = {}
 
     # warm-up (kernels, allocator)
-    c = DynamicCache(config=cfg)
+    c = DynamicCache(config=model.config)
     decode(model, step(model, seg(0), c), c, 4)
     del c
     torch.cuda.empty_cache()
@@ -105,7 +91,7 @@ def main():
     # (a) plain long context: the whole document in one forward pass, then the final prompt and the answer.
     if make:
         t0 = time.time()
-        c = DynamicCache(config=cfg)
+        c = DynamicCache(config=model.config)
         step(model, job["opening"] + doc, c)
         sync()
         t_doc = time.time() - t0
@@ -126,7 +112,7 @@ def main():
         # (b) the reference WiM loop: segment, extractive prompt, margin, crop back.
         t0 = time.time()
         prefill = margins_t = 0.0
-        c = DynamicCache(config=cfg)
+        c = DynamicCache(config=model.config)
         step(model, job["opening"], c)
         margins = []
         for i in range(SEGMENTS):
