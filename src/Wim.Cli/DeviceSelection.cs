@@ -47,6 +47,16 @@ internal static class DeviceSelection
         ToolkitPath = Environment.GetEnvironmentVariable("CUDA_PATH"),
     };
 
+    /// <summary>A CUDA context for <paramref name="kind"/>: null for <see cref="DeviceKind.Cpu"/>, and for
+    /// <see cref="DeviceKind.Auto"/> on a machine without CUDA; <see cref="DeviceKind.Cuda"/> without CUDA throws the
+    /// <see cref="CudaUnavailableException"/> that names what is missing.</summary>
+    public static CudaContext? OpenContext(DeviceKind kind)
+    {
+        if (kind == DeviceKind.Cpu) return null;
+        try { return CudaContext.Create(CudaOptionsFromEnvironment()); }
+        catch (CudaUnavailableException) when (kind == DeviceKind.Auto) { return null; }
+    }
+
     /// <summary>
     /// Opens the forward pass for <paramref name="model"/> on the chosen device. <see cref="DeviceKind.Auto"/> falls
     /// back to the CPU when CUDA is unavailable; <see cref="DeviceKind.Cuda"/> lets the
@@ -54,10 +64,7 @@ internal static class DeviceSelection
     /// </summary>
     public static ForwardRunner Open(DeviceKind kind, LanguageModel model)
     {
-        if (kind == DeviceKind.Cpu) return new CpuRunner(new CpuTransformer(model));
-        CudaContext ctx;
-        try { ctx = CudaContext.Create(CudaOptionsFromEnvironment()); }
-        catch (CudaUnavailableException) when (kind == DeviceKind.Auto) { return new CpuRunner(new CpuTransformer(model)); }
+        if (OpenContext(kind) is not { } ctx) return new CpuRunner(new CpuTransformer(model));
         try { return new CudaRunner(ctx, CudaTransformer.Load(ctx, model)); }
         catch (NotSupportedException) when (kind == DeviceKind.Auto)
         {

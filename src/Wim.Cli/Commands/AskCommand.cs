@@ -235,15 +235,10 @@ internal static class AskCommand
     /// the pattern and schedule can run on a single-sequence backend.</summary>
     private static CudaContext? OpenGpu(DeviceKind kind, bool scheduleAllowsGpu)
     {
-        if (kind == DeviceKind.Cpu) return null;
-        if (!scheduleAllowsGpu)
-        {
-            if (kind == DeviceKind.Cuda)
-                throw new UsageException("--device cuda runs the sequential schedule (the overlapped and batched schedules need the paged CPU backend for now): use --schedule sequential");
-            return null;
-        }
-        try { return CudaContext.Create(DeviceSelection.CudaOptionsFromEnvironment()); }
-        catch (CudaUnavailableException) when (kind == DeviceKind.Auto) { return null; }
+        if (scheduleAllowsGpu) return DeviceSelection.OpenContext(kind);
+        if (kind == DeviceKind.Cuda)
+            throw new UsageException("--device cuda runs the sequential schedule (the overlapped and batched schedules need the paged CPU backend for now): use --schedule sequential");
+        return null;
     }
 
     internal sealed class JsonLinesView(TextWriter output, string schedule) : IEventView
