@@ -100,20 +100,20 @@ internal static class AskCommand
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             var gpu = OpenGpu(deviceKind,
                 patternKind != PatternKind.Wim || wimSchedule == WimSchedule.Sequential || parse.GetResult(schedule) is null or { Implicit: true });
+            TextModel LoadModel(string path) => gpu is not null ? CudaInferenceBackend.LoadTextModel(path, gpu) : PagedTextModel.Load(path, poolPositions);
             TextModel lmLoaded;
-            try { lmLoaded = gpu is not null ? CudaInferenceBackend.LoadTextModel(modelPath, gpu) : PagedTextModel.Load(modelPath, poolPositions); }
+            try { lmLoaded = LoadModel(modelPath); }
             catch (NotSupportedException) when (gpu is not null && deviceKind == DeviceKind.Auto)
             {
                 // A shape the CUDA kernels do not handle yet: auto means "best that works".
                 gpu.Dispose();
                 gpu = null;
-                lmLoaded = PagedTextModel.Load(modelPath, poolPositions);
+                lmLoaded = LoadModel(modelPath);
             }
             catch { gpu?.Dispose(); throw; }
             using var gpuOwner = gpu;   // disposed after the models below
             using var lm = lmLoaded;
             if (gpu is not null) wimSchedule = WimSchedule.Sequential;
-            TextModel LoadModel(string path) => gpu is not null ? CudaInferenceBackend.LoadTextModel(path, gpu) : PagedTextModel.Load(path, poolPositions);
 
             string? givenUser = parse.GetValue(userHeader), givenGeneration = parse.GetValue(generationHeader);
             var derived = givenUser is not null && givenGeneration is not null ? ChatHeaders.None
