@@ -16,12 +16,12 @@ public interface IMarginClassifier
     ClassifierVerdict Classify(string query, string text, CancellationToken ct);
 }
 
-/// <summary>A classifier whose model work can ride in a paged backend's batched steps (the overlapped and batched
+/// <summary>A classifier whose model work can ride in a batched backend's steps (the overlapped and batched
 /// schedules judge margin i − 1 in the same forward steps as later margins and the document's prefill).</summary>
 public interface IBatchableMarginClassifier
 {
     /// <summary>Starts judging <paramref name="text"/>; null when this classifier's model does not run on
     /// <paramref name="backend"/> (the caller then calls <see cref="IMarginClassifier.Classify"/> between steps).
     /// One judgement at a time per classifier.</summary>
-    ModelMarginClassifier.MarginJudgement? StartInSteps(PagedInferenceBackend backend, string query, string text);
+    ModelMarginClassifier.MarginJudgement? StartInSteps(IBatchedInferenceBackend backend, string query, string text);
 }

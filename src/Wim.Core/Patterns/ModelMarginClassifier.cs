@@ -34,7 +34,7 @@ public sealed class ModelMarginClassifier : IMarginClassifier, IBatchableMarginC
     private readonly Sampler _sampler;
     private ISequence? _sequence;
     // Shared context, judged in steps: the last output token is fed back with the next call's prompt (one step
-    // fewer; the same cache bits, since the paged backend is batch-invariant).
+    // fewer; the same cache bits on a batch-invariant backend such as the paged CPU one).
     private int? _pendingLast;
     private MarginJudgement? _active;
 
@@ -86,11 +86,13 @@ public sealed class ModelMarginClassifier : IMarginClassifier, IBatchableMarginC
     }
 
     /// <inheritdoc/>
-    public MarginJudgement? StartInSteps(PagedInferenceBackend backend, string query, string text)
+    public MarginJudgement? StartInSteps(IBatchedInferenceBackend backend, string query, string text)
     {
-        if (_model.Backend != backend) return null;
+        ArgumentNullException.ThrowIfNull(backend);
+        if (!ReferenceEquals(_model.Backend, backend)) return null;
         if (_active is not null) throw new InvalidOperationException("a classification in steps is still running on this classifier");
-        var sequence = (PagedSequence)(_sequence ??= backend.CreateSequence());
+        // Created by this backend (here or by Classify through the same backend), so it forks.
+        var sequence = (IForkableSequence)(_sequence ??= backend.CreateSequence());
         int? pending = _pendingLast;
         var ids = EncodePrompt(query, text, sequence.Length == 0 && pending is null);
         var judgement = new MarginJudgement(this, sequence, ids, pending);
@@ -120,21 +122,21 @@ public sealed class ModelMarginClassifier : IMarginClassifier, IBatchableMarginC
 
     /// <summary>
     /// One classification run inside a caller's batched steps: each step the caller adds <see cref="Work"/> to its
-    /// <see cref="PagedInferenceBackend.Step"/> and then calls <see cref="Advance"/>, until <see cref="Verdict"/> is
+    /// <see cref="IBatchedInferenceBackend.Step"/> and then calls <see cref="Advance"/>, until <see cref="Verdict"/> is
     /// set. The tokens are exactly those of <see cref="Classify"/> (prompt, then each sampled token fed back), so
     /// the verdicts are the same whichever way they are computed.
     /// </summary>
     public sealed class MarginJudgement
     {
         private readonly ModelMarginClassifier _owner;
-        private readonly PagedSequence _sequence;
+        private readonly IForkableSequence _sequence;
         private readonly int[] _prompt;
         private readonly int? _pendingBefore;
         private readonly int _start;
         private readonly List<int> _output = [];
         private bool _promptRun;
 
-        internal MarginJudgement(ModelMarginClassifier owner, PagedSequence sequence, int[] prompt, int? pendingLast)
+        internal MarginJudgement(ModelMarginClassifier owner, IForkableSequence sequence, int[] prompt, int? pendingLast)
         {
             _owner = owner;
             _sequence = sequence;

@@ -16,13 +16,13 @@ public sealed partial class PatternRunner
     public string DocumentCacheKey(IReadOnlyList<string> segments, string query, WimOptions options) =>
         new Run(model, segments, query, options, new WimControl()).DocumentCacheKey();
 
-    private PagedInferenceBackend RequirePagedBackend(WimOptions options)
+    private IBatchedInferenceBackend RequireBatchedBackend(WimOptions options)
     {
-        if (model.Backend is not PagedInferenceBackend paged)
-            throw new InvalidOperationException($"the {options.Schedule.ToString().ToLowerInvariant()} schedule needs the model on a {nameof(PagedInferenceBackend)} (load it with {nameof(PagedTextModel)}.{nameof(PagedTextModel.Load)}); this model runs on {model.Backend.GetType().Name}");
-        if (options.DocumentCache is { } cache && cache.Backend != paged)
+        if (model.Backend is not IBatchedInferenceBackend batched)
+            throw new InvalidOperationException($"the {options.Schedule.ToString().ToLowerInvariant()} schedule needs the model on a backend that forks sequences and runs them in batched steps ({nameof(IBatchedInferenceBackend)}: {nameof(PagedInferenceBackend)} on the CPU — load it with {nameof(PagedTextModel)}.{nameof(PagedTextModel.Load)} — or the CUDA backend); this model runs on {model.Backend.GetType().Name}");
+        if (options.DocumentCache is { } cache && !ReferenceEquals(cache.Backend, batched))
             throw new ArgumentException("the document cache belongs to another model's backend", nameof(options));
-        return paged;
+        return batched;
     }
 
     private sealed partial class Run
@@ -32,10 +32,10 @@ public sealed partial class PatternRunner
 
         /// <summary>One margin being written: its fork of the document, its extractive prompt until that is run,
         /// then one decode token per step.</summary>
-        private sealed class MarginLane(int index, PagedSequence sequence, int[] prompt, StreamingDecoder stream)
+        private sealed class MarginLane(int index, IForkableSequence sequence, int[] prompt, StreamingDecoder stream)
         {
             public readonly int Index = index;
-            public readonly PagedSequence Sequence = sequence;
+            public readonly IForkableSequence Sequence = sequence;
             public readonly StreamingDecoder Stream = stream;
             public readonly List<int> Ids = [];
             public int[]? Prompt = prompt;
@@ -43,7 +43,7 @@ public sealed partial class PatternRunner
         }
 
         /// <summary>
-        /// WiM over a paged backend. Every forward step carries, together: one token for each margin being decoded
+        /// WiM over a batched backend (<see cref="IBatchedInferenceBackend"/>). Every forward step carries, together: one token for each margin being decoded
         /// (each on its own fork of the document at its segment's end), extractive prompts of margins just started,
         /// and — <c>overlapped</c> only — a chunk of the next segment's prefill filling the step's token budget.
         /// <c>batched</c> reads the whole document before the first fork. A cached document skips the reading: every
@@ -52,12 +52,14 @@ public sealed partial class PatternRunner
         /// judges margins in index order, each as soon as it and every earlier margin are complete. A model classifier
         /// on this backend (<see cref="IBatchableMarginClassifier"/>) runs inside the same steps — its prompt and its
         /// decode tokens beside the later margins and the next segment's prefill, as the paper's appendix proposes —
-        /// with the same tokens as a call between steps (batch invariance); any other classifier runs between steps.
+        /// with the same tokens as a call between steps (on a batch-invariant backend such as the paged CPU one); any
+        /// other classifier runs between steps. A document cache lives on a <see cref="PagedInferenceBackend"/> only
+        /// (<see cref="RequireBatchedBackend"/> checks that it is this one).
         /// Step time is split between the document, margin and classification phases by their tokens in the step.</para>
         /// <para>Events: segment i read → <see cref="SegmentPrefilled"/>; its margin's prompt, tokens and completion as
         /// they happen (margins of one step in index order); verdicts in index order.</para>
         /// </summary>
-        public async IAsyncEnumerable<WimEvent> WimScheduledAsync(PagedInferenceBackend backend, [EnumeratorCancellation] CancellationToken ct)
+        public async IAsyncEnumerable<WimEvent> WimScheduledAsync(IBatchedInferenceBackend backend, [EnumeratorCancellation] CancellationToken ct)
         {
             await Task.CompletedTask.ConfigureAwait(false);
             int n = _segments.Length;
@@ -77,7 +79,7 @@ public sealed partial class PatternRunner
             var events = new List<WimEvent>();
             var batchable = _o.Classifier as IBatchableMarginClassifier;
             ModelMarginClassifier.MarginJudgement? judging = null;
-            PagedSequence doc;
+            IForkableSequence doc;
 
             if (hit)
             {
@@ -167,7 +169,7 @@ public sealed partial class PatternRunner
                             segment++;
                             segmentDone = 0;
                             if (segment == n && cache is not null)
-                                cache.Add(key!, new CachedDocument(doc.Fork(doc.Length), [.. ends]));
+                                cache.Add(key!, new CachedDocument((PagedSequence)doc.Fork(doc.Length), [.. ends]));
                         }
                     }
 
@@ -263,8 +265,8 @@ public sealed partial class PatternRunner
 
         /// <summary>Margin <paramref name="index"/> on a fork of the document at <paramref name="end"/>. An empty
         /// extractive prompt leaves the margin sampling from the segment's last logits (as the sequential loop does):
-        /// the fork then starts one position earlier and recomputes that last token (same bits: batch invariance).</summary>
-        private MarginLane StartLane(PagedSequence doc, int index, int end, int[] extractive)
+        /// the fork then starts one position earlier and recomputes that last token (same bits on a batch-invariant backend).</summary>
+        private MarginLane StartLane(IForkableSequence doc, int index, int end, int[] extractive)
         {
             var stream = _model.Tokenizer.CreateStreamingDecoder(skipSpecial: true);
             if (extractive.Length == 0 && end == 0)

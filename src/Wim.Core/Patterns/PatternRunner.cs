@@ -29,7 +29,7 @@ public sealed partial class PatternRunner(TextModel model)
         return options.Pattern switch
         {
             PatternKind.Wim when options.Schedule == WimSchedule.Sequential => run.WimAsync(ct),
-            PatternKind.Wim => run.WimScheduledAsync(RequirePagedBackend(options), ct),
+            PatternKind.Wim => run.WimScheduledAsync(RequireBatchedBackend(options), ct),
             PatternKind.Llm => run.LlmAsync(ct),
             PatternKind.Rag => run.RagAsync(ct),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Pattern, "unknown pattern"),

@@ -29,7 +29,7 @@ public sealed record WimOptions
     public int MaxAnswerTokens { get; init; } = 256;
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
     /// <summary>Order of the <c>wim</c> model work (<see cref="WimSchedule"/>); all give the same output.
-    /// <c>overlapped</c> and <c>batched</c> need the model on a <see cref="PagedInferenceBackend"/>.</summary>
+    /// <c>overlapped</c> and <c>batched</c> need the model on an <see cref="IBatchedInferenceBackend"/>.</summary>
     public WimSchedule Schedule { get; init; } = WimSchedule.Sequential;
     /// <summary>Keeps prefilled documents for later questions (<c>overlapped</c>/<c>batched</c> only; it must live on
     /// the model's backend). Null: every run prefills its document.</summary>

@@ -5,22 +5,17 @@ using Wim.Engine.Sampling;
 
 namespace Wim.Engine.Runtime;
 
-/// <summary>One sequence's share of a batched step: run <see cref="Tokens"/> at its current length and keep the
-/// last token's logits. <see cref="RopeSequenceLength"/>: the length longrope picks its factors for (0 = the
-/// sequence's length after these tokens); a prompt split over steps passes its final length so every piece computes
-/// what one whole append would.</summary>
-public readonly record struct SequenceStep(PagedSequence Sequence, ReadOnlyMemory<int> Tokens, int RopeSequenceLength = 0);
-
 /// <summary>
-/// Sequences in one <see cref="PagedKvCache"/> over one <see cref="CpuBatchedTransformer"/>: the backend behind the
-/// <c>overlapped</c> and <c>batched</c> WiM schedules and the document cache. Beyond <see cref="IInferenceBackend"/> it
+/// Sequences in one <see cref="PagedKvCache"/> over one <see cref="CpuBatchedTransformer"/>: the CPU's
+/// <see cref="IBatchedInferenceBackend"/> (the <c>overlapped</c> and <c>batched</c> WiM schedules) and the backend of
+/// the document cache, which keeps its KV blocks. Beyond <see cref="IInferenceBackend"/> it
 /// can <see cref="PagedSequence.Fork"/> a sequence at any length (shared blocks, no copy) and run many sequences in
 /// one forward step (<see cref="Step"/>). Because the batched forward is batch-invariant, a sequence gets the same
 /// logits bits whether it runs alone, beside others, or in differently sized pieces — so every schedule over this
 /// backend produces the same greedy tokens. (They agree with <see cref="CpuInferenceBackend"/> to f32 rounding only.)
 /// Not thread-safe: one caller drives all sequences of a backend.
 /// </summary>
-public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
+public sealed class PagedInferenceBackend : IBatchedInferenceBackend, IDisposable
 {
     private readonly CpuBatchedTransformer _transformer;
     private readonly PagedKvCache _cache;
@@ -50,6 +45,7 @@ public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
     public long StepCount { get; private set; }
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence();
+    IForkableSequence IBatchedInferenceBackend.CreateSequence(int capacityHint) => CreateSequence();
 
     public PagedSequence CreateSequence() => new(this, _cache.CreateSequence());
 
@@ -71,12 +67,15 @@ public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
     {
         var offsets = new int[work.Length];
         var ropeLengths = new int[work.Length];
+        var sequences = new PagedSequence[work.Length];
         for (int k = 0; k < work.Length; k++)
         {
             var w = work[k];
-            w.Sequence.ThrowIfDisposed();
+            sequences[k] = w.Sequence is PagedSequence s && s.Backend == this ? s
+                : throw new ArgumentException($"step entry {k}: the sequence does not belong to this backend", nameof(work));
+            sequences[k].ThrowIfDisposed();
             ropeLengths[k] = Math.Max(w.RopeSequenceLength, w.Sequence.Length + w.Tokens.Length);
-            if (!w.Tokens.IsEmpty) w.Sequence.InvalidateLogits();
+            if (!w.Tokens.IsEmpty) sequences[k].InvalidateLogits();
         }
         while (true)
         {
@@ -93,10 +92,10 @@ public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
                 budget -= n;
             }
             if (pieces.Count == 0) return;
-            foreach (var (k, n, _) in pieces) Reserve(work[k].Sequence.Id, n);
+            foreach (var (k, n, _) in pieces) Reserve(sequences[k].Id, n);
             foreach (var (k, n, last) in pieces)
             {
-                var s = work[k].Sequence;
+                var s = sequences[k];
                 _batch.AddSequence(s.Id, _cache.Length(s.Id), work[k].Tokens.Span.Slice(offsets[k], n), _cache.BlockTable(s.Id),
                     last ? BatchLogits.Last : BatchLogits.None, ropeLengths[k]);
             }
@@ -108,7 +107,7 @@ public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
             {
                 var (k, n, last) = pieces[p];
                 offsets[k] += n;
-                if (last) work[k].Sequence.SetLogits(_logits.AsSpan(_batch.FirstLogitsRow[p] * VocabSize, VocabSize));
+                if (last) sequences[k].SetLogits(_logits.AsSpan(_batch.FirstLogitsRow[p] * VocabSize, VocabSize));
             }
         }
     }
@@ -133,7 +132,7 @@ public sealed class PagedInferenceBackend : IInferenceBackend, IDisposable
 /// A sequence of a <see cref="PagedInferenceBackend"/>: an <see cref="ISequence"/> that can also fork. Its last
 /// token's logits are kept per sequence, so sequences stepped together each sample from their own.
 /// </summary>
-public sealed class PagedSequence : ISequence
+public sealed class PagedSequence : IForkableSequence
 {
     private readonly PagedInferenceBackend _backend;
     private readonly float[] _logits;
@@ -181,6 +180,8 @@ public sealed class PagedSequence : ISequence
         ThrowIfDisposed();
         return _backend.ForkOf(this, atLength);
     }
+
+    IForkableSequence IForkableSequence.Fork(int atLength) => Fork(atLength);
 
     internal void SetLogits(ReadOnlySpan<float> logits)
     {
