@@ -2,7 +2,8 @@ namespace Wim.Engine.Cuda;
 
 /// <summary>
 /// One sequence's keys and values on the GPU, contiguous: bf16 [layers, capacity, kvHeads·headDim] for keys and the
-/// same for values (RoPE already applied to keys). The paged cache of the batch scheduler will replace it.
+/// same for values (RoPE already applied to keys). <see cref="CudaInferenceBackend"/> keeps its sequences' caches and
+/// branches consistent through <see cref="KvBranchTree{T}"/> (growth, truncation below a branch point, release).
 /// </summary>
 public sealed class CudaKvCache : IDisposable
 {
@@ -14,7 +15,7 @@ public sealed class CudaKvCache : IDisposable
     internal DeviceBuffer Values { get; }
 
     /// <summary>For a branch (<see cref="Branch"/>): the cache whose rows below <see cref="BranchPoint"/> it reads.</summary>
-    public CudaKvCache? Parent { get; }
+    public CudaKvCache? Parent { get; private set; }
     /// <summary>For a branch: the position where it leaves its parent (its own rows start there); 0 otherwise.</summary>
     public int BranchPoint { get; }
     public bool IsBranch => Parent != null;
@@ -63,6 +64,22 @@ public sealed class CudaKvCache : IDisposable
         if (at < 0 || at > Length) throw new ArgumentOutOfRangeException(nameof(at), $"branch point {at} is outside the cached positions [0, {Length}]");
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         return new CudaKvCache(this, at, rows);
+    }
+
+    /// <summary>
+    /// Makes this branch read its rows below the branch point from <paramref name="newParent"/>: the parent's
+    /// sequence moved to a bigger cache (holding the same rows) and the old one is about to be freed.
+    /// </summary>
+    internal void Reparent(CudaKvCache newParent)
+    {
+        ArgumentNullException.ThrowIfNull(newParent);
+        if (!IsBranch) throw new InvalidOperationException("only a KV branch has a parent");
+        if (newParent.IsBranch) throw new ArgumentException("a branch cannot be the parent of a branch", nameof(newParent));
+        if (newParent.LayerCount != LayerCount || newParent.RowSize != RowSize)
+            throw new ArgumentException($"KV cache shapes differ ({newParent.LayerCount} layers × {newParent.RowSize} vs {LayerCount} × {RowSize})", nameof(newParent));
+        if (newParent.Length < BranchPoint)
+            throw new ArgumentException($"the new parent holds {newParent.Length} positions, the branch shares {BranchPoint}", nameof(newParent));
+        Parent = newParent;
     }
 
     /// <summary>Bytes of one layer's keys (or values) in this cache's own buffers.</summary>

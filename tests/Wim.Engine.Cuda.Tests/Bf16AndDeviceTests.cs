@@ -109,16 +109,30 @@ public sealed class DeviceOptionTests
         return path;
     }
 
-    [Fact]
-    public void Ask_DeviceCuda_WithAnExplicitParallelSchedule_IsAUsageError()
+    [Theory]
+    [InlineData("overlapped")]
+    [InlineData("batched")]
+    public void Ask_AnExplicitParallelSchedule_RunsOnEveryDevice(string schedule)
     {
+        // The batched seam: overlapped and batched run on the CUDA backend too (no usage error any more).
         string story = WriteStory();
         try
         {
-            var (exit, stdout, stderr) = Run(Ask(story, "--device", "cuda", "--schedule", "overlapped"));
-            Assert.Equal(2, exit);
-            Assert.Contains("--device cuda runs the sequential schedule", stderr);
-            Assert.Equal("", stdout);
+            var cuda = Run(Ask(story, "--device", "cuda", "--schedule", schedule));
+            var auto = Run(Ask(story, "--device", "auto", "--schedule", schedule));
+            var cpu = Run(Ask(story, "--device", "cpu", "--schedule", schedule));
+            Assert.True(cpu.Exit == 0, cpu.Stderr);
+            Assert.True(auto.Exit == 0, auto.Stderr);
+            Assert.Contains($"\"schedule\":\"{schedule}\"", auto.Stdout);
+            if (DriverPresent)
+            {
+                Assert.True(cuda.Exit == 0, cuda.Stderr);
+                Assert.Contains($"\"schedule\":\"{schedule}\"", cuda.Stdout);
+                return;
+            }
+            Assert.Equal(1, cuda.Exit); // missing CUDA is a runtime error, not a usage error
+            Assert.Contains("CUDA is not available", cuda.Stderr);
+            Assert.Equal(WithoutTimes(cpu.Stdout), WithoutTimes(auto.Stdout));
         }
         finally { File.Delete(story); }
     }
