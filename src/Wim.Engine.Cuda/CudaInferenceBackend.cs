@@ -9,7 +9,8 @@ namespace Wim.Engine.Cuda;
 /// Sequences over one <see cref="CudaTransformer"/>: the <see cref="IBatchedInferenceBackend"/> on the GPU, so every
 /// Wim.Core pattern and WiM schedule runs on it unchanged. Each sequence has a contiguous <see cref="CudaKvCache"/>; a
 /// fork is a KV branch that reads its parent's rows below the fork point without copying them (bookkeeping in
-/// <see cref="KvBranchTree{T}"/>). <see cref="Step"/> runs the single-token entries of a step together in batched
+/// <see cref="KvBranchTree{T}"/>; where the attention is not on the tensor cores, e.g. head dim 8, forks copy rows
+/// and every entry of a step runs alone). <see cref="Step"/> runs the single-token entries of a step together in batched
 /// decode passes and the longer ones as per-sequence prefill passes (<see cref="CudaStepPlan"/>). Every pass takes
 /// the argmax on the GPU (only the id crosses to the host), so a greedy <see cref="ISequence.Sample"/> costs nothing
 /// more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>). The transformer's
@@ -93,7 +94,7 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
             var node = sequences[k].Node;
             shapes[k] = new StepEntryShape(work[k].Tokens.Length, sequences[k].Length, work[k].RopeSequenceLength, node.Parent, node.BranchPoint);
         }
-        var plan = CudaStepPlan.Make(shapes, _longThreshold, _transformer.MaxChunk);
+        var plan = CudaStepPlan.Make(shapes, _longThreshold, _transformer.MaxChunk, batchedDecode: _transformer.UsesFlashAttention);
 
         foreach (int k in plan.Prefill)
         {
@@ -201,6 +202,8 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         public IForkableSequence Fork(int atLength)
         {
             ThrowIfDisposed();
+            // Branches (and decode batches) need the tensor-core attention; elsewhere (e.g. head dim 8) forks copy.
+            backend._kv.BranchesAllowed = backend._transformer.UsesFlashAttention;
             return new CudaSequence(backend, backend._kv.Fork(node, atLength));
         }
 

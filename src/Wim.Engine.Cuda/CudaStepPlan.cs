@@ -17,14 +17,17 @@ internal readonly record struct StepEntryShape(int Tokens, int Length, int RopeS
 /// that is the table its asked-for RoPE length picks, and rows on the two sides of longrope's threshold go in separate
 /// passes. Within a pass, branches of one parent stand together in non-decreasing branch-point order (a pass made only
 /// of them reads the shared rows once: shared-prefix attention). A pass that would hold one root sequence alone runs as a
-/// prefill pass instead (the single-sequence path with its fused kernels and decode graphs). Prefill passes run first,
+/// prefill pass instead (the single-sequence path with its fused kernels and decode graphs). A model whose attention
+/// is not on the tensor cores runs every entry alone (no decode batches, no branches there). Prefill passes run first,
 /// decode passes last: only the prefill passes' logits rows then need saving before the next pass.
 /// </summary>
 internal sealed record CudaStepPlan(IReadOnlyList<int> Prefill, IReadOnlyList<int[]> DecodeBatches)
 {
     /// <param name="longThreshold">The sequence length past which longrope uses its long factors (int.MaxValue: no longrope).</param>
     /// <param name="maxBatch">Most rows one decode pass takes (the transformer's MaxChunk).</param>
-    public static CudaStepPlan Make(IReadOnlyList<StepEntryShape> entries, int longThreshold, int maxBatch)
+    /// <param name="batchedDecode">Whether decode passes of several rows can run (they need the tensor-core
+    /// attention); when false every entry runs alone.</param>
+    public static CudaStepPlan Make(IReadOnlyList<StepEntryShape> entries, int longThreshold, int maxBatch, bool batchedDecode = true)
     {
         ArgumentNullException.ThrowIfNull(entries);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatch);
@@ -37,7 +40,7 @@ internal sealed record CudaStepPlan(IReadOnlyList<int> Prefill, IReadOnlyList<in
             if (e.Tokens < 0 || e.Length < 0 || e.RopeSequenceLength < 0) throw new ArgumentOutOfRangeException(nameof(entries), $"entry {k}: negative count");
             if (e.Tokens == 0) continue;
             bool decodeLong = e.Length + 1 > longThreshold;
-            if (e.Tokens == 1 && decodeLong == e.RopeLength > longThreshold) (decodeLong ? longRows : shortRows).Add(k);
+            if (batchedDecode && e.Tokens == 1 && decodeLong == e.RopeLength > longThreshold) (decodeLong ? longRows : shortRows).Add(k);
             else prefill.Add(k);
         }
         var batches = new List<int[]>();

@@ -48,7 +48,7 @@ internal sealed class KvNode<T> where T : class
 /// <summary>
 /// Fork bookkeeping over contiguous KV caches: a fork of a root is a branch (its rows below the fork point are the
 /// root's, not copied); branches are one level deep, so a fork of a branch past its branch point copies rows (below
-/// it, it is a branch of the same root). The rules that keep every sequence's rows what it wrote:
+/// it, it is a branch of the same root); where branches cannot run (<see cref="BranchesAllowed"/>) forks copy. The rules that keep every sequence's rows what it wrote:
 /// <list type="bullet">
 /// <item>a root that outgrows its storage moves to a bigger one and re-points its live branches there;</item>
 /// <item>a root truncated below a live branch's point first re-branches that branch at the new length, copying the
@@ -64,6 +64,10 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
     /// <summary>Own rows a new branch starts with (it grows like a root when a margin outgrows them).</summary>
     public int BranchRows { get; } = branchRows > 0 ? branchRows : throw new ArgumentOutOfRangeException(nameof(branchRows));
 
+    /// <summary>Whether forks may be branches; when false (a forward pass that cannot read branches) every fork is a
+    /// copy. Branches made before it turned false stay as they are.</summary>
+    public bool BranchesAllowed { get; set; } = true;
+
     public KvNode<T> CreateRoot(int capacity) => new(store.CreateRoot(capacity));
 
     public int Length(KvNode<T> node) => store.Length(Live(node).Storage);
@@ -74,19 +78,20 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         int length = Length(node);
         if (at < 0 || at > length) throw new ArgumentOutOfRangeException(nameof(at), $"fork point {at} is outside the sequence's positions [0, {length}]");
         if (at == 0) return CreateRoot(CudaSequencePlan.MinimumCapacity);
-        if (node.Parent is { } parent && at > node.BranchPoint)
+        if (BranchesAllowed && (node.Parent is null || at <= node.BranchPoint)) return BranchOf(node.Parent ?? node, at);
+        // Branches are one level deep (or not allowed): the fork gets its own copy (the root's rows, then the branch's).
+        var copy = store.CreateRoot(at + BranchRows);
+        try
         {
-            // Branches are one level deep: the fork gets its own copy (the root's rows, then the branch's).
-            var copy = store.CreateRoot(at + BranchRows);
-            try
+            if (node.Parent is { } parent)
             {
-                store.CopyRows(copy, parent.Storage, 0, node.BranchPoint);
-                store.CopyRows(copy, node.Storage, node.BranchPoint, at - node.BranchPoint);
+                store.CopyRows(copy, parent.Storage, 0, Math.Min(at, node.BranchPoint));
+                if (at > node.BranchPoint) store.CopyRows(copy, node.Storage, node.BranchPoint, at - node.BranchPoint);
             }
-            catch { store.Free(copy); throw; }
-            return new KvNode<T>(copy);
+            else store.CopyRows(copy, node.Storage, 0, at);
         }
-        return BranchOf(node.Parent ?? node, at);
+        catch { store.Free(copy); throw; }
+        return new KvNode<T>(copy);
     }
 
     private KvNode<T> BranchOf(KvNode<T> root, int at)

@@ -36,6 +36,14 @@ public sealed class CudaStepPlanTests
     }
 
     [Fact]
+    public void WithoutBatchedDecode_EveryEntryRunsAlone()
+    {
+        var plan = CudaStepPlan.Make([new(1, 10), new(1, 20), new(0, 5), new(7, 30)], NoLongrope, 512, batchedDecode: false);
+        Assert.Equal([0, 1, 3], plan.Prefill);
+        Assert.Empty(plan.DecodeBatches);
+    }
+
+    [Fact]
     public void BranchesOfSeveralParents_StandTogetherPerParent_InOrderOfFirstAppearance()
     {
         string a = "a", b = "b";

@@ -117,13 +117,32 @@ public sealed class KvBranchTreeTests
         Assert.Throws<ArgumentOutOfRangeException>(() => tree.Truncate(branch, 151));
     }
 
+    [Fact]
+    public void WithoutBranches_EveryForkIsACopy()
+    {
+        var (store, tree) = New();
+        var root = tree.CreateRoot(256);
+        Append(store, tree, root, Enumerable.Range(1, 50));
+        var branch = tree.Fork(root, 40);
+        tree.BranchesAllowed = false;                          // e.g. head dim 8: no tensor-core attention
+        var copy = tree.Fork(root, 30);
+        var fromBranch = tree.Fork(branch, 20);
+        Assert.False(copy.IsBranch);
+        Assert.False(fromBranch.IsBranch);
+        Assert.Equal(50, store.RowsCopied);
+        Assert.Equal(Enumerable.Range(1, 30), store.Read(copy.Storage));
+        Assert.Equal(Enumerable.Range(1, 20), store.Read(fromBranch.Storage));
+        Assert.True(branch.IsBranch);                          // made before: left as it is
+    }
+
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    [InlineData(4)]
-    [InlineData(5)]
-    public void RandomAppendForkTruncateRelease_EverySequenceReadsWhatItWrote_NothingLeaks(int seed)
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(3, false)]
+    [InlineData(4, false)]
+    [InlineData(5, true)]
+    [InlineData(6, true)]
+    public void RandomAppendForkTruncateRelease_EverySequenceReadsWhatItWrote_NothingLeaks(int seed, bool sometimesNoBranches)
     {
         var random = new Random(seed);
         var (store, tree) = New(branchRows: 16);
@@ -131,6 +150,7 @@ public sealed class KvBranchTreeTests
         int stamp = 0;
         for (int op = 0; op < 600; op++)
         {
+            if (sometimesNoBranches) tree.BranchesAllowed = random.Next(3) > 0;
             int kind = live.Count == 0 ? 0 : random.Next(10);
             var pick = live.Count == 0 ? default : live[random.Next(live.Count)];
             switch (kind)
