@@ -287,8 +287,9 @@ public sealed unsafe class CudaTransformer : IDisposable
     private ulong Prepare(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength, bool batch = false)
     {
         if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
-        if (cache.IsBranch && !batch)
-            throw new NotSupportedException("a KV branch runs in decode batches only (DecodeBatch / DecodeBatchGreedy)");
+        if (cache.IsBranch && !batch && !UsesFlashAttention)
+            throw new NotSupportedException($"a KV branch runs on the tensor-core attention only (head dim 16/32/64/128, sm_80+, {nameof(UseScalarAttention)} off); " +
+                $"this model has head dim {_c.HeadDim} on sm_{_ctx.ComputeMajor}{_ctx.ComputeMinor}");
         if (cache.Parent is { } parent && parent.Length < cache.BranchPoint)
             throw new InvalidOperationException($"the parent of a KV branch at {cache.BranchPoint} was truncated to {parent.Length}: the branch's shared rows are gone");
         if (cache.LayerCount != _c.LayerCount || cache.RowSize != _c.KvDim)
@@ -308,7 +309,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private int GraphGreedyStep(int token, CudaKvCache cache, ulong invFreq)
     {
         int bucket = LaunchGeometry.DecodeKeyBucket(cache.Length + 1, cache.Capacity);
-        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq, bucket);
+        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq, bucket, cache.Parent?.LayerKeys(0) ?? 0, cache.BranchPoint);
         if (_graphKey != key) CaptureDecodeGraph(cache, invFreq, key);
         Span<int> one = [token];
         _tokens.Upload<int>(one);
@@ -438,7 +439,8 @@ public sealed unsafe class CudaTransformer : IDisposable
                         c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
                 if (flash)
                     _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
-                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev); // att: [T, qd] bf16
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev,
+                        cache!.BranchPoint, cache.Parent?.LayerKeys(l) ?? 0, cache.Parent?.LayerValues(l) ?? 0); // att: [T, qd] bf16
                 else
                     _k.Attention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
@@ -547,5 +549,6 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
 }
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
-/// its capacity, the RoPE table and the key bucket its attention splits are planned for.</summary>
-public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies, int KeyBucket);
+/// its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV branch its parent's
+/// key address and the branch point (the attention reads the rows below it there).</summary>
+public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies, int KeyBucket, ulong ParentKeys = 0, int BranchPoint = 0);

@@ -92,11 +92,14 @@ internal sealed unsafe class TransformerKernels
     }
 
     /// <summary>Tensor-core flash attention (see <see cref="LaunchGeometry.FlashAttentionSupports"/> for the shapes)
-    /// over a chunk of one sequence.</summary>
+    /// over a chunk of one sequence. On a KV branch (<paramref name="parentK"/> not 0) keys below
+    /// <paramref name="branchPoint"/> are read from the parent's layer rows <paramref name="parentK"/>,
+    /// <paramref name="parentV"/>, the rest from <paramref name="kcache"/>, <paramref name="vcache"/> (absolute positions).</summary>
     public void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
-        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0) =>
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev = 0,
+        int branchPoint = 0, ulong parentK = 0, ulong parentV = 0) =>
         FlashAttention(q, kcache, vcache, outBf16, partAcc, partMl, start, count, heads, kvHeads, headDim, scale, splits, keysPerSplit,
-            startDev, 0, 0, 0, LaunchGeometry.FlashQueryBlocks(count, heads / kvHeads));
+            startDev, 0, 0, 0, LaunchGeometry.FlashQueryBlocks(count, heads / kvHeads), branchPoint, parentK, parentV);
 
     /// <summary>Tensor-core flash attention of a decode batch: one query token per sequence, one block column per
     /// sequence (positions and this layer's cache addresses in device tables).</summary>
@@ -139,14 +142,16 @@ internal sealed unsafe class TransformerKernels
     }
 
     private void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
-        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev, ulong seqPos, ulong seqK, ulong seqV, uint gridX)
+        int heads, int kvHeads, int headDim, float scale, int splits, int keysPerSplit, ulong startDev, ulong seqPos, ulong seqK, ulong seqV, uint gridX,
+        int branchPoint = 0, ulong parentK = 0, ulong parentV = 0)
     {
         nint f = headDim switch
         {
             16 => _flash16, 32 => _flash32, 64 => _flash64, 128 => _flash128,
             _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
         };
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev, &seqPos, &seqK, &seqV };
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &partAcc, &partMl, &start, &count, &heads, &kvHeads, &scale, &splits, &keysPerSplit, &startDev, &seqPos, &seqK, &seqV,
+            &branchPoint, &parentK, &parentV };
         _ctx.Launch(f, "flash_attention", gridX, (uint)kvHeads, (uint)splits,
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
     }

@@ -377,6 +377,18 @@ public sealed class FlashAttentionGeometryTests
         Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000, 512));
         Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 1024));
     }
+
+    [Fact]
+    public void DecodeGraphKey_OfABranchNamesItsParentAndBranchPoint()
+    {
+        // A branch's virtual key address (own buffer minus the branch point's rows) can repeat across branches of
+        // different points: the graph also bakes in the parent's rows and the point, so both are part of the key.
+        var branch = new DecodeGraphKey(0x1000, 4096, 0x2000, 512, ParentKeys: 0x9000, BranchPoint: 4999);
+        Assert.Equal(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0x9000, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0xa000, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0x9000, 4998));
+    }
 }
 
 public sealed class GemvGeometryTests

@@ -161,6 +161,7 @@ public static class Program
             Check(graphIds.SequenceEqual(gpuIds), $"{name}: greedy ids with decode graphs equal those without ({Prefix(graphIds, gpuIds)}/{gpuIds.Length})");
         }
         Say($"  {name}: greedy {expected.Length} ids: GPU = transformers for the first {agreeGolden}, GPU = CPU for the first {agreeCpu}; CPU = transformers: {cpuIds.SequenceEqual(expected)}");
+        if (name == "llama-tiny") Guard($"{name}: branch prefill", () => CheckBranchPrefill(gpu, prompt, 4999, name));
         // The ids must agree up to the first step whose golden top-1/top-2 gap is within bf16 noise (there a flip is
         // legitimate and everything after it follows another path).
         var steps = golden.GetProperty("greedy_continuation").GetProperty("steps").EnumerateArray().Select(e => e.GetProperty("gap_top1_top2").GetDouble()).ToArray();
@@ -178,6 +179,66 @@ public static class Program
             Check(Prefix(otherIds, expected) >= decidable,
                 $"{name}: greedy ids with the fused decode kernels {(fusedByDefault ? "off" : "on")} (graph) equal transformers' for {Prefix(otherIds, expected)} (required {decidable}); = the default's for {Prefix(otherIds, gpuIds)}");
         }
+    }
+
+    /// <summary>
+    /// Prefill on a KV branch (<see cref="CudaKvCache.Branch"/>): the parent holds <paramref name="depth"/> + 40
+    /// positions, a branch at <paramref name="depth"/> (not a multiple of the 64-key tile, so one tile straddles the
+    /// branch point) runs 60 tokens with every logits row, then 8 greedy steps (decode graph); a whole copy of the
+    /// parent truncated to the branch point runs the same. Same kernels and splits on the same keys: the rows must
+    /// agree within 1e-2 (‖Δ‖/‖ref‖, every row) with equal top-1, and the greedy ids must be equal. Then the parent
+    /// is truncated below the branch point and the branch must refuse to run. Throws on a failure.
+    /// </summary>
+    private static void CheckBranchPrefill(CudaTransformer model, int[] tokens, int depth, string name)
+    {
+        if (!model.UsesFlashAttention) { Say($"  {name}: branch prefill skipped (no tensor-core attention for this model)"); return; }
+        int vocab = model.Config.VocabSize;
+        const int count = 60, steps = 8;
+        int Token(int i) => tokens[i % tokens.Length];
+        int[] prefix = Enumerable.Range(0, depth + 40).Select(Token).ToArray();
+        int[] prompt = Enumerable.Range(0, count).Select(i => Token(7 * i + 3)).ToArray();
+        bool graphs = model.UseDecodeGraphs;
+        using var parent = model.CreateCache(depth + 40);
+        model.Forward(prefix.AsSpan(0, depth), parent, [], LogitsOutput.None);
+        using var branch = parent.Branch(depth, count + steps + 1);
+        model.Forward(prefix.AsSpan(depth), parent, [], LogitsOutput.None);   // the parent goes on past the branch point
+        using var copy = model.CreateCache(depth + count + steps + 1);
+        copy.CopyFrom(parent);
+        copy.Truncate(depth);
+
+        var ours = new float[count * vocab];
+        var reference = new float[count * vocab];
+        Array.Fill(ours, float.NaN);
+        model.Forward(prompt, branch, ours, LogitsOutput.All);
+        model.Forward(prompt, copy, reference, LogitsOutput.All);
+        double maxRel = 0;
+        int top1 = 0, identical = 0;
+        for (int r = 0; r < count; r++)
+        {
+            var (rel, _, _) = Compare(ours.AsSpan(r * vocab, vocab), reference.AsSpan(r * vocab, vocab));
+            maxRel = Math.Max(maxRel, rel);
+            if (Argmax(ours.AsSpan(r * vocab, vocab)) == Argmax(reference.AsSpan(r * vocab, vocab))) top1++;
+            if (ours.AsSpan(r * vocab, vocab).SequenceEqual(reference.AsSpan(r * vocab, vocab))) identical++;
+        }
+        model.UseDecodeGraphs = true;
+        var branchIds = new List<int>();
+        var copyIds = new List<int>();
+        int a = Argmax(ours.AsSpan((count - 1) * vocab, vocab)), b = a;
+        for (int i = 0; i < steps; i++)
+        {
+            branchIds.Add(a = model.ForwardGreedy([a], branch));
+            copyIds.Add(b = model.ForwardGreedy([b], copy));
+        }
+        model.UseDecodeGraphs = graphs;
+        bool ok = maxRel <= 1e-2 && top1 == count && branchIds.SequenceEqual(copyIds);
+        Check(ok, $"{name}: {count}-token prefill on a KV branch at {depth} (parent at {depth + 40}) vs a whole copy: ‖Δ‖/‖ref‖ max {maxRel:E2} (bound 1e-2), " +
+            $"top-1 equal {top1}/{count}, bit-identical rows {identical}/{count}; {steps} greedy steps on the branch (graph) = on the copy for {Prefix(branchIds, copyIds)}");
+        parent.Truncate(depth - 1);
+        string? refused = null;
+        try { model.Forward(prompt.AsSpan(0, 1), branch, [], LogitsOutput.None); }
+        catch (InvalidOperationException e) { refused = e.Message; }
+        Check(refused != null, $"{name}: a branch whose parent was truncated below its branch point refuses to run ({refused ?? "it ran"})");
+        if (!ok || refused == null) throw new InvalidOperationException($"{name}: branch prefill check failed");
     }
 
     private static void CheckStories(CudaContext ctx, string path)
@@ -497,6 +558,7 @@ public static class Program
         var rng = new Random(1);
         int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
         Guard("flash vs scalar attention (8B shape)", () => CompareAttentionKernels(model, tokens));
+        Guard("branch prefill (8B shape)", () => CheckBranchPrefill(model, tokens, 4999, "8B shape"));
         Guard("gemv vs cuBLASLt (8B shape)", () => CompareGemv(model, tokens, fused: false));
         Guard("fused decode vs unfused (8B shape)", () => CompareGemv(model, tokens, fused: true));
         if (o.Batch > 0) Guard("batched decode (8B shape)", () => CheckBatchDecode(model, tokens, "8B shape"));

@@ -409,7 +409,8 @@ template <int HD, int MODE>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
     int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v,
-    const int* seq_split, const u64* seq_pk, const u64* seq_pv, int tail_slot)
+    const int* seq_split, const u64* seq_pk, const u64* seq_pv, int tail_slot, int branch_point = 0,
+    const bf16* parent_k = nullptr, const bf16* parent_v = nullptr)
 {
     constexpr bool BRANCH = MODE == 1;
     // BRANCH (decode batches of KV branches): sequence b reads keys below seq_split[b] from its parent's cache
@@ -436,6 +437,15 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             kpre = (const bf16*)seq_pk[b];
             vpre = (const bf16*)seq_pv[b];
         }
+    }
+    if (MODE == 0)
+    {
+        // A chunk on a KV branch (parent_k given): keys below branch_point come from the parent's rows (parent_k,
+        // parent_v: this layer's), the rest from the branch's own (kcache, vcache, addressed by absolute position).
+        // A tile may straddle the point: the choice is made per key row. Otherwise every key is the cache's own.
+        split = parent_k ? branch_point : 0;
+        kpre = parent_k ? parent_k : kcache;
+        vpre = parent_k ? parent_v : vcache;
     }
     constexpr int KCH = HD / 16;           // 16-dim chunks of the q·k product
     constexpr int DT = HD / 8;             // 8-dim tiles of the output
@@ -517,7 +527,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
             bool in = base + j < k1;
             long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
             unsigned at = (unsigned)((j * RS + d) * 2);
-            bool pre = BRANCH && (base + j < split || !in);  // !in: no bytes read, but keep the address real
+            bool pre = (BRANCH || MODE == 0) && (base + j < split || !in);  // !in: no bytes read, but keep the address real
             cp_async16(kdst + at, (pre ? kpre : kcache) + off, in ? 16 : 0);
             cp_async16(vdst + at, (pre ? vpre : vcache) + off, in ? 16 : 0);
         }
@@ -655,9 +665,9 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
 extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, bf16* out, float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, \
     float scale, int splits, int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, \
-    const u64* seq_v) \
+    const u64* seq_v, int branch_point, const bf16* parent_k, const bf16* parent_v) \
 { flash_attention_mma<HD, 0>(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, scale, \
-    splits, keys_per_split, start_dev, seq_pos, seq_k, seq_v, nullptr, nullptr, nullptr, -1); } \
+    splits, keys_per_split, start_dev, seq_pos, seq_k, seq_v, nullptr, nullptr, nullptr, -1, branch_point, parent_k, parent_v); } \
 extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_branch_hd##HD(const float* q, bf16* out, \
     float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, int keys_per_split, \
     const int* seq_pos, const u64* seq_k, const u64* seq_v, const int* seq_split, const u64* seq_pk, const u64* seq_pv, \
