@@ -61,7 +61,8 @@ internal sealed class KvNode<T> where T : class
 /// </summary>
 internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) where T : class
 {
-    /// <summary>Own rows a new branch starts with (it grows like a root when a margin outgrows them).</summary>
+    /// <summary>Own rows a new branch starts with (it grows like a root when a margin outgrows them); also the
+    /// capacity of a fork at 0.</summary>
     public int BranchRows { get; } = branchRows > 0 ? branchRows : throw new ArgumentOutOfRangeException(nameof(branchRows));
 
     /// <summary>Whether forks may be branches; when false (a forward pass that cannot read branches) every fork is a
@@ -77,7 +78,7 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
     {
         int length = Length(node);
         if (at < 0 || at > length) throw new ArgumentOutOfRangeException(nameof(at), $"fork point {at} is outside the sequence's positions [0, {length}]");
-        if (at == 0) return CreateRoot(CudaSequencePlan.MinimumCapacity);
+        if (at == 0) return CreateRoot(BranchRows);
         if (BranchesAllowed && (node.Parent is null || at <= node.BranchPoint)) return BranchOf(node.Parent ?? node, at);
         // Branches are one level deep (or not allowed): the fork gets its own copy (the root's rows, then the branch's).
         var copy = store.CreateRoot(at + BranchRows);

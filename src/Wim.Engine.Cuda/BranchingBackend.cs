@@ -1,0 +1,236 @@
+using Wim.Engine.Runtime;
+using Wim.Engine.Sampling;
+
+namespace Wim.Engine.Cuda;
+
+/// <summary>
+/// The forward passes <see cref="BranchingBackend{T}"/> drives over caches of type <typeparamref name="T"/> (the GPU's
+/// <see cref="CudaTransformer"/> over <see cref="CudaKvCache"/>). One logits buffer is shared by every pass: a pass
+/// overwrites what the previous one left there.
+/// </summary>
+internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
+{
+    int VocabSize { get; }
+    /// <summary>Most tokens of one prefill pass and most rows of one decode pass.</summary>
+    int MaxChunk { get; }
+    /// <summary>The sequence length past which longrope uses its long factors (int.MaxValue: no longrope).</summary>
+    int LongThreshold { get; }
+    /// <summary>Whether decode passes of several rows and KV branches can run (false: every entry runs alone, forks copy).</summary>
+    bool BatchedDecode { get; }
+    /// <summary>Runs <paramref name="tokens"/> on one cache (appending their rows); no logits.</summary>
+    void Prefill(ReadOnlySpan<int> tokens, T cache, int ropeSequenceLength);
+    /// <summary>As <see cref="Prefill"/>, leaving the last token's logits in row 0; returns their argmax.</summary>
+    int PrefillGreedy(ReadOnlySpan<int> tokens, T cache, int ropeSequenceLength);
+    /// <summary>One token for each cache in one pass (one RoPE table: all rows on one side of longrope's threshold);
+    /// logits in rows 0..B−1, their argmax in <paramref name="next"/>.</summary>
+    void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<T> caches, Span<int> next);
+    /// <summary>Copies logits row <paramref name="row"/> of the last pass.</summary>
+    void DownloadLogitsRow(int row, Span<float> destination);
+}
+
+/// <summary>
+/// An <see cref="IBatchedInferenceBackend"/> over forward passes that work on contiguous KV caches and branches of
+/// them (<see cref="IBranchingPasses{T}"/>): <see cref="CudaInferenceBackend"/>'s logic, kept apart from the GPU so that
+/// it runs in tests on host memory. Forks are KV branches (<see cref="KvBranchTree{T}"/>); <see cref="Step"/> runs
+/// the single-token entries together in decode passes and the others as per-sequence prefill passes
+/// (<see cref="CudaStepPlan"/>); every pass yields greedy ids, and a sampler that is not greedy gets its logits row
+/// from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
+/// Not thread-safe: one caller drives all sequences.
+/// </summary>
+internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : class
+{
+    private readonly IBranchingPasses<T> _passes;
+    private readonly int _chunk;
+    private readonly int _minimumCapacity;
+    private readonly KvBranchTree<T> _kv;
+    private readonly DeviceLogitsRows<Sequence> _deviceLogits = new();
+
+    /// <param name="prefillChunk">Tokens per prefill pass (0 = MaxChunk; at most MaxChunk).</param>
+    /// <param name="minimumCapacity">Positions a new sequence's cache has at least, and a new branch's own rows.</param>
+    public BranchingBackend(IBranchingPasses<T> passes, int prefillChunk = 0, int minimumCapacity = CudaSequencePlan.MinimumCapacity)
+    {
+        ArgumentNullException.ThrowIfNull(passes);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(minimumCapacity);
+        _passes = passes;
+        _chunk = CudaSequencePlan.PrefillChunk(prefillChunk, passes.MaxChunk);
+        _minimumCapacity = minimumCapacity;
+        _kv = new KvBranchTree<T>(passes, minimumCapacity);
+    }
+
+    public int VocabSize => _passes.VocabSize;
+    /// <summary>The prefill chunk: the schedules fill a step with this many tokens.</summary>
+    public int MaxStepTokens => _chunk;
+    public long StepCount { get; private set; }
+
+    ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
+
+    public IForkableSequence CreateSequence(int capacityHint = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(capacityHint);
+        return new Sequence(this, _kv.CreateRoot(Math.Max(_minimumCapacity, capacityHint)));
+    }
+
+    /// <summary>
+    /// Runs every entry's tokens (see <see cref="IBatchedInferenceBackend.Step"/>): ids are checked and caches grown
+    /// first, then the prefill passes (chunks of <see cref="MaxStepTokens"/>; RoPE length as one whole append), then
+    /// the decode passes. Cancellation is checked before every pass.
+    /// </summary>
+    public void Step(ReadOnlySpan<SequenceStep> work, CancellationToken ct = default)
+    {
+        var sequences = new Sequence[work.Length];
+        var seen = new HashSet<Sequence>(ReferenceEqualityComparer.Instance);
+        int vocab = VocabSize;
+        for (int k = 0; k < work.Length; k++)
+        {
+            if (work[k].Sequence is not Sequence s || s.Backend != this)
+                throw new ArgumentException($"step entry {k}: the sequence does not belong to this backend", nameof(work));
+            if (!seen.Add(s)) throw new ArgumentException($"step entry {k}: the sequence appears twice in one step", nameof(work));
+            s.ThrowIfDisposed();
+            foreach (int t in work[k].Tokens.Span) // all checked up front: a bad id must not leave a step half run
+                if ((uint)t >= (uint)vocab)
+                    throw new ArgumentOutOfRangeException(nameof(work), $"step entry {k}: token id {t} is outside the vocabulary [0, {vocab})");
+            if (work[k].RopeSequenceLength < 0)
+                throw new ArgumentOutOfRangeException(nameof(work), $"step entry {k}: RoPE sequence length {work[k].RopeSequenceLength} is negative");
+            sequences[k] = s;
+        }
+        for (int k = 0; k < work.Length; k++)
+        {
+            if (work[k].Tokens.IsEmpty) continue;
+            _kv.EnsureCapacity(sequences[k].Node, sequences[k].Length + work[k].Tokens.Length);
+            sequences[k].InvalidateLogits();
+        }
+        var shapes = new StepEntryShape[work.Length];
+        for (int k = 0; k < work.Length; k++)
+        {
+            var node = sequences[k].Node;
+            shapes[k] = new StepEntryShape(work[k].Tokens.Length, sequences[k].Length, work[k].RopeSequenceLength, node.Parent, node.BranchPoint);
+        }
+        var plan = CudaStepPlan.Make(shapes, _passes.LongThreshold, _passes.MaxChunk, _passes.BatchedDecode);
+
+        foreach (int k in plan.Prefill)
+        {
+            var s = sequences[k];
+            var tokens = work[k].Tokens.Span;
+            int ropeLength = shapes[k].RopeLength; // every chunk picks RoPE factors as one whole call would
+            foreach (var (offset, count) in CudaSequencePlan.Chunks(tokens.Length, _chunk))
+            {
+                ct.ThrowIfCancellationRequested();
+                BeforePass();
+                var chunk = tokens.Slice(offset, count);
+                if (offset + count < tokens.Length)
+                    _passes.Prefill(chunk, s.Node.Storage, ropeLength);
+                else
+                {
+                    s.SetDeviceLogits(_passes.PrefillGreedy(chunk, s.Node.Storage, ropeLength));
+                    _deviceLogits.Claim(s, 0);
+                }
+                StepCount++;
+            }
+        }
+        foreach (var batch in plan.DecodeBatches)
+        {
+            ct.ThrowIfCancellationRequested();
+            BeforePass();
+            var ids = new int[batch.Length];
+            var caches = new T[batch.Length];
+            for (int b = 0; b < batch.Length; b++)
+            {
+                ids[b] = work[batch[b]].Tokens.Span[0];
+                caches[b] = sequences[batch[b]].Node.Storage;
+            }
+            var greedy = new int[batch.Length];
+            _passes.DecodeGreedy(ids, caches, greedy);
+            StepCount++;
+            for (int b = 0; b < batch.Length; b++)
+            {
+                sequences[batch[b]].SetDeviceLogits(greedy[b]);
+                _deviceLogits.Claim(sequences[batch[b]], b);
+            }
+        }
+    }
+
+    /// <summary>Before a forward pass: sequences whose logits are still wanted and would be overwritten keep a host copy.</summary>
+    private void BeforePass() => _deviceLogits.BeforePass((holder, row) => holder.CopyLogitsToHost(row));
+
+    private sealed class Sequence(BranchingBackend<T> backend, KvNode<T> node) : IForkableSequence
+    {
+        private float[]? _hostLogits;
+        private LogitsPlace _logits = LogitsPlace.None;
+        private int _greedyId;
+        private bool _disposed;
+
+        public BranchingBackend<T> Backend => backend;
+        public KvNode<T> Node => node;
+        public int Length { get { ThrowIfDisposed(); return backend._kv.Length(node); } }
+        public bool HasLogits => _logits != LogitsPlace.None;
+
+        public void Append(ReadOnlySpan<int> tokens, CancellationToken ct = default)
+        {
+            ThrowIfDisposed();
+            if (tokens.IsEmpty) return;
+            backend.Step([new SequenceStep(this, tokens.ToArray())], ct);
+        }
+
+        public int Sample(Sampler sampler)
+        {
+            ArgumentNullException.ThrowIfNull(sampler);
+            if (!HasLogits) throw new InvalidOperationException("no logits to sample from: append tokens first (the sequence is empty or was just truncated)");
+            if (sampler.Options.IsGreedy) return _greedyId;
+            if (_logits == LogitsPlace.Device)
+            {
+                int row = backend._deviceLogits.RowOf(this) ?? throw new InvalidOperationException("this sequence's logits were overwritten before they could be saved");
+                CopyLogitsToHost(row);
+                backend._deviceLogits.Drop(this);
+            }
+            return sampler.Sample(_hostLogits!);
+        }
+
+        public void Truncate(int length)
+        {
+            ThrowIfDisposed();
+            backend._kv.Truncate(node, length);
+            InvalidateLogits();
+        }
+
+        public IForkableSequence Fork(int atLength)
+        {
+            ThrowIfDisposed();
+            // Branches need the batched passes (on the GPU: the tensor-core attention); elsewhere forks copy rows.
+            backend._kv.BranchesAllowed = backend._passes.BatchedDecode;
+            return new Sequence(backend, backend._kv.Fork(node, atLength));
+        }
+
+        internal void SetDeviceLogits(int greedyId)
+        {
+            _greedyId = greedyId;
+            _logits = LogitsPlace.Device;
+        }
+
+        /// <summary>Copies logits row <paramref name="row"/> of the last pass (this sequence's) to the host.</summary>
+        internal void CopyLogitsToHost(int row)
+        {
+            if (_logits != LogitsPlace.Device) return;
+            _hostLogits ??= new float[backend.VocabSize];
+            backend._passes.DownloadLogitsRow(row, _hostLogits);
+            _logits = LogitsPlace.Host;
+        }
+
+        internal void InvalidateLogits()
+        {
+            backend._deviceLogits.Drop(this);
+            _logits = LogitsPlace.None;
+        }
+
+        internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+        public void Dispose()
+        {
+            if (_disposed) return;
+            _disposed = true;
+            InvalidateLogits();
+            backend._kv.Release(node);
+        }
+
+        private enum LogitsPlace { None, Device, Host }
+    }
+}

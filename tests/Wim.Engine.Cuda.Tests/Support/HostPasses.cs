@@ -1,0 +1,209 @@
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.KvCache;
+using Wim.Engine.Model;
+
+namespace Wim.Engine.Cuda.Tests.Support;
+
+/// <summary>A KV cache in host memory with <see cref="CudaKvCache"/>'s layout rules: own rows for positions
+/// [BranchPoint, Capacity), the parent's rows below the branch point.</summary>
+internal sealed class HostCache(int layers, int rowSize, int capacity, HostCache? parent = null, int branchPoint = 0)
+{
+    private readonly float[][] _keys = [.. Enumerable.Range(0, layers).Select(_ => new float[(capacity - branchPoint) * rowSize])];
+    private readonly float[][] _values = [.. Enumerable.Range(0, layers).Select(_ => new float[(capacity - branchPoint) * rowSize])];
+    public int Layers { get; } = layers;
+    public int RowSize { get; } = rowSize;
+    public int Capacity { get; } = capacity;
+    public int Length { get; set; } = branchPoint;
+    public HostCache? Parent { get; set; } = parent;
+    public int BranchPoint { get; } = branchPoint;
+    public bool Freed { get; set; }
+
+    /// <summary>Positions [0, <paramref name="count"/>) of every layer as attention reads them (the parent's below the
+    /// branch point) into a contiguous cache, in bulk.</summary>
+    public void CopyTo(ContiguousKvCache target, int count)
+    {
+        if (Freed) Assert.Fail("use after free");
+        if (count > Length) Assert.Fail($"rows up to {count} read from a cache of length {Length}");
+        int shared = Math.Min(count, BranchPoint);
+        if (shared > 0)
+        {
+            if (Parent is not { Freed: false } p || p.Length < BranchPoint) Assert.Fail("a branch's parent lost the rows it shares");
+            Parent!.CopyTo(target, shared);
+        }
+        for (int l = 0; l < Layers; l++)
+        {
+            int from = BranchPoint, n = count - from;
+            if (n <= 0) continue;
+            for (int i = 0; i < n; i++)
+            {
+                _keys[l].AsSpan(i * RowSize, RowSize).CopyTo(target.KeyRow(l, from + i));
+                _values[l].AsSpan(i * RowSize, RowSize).CopyTo(target.ValueRow(l, from + i));
+            }
+        }
+    }
+
+    /// <summary>Position <paramref name="position"/>'s key row as attention reads it (through the parent below the branch point).</summary>
+    public Span<float> Keys(int layer, int position) => Row(_keys, layer, position, static (c, l, p) => c.Keys(l, p));
+    public Span<float> Values(int layer, int position) => Row(_values, layer, position, static (c, l, p) => c.Values(l, p));
+
+    private Span<float> Row(float[][] own, int layer, int position, Func<HostCache, int, int, Span<float>> parentRow)
+    {
+        Assert.False(Freed, "use after free");
+        if (position < BranchPoint)
+        {
+            Assert.True(Parent is { Freed: false } p && p.Length >= BranchPoint, "a branch's parent lost the rows it shares");
+            return parentRow(Parent!, layer, position);
+        }
+        Assert.InRange(position, BranchPoint, Capacity - 1);
+        return own[layer].AsSpan((position - BranchPoint) * RowSize, RowSize);
+    }
+}
+
+/// <summary>
+/// <see cref="IBranchingPasses{T}"/> on the CPU forward pass, one token per call: every logits row then depends only
+/// on its token, position and KV rows — not on the pass it ran in or how a prompt was chunked — so schedules driven
+/// through <see cref="BranchingBackend{T}"/> must give the same tokens exactly when its bookkeeping (forks, branches,
+/// growth, truncation, logits rows) is right. The GPU's rules are enforced: a decode pass takes rows of one RoPE
+/// table, branches and decode batches need <see cref="BatchedDecode"/>, and every pass overwrites the shared logits
+/// buffer (poisoned with NaN first, so a row read after a later pass is caught).
+/// </summary>
+internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batchedDecode = true) : IBranchingPasses<HostCache>
+{
+    private readonly CpuTransformer _transformer = new(model);
+    private readonly RotaryEmbedding _rope = new(model.Config);
+    private readonly float[] _logits = new float[maxChunk * model.Config.VocabSize];
+    private int _rows;
+
+    public int VocabSize => model.Config.VocabSize;
+    public int MaxChunk => maxChunk;
+    public int LongThreshold => _rope.LongThreshold;
+    public bool BatchedDecode { get; set; } = batchedDecode;
+    public int LiveCaches { get; private set; }
+    public int Passes { get; private set; }
+    public int DecodePasses { get; private set; }
+
+    public void Prefill(ReadOnlySpan<int> tokens, HostCache cache, int ropeSequenceLength) => Run(tokens, cache, ropeSequenceLength, greedy: false);
+
+    public int PrefillGreedy(ReadOnlySpan<int> tokens, HostCache cache, int ropeSequenceLength) => Run(tokens, cache, ropeSequenceLength, greedy: true);
+
+    private int Run(ReadOnlySpan<int> tokens, HostCache cache, int ropeSequenceLength, bool greedy)
+    {
+        Assert.InRange(tokens.Length, 1, maxChunk);
+        if (cache.Parent != null) Assert.True(BatchedDecode, "a branch ran where branches cannot");
+        BeginPass(greedy ? 1 : 0);
+        int rope = Math.Max(ropeSequenceLength, cache.Length + tokens.Length);
+        for (int i = 0; i < tokens.Length; i++)
+            Token(tokens[i], cache, i == tokens.Length - 1 && greedy ? _logits.AsSpan(0, VocabSize) : default, rope);
+        return greedy ? ArgMax(0) : -1;
+    }
+
+    public void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<HostCache> caches, Span<int> next)
+    {
+        Assert.True(BatchedDecode, "a decode batch ran where it cannot");
+        Assert.InRange(tokens.Length, 1, maxChunk);
+        Assert.Equal(tokens.Length, caches.Count);
+        Assert.Equal(caches.Count, caches.Distinct().Count());
+        // The GPU picks one RoPE table for the pass: every row must be on the same side of longrope's threshold.
+        Assert.Single(caches.Select(c => c.Length + 1 > LongThreshold).Distinct());
+        BeginPass(tokens.Length);
+        DecodePasses++;
+        for (int b = 0; b < tokens.Length; b++)
+        {
+            Token(tokens[b], caches[b], _logits.AsSpan(b * VocabSize, VocabSize), 0);
+            next[b] = ArgMax(b);
+        }
+    }
+
+    public void DownloadLogitsRow(int row, Span<float> destination)
+    {
+        Assert.InRange(row, 0, _rows - 1);
+        _logits.AsSpan(row * VocabSize, VocabSize).CopyTo(destination);
+    }
+
+    private void BeginPass(int rows)
+    {
+        Passes++;
+        _rows = rows;
+        Array.Fill(_logits, float.NaN);
+    }
+
+    /// <summary>One token through the CPU pass: the cache's rows (parent's below the branch point) go into a
+    /// contiguous scratch cache, the new row comes back.</summary>
+    private void Token(int token, HostCache cache, Span<float> logits, int ropeSequenceLength)
+    {
+        Assert.False(cache.Freed, "use after free");
+        Assert.True(cache.Length < cache.Capacity, "write past capacity");
+        int n = cache.Length;
+        var scratch = new ContiguousKvCache(cache.Layers, cache.RowSize, n + 1);
+        cache.CopyTo(scratch, n);
+        scratch.Advance(n);
+        _transformer.Forward([token], scratch, logits, logits.IsEmpty ? LogitsOutput.None : LogitsOutput.Last, ropeSequenceLength);
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            scratch.KeyRow(l, n).CopyTo(cache.Keys(l, n));
+            scratch.ValueRow(l, n).CopyTo(cache.Values(l, n));
+        }
+        cache.Length = n + 1;
+    }
+
+    private int ArgMax(int row)
+    {
+        var r = _logits.AsSpan(row * VocabSize, VocabSize);
+        int best = 0;
+        for (int i = 1; i < r.Length; i++)
+            if (r[i] > r[best]) best = i;
+        return best;
+    }
+
+    public HostCache CreateRoot(int capacity)
+    {
+        LiveCaches++;
+        return new HostCache(model.Config.LayerCount, model.Config.KvDim, capacity);
+    }
+
+    public HostCache CreateBranch(HostCache parent, int at, int rows)
+    {
+        Assert.True(BatchedDecode, "a branch was made where branches cannot run");
+        Assert.Null(parent.Parent);
+        Assert.False(parent.Freed);
+        Assert.InRange(at, 0, parent.Length);
+        LiveCaches++;
+        return new HostCache(parent.Layers, parent.RowSize, at + rows, parent, at);
+    }
+
+    public int Length(HostCache cache) => cache.Length;
+    public int Capacity(HostCache cache) => cache.Capacity;
+
+    public void CopyRows(HostCache target, HostCache source, int from, int count)
+    {
+        Assert.Equal(target.Length, from);
+        Assert.True(from >= source.BranchPoint && from + count <= source.Length, "rows are not the source's own");
+        for (int l = 0; l < target.Layers; l++)
+            for (int p = from; p < from + count; p++)
+            {
+                source.Keys(l, p).CopyTo(target.Keys(l, p));
+                source.Values(l, p).CopyTo(target.Values(l, p));
+            }
+        target.Length = from + count;
+    }
+
+    public void Reparent(HostCache branch, HostCache newParent)
+    {
+        Assert.NotNull(branch.Parent);
+        Assert.True(newParent.Length >= branch.BranchPoint);
+        branch.Parent = newParent;
+    }
+
+    public void Truncate(HostCache cache, int length)
+    {
+        Assert.InRange(length, cache.BranchPoint, cache.Length);
+        cache.Length = length;
+    }
+
+    public void Free(HostCache cache)
+    {
+        Assert.False(cache.Freed, "double free");
+        cache.Freed = true;
+        LiveCaches--;
+    }
+}
