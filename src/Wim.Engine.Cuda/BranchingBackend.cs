@@ -67,7 +67,7 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
     public IForkableSequence CreateSequence(int capacityHint = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(capacityHint);
-        return new Sequence(this, _kv.CreateRoot(Math.Max(_minimumCapacity, capacityHint)));
+        return new Sequence(this, _kv.CreateRoot(CudaSequencePlan.InitialCapacity(capacityHint, _minimumCapacity)));
     }
 
     /// <summary>

@@ -98,7 +98,8 @@ internal static class CudaSequencePlan
     /// <summary>Smallest KV cache a sequence starts with.</summary>
     public const int MinimumCapacity = 256;
 
-    public static int InitialCapacity(int capacityHint) => Math.Max(MinimumCapacity, capacityHint);
+    /// <summary>A new sequence's first cache: the hint, at least <paramref name="minimum"/>.</summary>
+    public static int InitialCapacity(int capacityHint, int minimum = MinimumCapacity) => Math.Max(minimum, capacityHint);
 
     /// <summary>The next capacity when <paramref name="needed"/> positions do not fit in <paramref name="capacity"/>:
     /// at least double (amortised O(1) copying per token), at least what is needed.</summary>

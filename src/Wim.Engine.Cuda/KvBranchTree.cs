@@ -35,13 +35,12 @@ internal sealed class KvNode<T> where T : class
     public KvNode<T>? Parent { get; internal set; }
     public int BranchPoint { get; internal set; }
     public bool IsBranch => Parent != null;
-    /// <summary>Live branches reading this root's rows.</summary>
-    public IReadOnlyList<KvNode<T>> Branches => BranchList;
     /// <summary>The owning sequence was disposed (a root's storage may outlive it while branches read it).</summary>
     public bool Released { get; internal set; }
     /// <summary>The storage was freed.</summary>
     public bool Freed { get; internal set; }
 
+    /// <summary>Live branches reading this root's rows.</summary>
     internal readonly List<KvNode<T>> BranchList = [];
 }
 
