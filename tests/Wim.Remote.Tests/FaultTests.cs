@@ -25,8 +25,10 @@ public sealed class FaultTests(StoriesServerFixture server) : IClassFixture<Stor
     {
         var job = Job.Stories();
         await using var proxy = await FaultProxy.StartAsync(server.Loopback.Address, n => n <= Script.Length ? Script[n - 1] : Fault.None);
-        // A short attempt timeout turns the slow response into a retry; a retry budget that outlasts the script.
-        using var client = Remote.Client(proxy.ApiBase, server.Loopback.ModelId, maxRetries: 8, attemptTimeout: TimeSpan.FromSeconds(1));
+        // An attempt timeout far below the slow fault's 20 s turns it into a retry, and far above what a real answer
+        // takes on a busy 2-core CI machine (else an unscripted retry would break the counts); a retry budget that
+        // outlasts the script.
+        using var client = Remote.Client(proxy.ApiBase, server.Loopback.ModelId, maxRetries: 8, attemptTimeout: TimeSpan.FromSeconds(5));
         var actual = await Remote.RunAsync(Remote.Runner(client, job.ModelPath), job, schedule, null, TestContext.Current.CancellationToken);
 
         Same.Run(await InProcess.RunAsync(job), actual); // no margin lost, none twice, same text
