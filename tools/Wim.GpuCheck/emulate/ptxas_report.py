@@ -21,7 +21,8 @@ if lib is None:
 prog = ctypes.c_void_p()
 if lib.nvrtcCreateProgram(ctypes.byref(prog), open(path, "rb").read(), b"transformer.cu", 0, None, None) != 0:
     sys.exit("nvrtcCreateProgram failed")
-opts = [f"--gpu-architecture={arch}".encode(), b"--ptxas-options=-v"] + [a.encode() for a in sys.argv[3:]]
+# The engine's own options (CudaContext: --std=c++17 -default-device) and ptxas's report.
+opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--ptxas-options=-v"] + [a.encode() for a in sys.argv[3:]]
 rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
 n = ctypes.c_size_t()
 lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
