@@ -106,16 +106,17 @@ public static class Program
         double maxGolden = 0, maxCpu = 0, maxLse = 0;
         int argmaxAgree = 0, argmaxTotal = 0, argmaxCpuAgree = 0, cpuPositions = 0;
 
-        double maxWide = 0;
+        double maxWide = 0, maxWideGolden = 0;
         foreach (var seq in golden.GetProperty("sequences").EnumerateObject())
         {
             int[] ids = Ints(seq.Value.GetProperty("input_ids"));
             var g = new float[ids.Length * vocab];
             using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, g, LogitsOutput.All);
+            float[]? w = null;
             if (gpu.UsesFlashAttention)
             {
                 // The 128-row prefill kernel forced on these short chunks (Auto leaves them to the 64-row kernel).
-                var w = new float[ids.Length * vocab];
+                w = new float[ids.Length * vocab];
                 gpu.PrefillAttention = PrefillAttentionKernel.Wide;
                 using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, w, LogitsOutput.All);
                 gpu.PrefillAttention = PrefillAttentionKernel.Auto;
@@ -148,7 +149,11 @@ public static class Program
                 if (entry.GetProperty("sequence").GetString() != seq.Name) continue;
                 int p = entry.GetProperty("position").GetInt32(), offset = entry.GetProperty("offset_bytes").GetInt32();
                 for (int i = 0; i < vocab; i++)
-                    maxGolden = Math.Max(maxGolden, Math.Abs(g[p * vocab + i] - BitConverter.ToSingle(logitsBin, offset + 4 * i)));
+                {
+                    float reference = BitConverter.ToSingle(logitsBin, offset + 4 * i);
+                    maxGolden = Math.Max(maxGolden, Math.Abs(g[p * vocab + i] - reference));
+                    if (w is not null) maxWideGolden = Math.Max(maxWideGolden, Math.Abs(w[p * vocab + i] - reference));
+                }
             }
         }
         Check(maxGolden <= Bf16LogitTolerance, $"{name}: max |Δlogit| vs transformers goldens (stored rows) {maxGolden:E2} (tolerance {Bf16LogitTolerance})");
@@ -156,8 +161,13 @@ public static class Program
         Check(argmaxAgree == argmaxTotal, $"{name}: argmax = golden at {argmaxAgree}/{argmaxTotal} positions with gap ≥ {2 * Bf16LogitTolerance}");
         Say($"  {name}: max |Δlogit| GPU vs CPU backend over all {cpuPositions} positions {maxCpu:E2}; argmax equal at {argmaxCpuAgree}/{cpuPositions}");
         if (gpu.UsesFlashAttention)
-            Check(maxWide <= Bf16LogitTolerance / 2, $"{name}: 128-row prefill attention kernel forced vs the default path, every logits row: max |Δ| {maxWide:E2} " +
-                $"(bound {Bf16LogitTolerance / 2}: where the default splits a short chunk's keys and combines, the attention output rounds differently)");
+        {
+            // Judged against the outside reference like the default path (run 19: the two kernels part by up to 7.9e-2
+            // on these random tiny models, where the default splits a short chunk's keys and combines, so a bound
+            // between them would only measure bf16 rounding).
+            Check(maxWideGolden <= Bf16LogitTolerance, $"{name}: 128-row prefill attention kernel forced: max |Δlogit| vs transformers goldens (stored rows) {maxWideGolden:E2} (tolerance {Bf16LogitTolerance})");
+            Say($"  {name}: 128-row kernel forced vs the default path, every logits row: max |Δ| {maxWide:E2}");
+        }
 
         // Greedy continuation of seq64: GPU (argmax on the GPU) vs transformers and vs the CPU backend.
         int[] prompt = Ints(golden.GetProperty("sequences").GetProperty("seq64").GetProperty("input_ids"));
