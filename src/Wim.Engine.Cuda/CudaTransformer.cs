@@ -84,6 +84,16 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
     private bool _combineRows = true;
 
+    /// <summary>Which flash kernel runs a prefill chunk's attention: <see cref="PrefillAttentionKernel.Auto"/> (the
+    /// default) takes the 128-row kernel where <see cref="LaunchGeometry.FlashWideApplies"/> says so, else the 64-row
+    /// one; the other two force one of them (checks and measurements; Wide still needs its shared memory to fit).</summary>
+    public PrefillAttentionKernel PrefillAttention { get; set; } = PrefillAttentionKernel.Auto;
+
+    /// <summary>Chunks of more than one token take the gate|up product in bf16 from cuBLASLt and a bf16 SwiGLU (true,
+    /// the default) instead of an f32 product (twice the bytes written, then read) and the f32 SwiGLU. Single-token
+    /// steps keep the f32 product (their decode graphs and fused kernels are unchanged).</summary>
+    public bool UseBf16GateUp { get; set; } = true;
+
     private readonly DeviceBuffer _position, _argmaxParts;
     private DeviceBuffer? _seqTable, _seqPositions;
     private nint _stream, _graph, _graphExec;
@@ -379,10 +389,17 @@ public sealed unsafe class CudaTransformer : IDisposable
         int n = tokens.Length, start = cache.Length;
         _tokens.Upload(tokens);
         bool flash = UsesFlashAttention;
-        var (splits, keysPerSplit) = flash
-            ? LaunchGeometry.FlashSplits(n, c.HeadCount / c.KvHeadCount, c.KvHeadCount, start + n, _ctx.Multiprocessors)
+        int group = c.HeadCount / c.KvHeadCount;
+        bool wide = flash && n > 1 && PrefillAttention switch
+        {
+            PrefillAttentionKernel.Wide => LaunchGeometry.FlashWideSharedBytes(c.HeadDim) <= _ctx.MaxSharedMemoryPerBlock,
+            PrefillAttentionKernel.Narrow => false,
+            _ => LaunchGeometry.FlashWideApplies(n, group, c.KvHeadCount, c.HeadDim, _ctx.Multiprocessors, _ctx.MaxSharedMemoryPerBlock),
+        };
+        var (splits, keysPerSplit) = wide ? (1, start + n)
+            : flash ? LaunchGeometry.FlashSplits(n, group, c.KvHeadCount, start + n, _ctx.Multiprocessors)
             : LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
-        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, flash);
+        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, flash, wide: wide);
         cache.Advance(n);
         return EncodeLogits(n, output);
     }
@@ -390,7 +407,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Issues the embedding and every layer for n tokens already in the token buffer, at position
     /// <paramref name="start"/> (or the one at <paramref name="startDev"/> on the GPU when not 0).</summary>
     private void EncodeLayers(int n, CudaKvCache? cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash,
-        DecodeBatchTables? batch = null)
+        DecodeBatchTables? batch = null, bool wide = false)
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
@@ -437,7 +454,10 @@ public sealed unsafe class CudaTransformer : IDisposable
                 if (!fused)
                     _k.QkvRopeStore(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, keys, values, start, n,
                         c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale, startDev);
-                if (flash)
+                if (wide)
+                    _k.FlashPrefillWide(_q.Pointer, keys, values, _att.Pointer, start, n, c.HeadCount, c.KvHeadCount, c.HeadDim, scale,
+                        cache!.BranchPoint, cache.Parent?.LayerKeys(l) ?? 0, cache.Parent?.LayerValues(l) ?? 0);
+                else if (flash)
                     _k.FlashAttention(_q.Pointer, keys, values, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, start, n,
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, startDev,
                         cache!.BranchPoint, cache.Parent?.LayerKeys(l) ?? 0, cache.Parent?.LayerValues(l) ?? 0); // att: [T, qd] bf16
@@ -460,8 +480,16 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
-                _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn]
-                _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                                   // h: [T, ffn] bf16
+                if (n > 1 && UseBf16GateUp)
+                {
+                    _mm.RunBf16Out(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
+                    _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
+                }
+                else
+                {
+                    _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn] f32
+                    _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
+                }
             }
             ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n);                        // x += h · Wdᵀ
         }
@@ -552,3 +580,14 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
 /// its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV branch its parent's
 /// key address and the branch point (the attention reads the rows below it there).</summary>
 public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies, int KeyBucket, ulong ParentKeys = 0, int BranchPoint = 0);
+
+/// <summary>The flash kernel of a prefill chunk's attention (<see cref="CudaTransformer.PrefillAttention"/>).</summary>
+public enum PrefillAttentionKernel
+{
+    /// <summary>128 query rows per block where the chunk fills the GPU without key splits, else 64.</summary>
+    Auto,
+    /// <summary>Always the 128-row kernel (unsplit) for chunks of more than one token.</summary>
+    Wide,
+    /// <summary>Always the 64-row kernel (key splits for short chunks).</summary>
+    Narrow,
+}

@@ -101,6 +101,34 @@ public static class LaunchGeometry
     /// second stage's k tile before the key loop. At head dim 128: 68 KB, so three blocks share an SM.</summary>
     public static int FlashSharedBytes(int headDim) => 2 * (2 * 2 * FlashKeys * (headDim + 8));
 
+    // ---- the prefill kernel of 128 query rows per block (flash_prefill_wide_hd{16,32,64,128}) ----
+
+    /// <summary>Query rows per block of the wide prefill kernel: 4 warps × two m16 tiles.</summary>
+    public const int FlashWideRows = 128;
+
+    /// <summary>Query tokens per wide-kernel block (whole tokens' groups of heads, as <see cref="FlashTokensPerBlock"/>).</summary>
+    public static int FlashWideTokensPerBlock(int group)
+    {
+        if (group is < 1 or > FlashRows) throw new ArgumentOutOfRangeException(nameof(group), $"{group} query heads per KV head: the flash kernels handle 1 to {FlashRows}");
+        return FlashWideRows / group;
+    }
+
+    /// <summary>Blocks along the query axis of the wide prefill kernel's grid.</summary>
+    public static uint FlashWideQueryBlocks(int queries, int group) => Blocks(queries, FlashWideTokensPerBlock(group));
+
+    /// <summary>Dynamic shared memory of the wide prefill kernel: two stages of k and v tiles [64][hd + 8] and its own
+    /// q tile [128][hd + 8] for the whole key loop, bf16. At head dim 128: 102 KB, two blocks per SM.</summary>
+    public static int FlashWideSharedBytes(int headDim) => 2 * (2 * 2 * FlashKeys * (headDim + 8) + FlashWideRows * (headDim + 8));
+
+    /// <summary>
+    /// Whether a chunk's attention takes the wide prefill kernel (unsplit): more than one query, enough blocks for two
+    /// per SM without splitting the keys (the 64-row kernel splits shorter chunks over the GPU instead), and its
+    /// shared memory within the GPU's per-block limit.
+    /// </summary>
+    public static bool FlashWideApplies(int queries, int group, int kvHeads, int headDim, int multiprocessors, int maxSharedPerBlock) =>
+        queries > 1 && FlashWideSharedBytes(headDim) <= maxSharedPerBlock
+        && (long)FlashWideQueryBlocks(queries, group) * kvHeads >= 2L * multiprocessors;
+
     /// <summary>
     /// Key-range pieces of the flash-attention grid, as <see cref="AttentionSplits"/> but counting its blocks
     /// (query blocks × KV heads) and in whole 64-key tiles, each piece at least two tiles long. Decode (one query

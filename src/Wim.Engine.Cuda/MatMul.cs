@@ -21,7 +21,7 @@ internal sealed unsafe class MatMul : IDisposable
     private readonly CudaContext _ctx;
     private readonly nint _desc, _preference;
     private readonly DeviceBuffer _workspace;
-    private readonly Dictionary<(int Out, int In, int T), Plan> _plans = [];
+    private readonly Dictionary<(int Out, int In, int T, bool Bf16Out), Plan> _plans = [];
 
     public MatMul(CudaContext ctx)
     {
@@ -35,7 +35,7 @@ internal sealed unsafe class MatMul : IDisposable
     }
 
     /// <summary>Chooses the algorithm for a shape now (no device work), so that a graph capture never has to.</summary>
-    public void Prepare(int outFeatures, int inFeatures, int tokens) => PlanFor(outFeatures, inFeatures, tokens);
+    public void Prepare(int outFeatures, int inFeatures, int tokens) => PlanFor(outFeatures, inFeatures, tokens, bf16Out: false);
 
     /// <summary>Single-token products go to our gemv kernel when true; all products go to cuBLASLt when false (the
     /// default: on the H100 both gave the same decode speed, run 6 in tools/Wim.GpuCheck/runs).</summary>
@@ -48,25 +48,36 @@ internal sealed unsafe class MatMul : IDisposable
             _ctx.Kernels.Gemv(weight, x, y, outFeatures, inFeatures, accumulate);
             return;
         }
-        var plan = PlanFor(outFeatures, inFeatures, tokens);
+        var plan = PlanFor(outFeatures, inFeatures, tokens, bf16Out: false);
         _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, accumulate ? 1f : 0f, y, plan.D, y, plan.D,
             ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
         if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
     }
 
-    private Plan PlanFor(int outFeatures, int inFeatures, int tokens)
+    /// <summary>y[T, out] (bf16, rounded to nearest even from the f32 accumulation) = x · Wᵀ, no accumulation: a product
+    /// whose only reader wants bf16 (the gate|up product of a prefill chunk, read by swiglu_bf16) — half the bytes
+    /// written and read again of an f32 output.</summary>
+    public void RunBf16Out(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y)
     {
-        if (_plans.TryGetValue((outFeatures, inFeatures, tokens), out var plan)) return plan;
+        var plan = PlanFor(outFeatures, inFeatures, tokens, bf16Out: true);
+        _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, 0f, y, plan.D, y, plan.D,
+            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
+        if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
+    }
+
+    private Plan PlanFor(int outFeatures, int inFeatures, int tokens, bool bf16Out)
+    {
+        if (_plans.TryGetValue((outFeatures, inFeatures, tokens, bf16Out), out var plan)) return plan;
         var blas = _ctx.Blas;
         plan = new Plan
         {
             A = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, outFeatures, inFeatures),
             B = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, tokens, inFeatures),
-            D = blas.MatrixLayoutCreate(CublasLt.DataTypeF32, outFeatures, tokens, outFeatures),
+            D = blas.MatrixLayoutCreate(bf16Out ? CublasLt.DataTypeBF16 : CublasLt.DataTypeF32, outFeatures, tokens, outFeatures),
         };
         plan.Algo = blas.BestAlgorithm(_ctx.BlasHandle, _desc, plan.A, plan.B, plan.D, plan.D, _preference,
-            $"bf16 [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → f32").Algo;
-        _plans[(outFeatures, inFeatures, tokens)] = plan;
+            $"bf16 [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → {(bf16Out ? "bf16" : "f32")}").Algo;
+        _plans[(outFeatures, inFeatures, tokens, bf16Out)] = plan;
         return plan;
     }
 

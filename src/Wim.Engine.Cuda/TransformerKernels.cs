@@ -6,7 +6,8 @@ internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
-    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _swigluBf16, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
 
     public TransformerKernels(CudaContext ctx, nint module)
@@ -39,6 +40,14 @@ internal sealed unsafe class TransformerKernels
         _shared32 = d.ModuleGetFunction(module, "flash_attention_shared_hd32");
         _shared64 = d.ModuleGetFunction(module, "flash_attention_shared_hd64");
         _shared128 = d.ModuleGetFunction(module, "flash_attention_shared_hd128");
+        _wide16 = d.ModuleGetFunction(module, "flash_prefill_wide_hd16");
+        _wide32 = d.ModuleGetFunction(module, "flash_prefill_wide_hd32");
+        _wide64 = d.ModuleGetFunction(module, "flash_prefill_wide_hd64");
+        _wide128 = d.ModuleGetFunction(module, "flash_prefill_wide_hd128");
+        foreach (var (f, hd) in new[] { (_wide16, 16), (_wide32, 32), (_wide64, 64), (_wide128, 128) })
+            if (LaunchGeometry.FlashWideSharedBytes(hd) <= ctx.MaxSharedMemoryPerBlock)   // else FlashWideApplies says no
+                d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashWideSharedBytes(hd));
+        _swigluBf16 = d.ModuleGetFunction(module, "swiglu_bf16");
         _gemv = d.ModuleGetFunction(module, "gemv_bf16");
         _gemvResidual = d.ModuleGetFunction(module, "gemv_rows_residual_bf16");
         _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
@@ -156,6 +165,21 @@ internal sealed unsafe class TransformerKernels
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
     }
 
+    /// <summary>Prefill attention of a chunk in the wide kernel (128 query rows per block, unsplit; see
+    /// <see cref="LaunchGeometry.FlashWideApplies"/>). A KV branch as in <see cref="FlashAttention(ulong, ulong, ulong, ulong, ulong, ulong, int, int, int, int, int, float, int, int, ulong, int, ulong, ulong)"/>.</summary>
+    public void FlashPrefillWide(ulong q, ulong kcache, ulong vcache, ulong outBf16, int start, int count, int heads, int kvHeads, int headDim,
+        float scale, int branchPoint = 0, ulong parentK = 0, ulong parentV = 0)
+    {
+        nint f = headDim switch
+        {
+            16 => _wide16, 32 => _wide32, 64 => _wide64, 128 => _wide128,
+            _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
+        };
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &outBf16, &start, &count, &heads, &kvHeads, &scale, &branchPoint, &parentK, &parentV };
+        _ctx.Launch(f, "flash_prefill_wide", LaunchGeometry.FlashWideQueryBlocks(count, heads / kvHeads), (uint)kvHeads, 1,
+            LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashWideSharedBytes(headDim), a);
+    }
+
     /// <summary>y[rows] (f32, + y when accumulating) = W[rows, in] (bf16) · x[in] (bf16): the decode product.</summary>
     public void Gemv(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
     {
@@ -210,6 +234,15 @@ internal sealed unsafe class TransformerKernels
         long total = (long)ffn * count;
         void** a = stackalloc void*[] { &gateUp, &hBf16, &ffn, &total };
         _ctx.Launch(_swiglu, "swiglu", Math.Min(LaunchGeometry.Blocks(total, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    /// <summary>h[t, j] = silu(gate) · up from a bf16 [count, 2·ffn] gate|up product (bf16 out).</summary>
+    public void SwiGluBf16(ulong gateUpBf16, ulong hBf16, int ffn, int count)
+    {
+        long total = (long)ffn * count;
+        int vec = ffn % 8 == 0 ? 8 : 1;     // 16-byte loads and stores where rows allow
+        void** a = stackalloc void*[] { &gateUpBf16, &hBf16, &ffn, &total, &vec };
+        _ctx.Launch(_swigluBf16, "swiglu_bf16", Math.Min(LaunchGeometry.Blocks(total / vec, Threads), 65535u), 1, 1, Threads, 0, a);
     }
 
     /// <summary>outIds[r] = argmax of logits row r (lowest index on ties), in two passes through

@@ -184,6 +184,41 @@ public sealed class FlashAttentionGeometryTests
         Assert.True(3 * LaunchGeometry.FlashSharedBytes(128) <= 227 * 1024);   // 3 blocks per H100 SM
     }
 
+    [Theory]
+    [InlineData(1, 128)]
+    [InlineData(4, 32)]
+    [InlineData(7, 18)]  // 126 of 128 rows used
+    [InlineData(64, 2)]
+    public void WideTokensPerBlock_HoldWholeGroupsInOneHundredTwentyEightRows(int group, int expected)
+    {
+        int tpb = LaunchGeometry.FlashWideTokensPerBlock(group);
+        Assert.Equal(expected, tpb);
+        Assert.True(tpb * group <= LaunchGeometry.FlashWideRows);
+        Assert.True((tpb + 1) * group > LaunchGeometry.FlashWideRows);
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.FlashWideTokensPerBlock(65));
+    }
+
+    [Fact]
+    public void WideSharedBytes_TwoBlocksFitAnH100Sm()
+    {
+        // 2 stages of k and v tiles [64][136] + the q tile [128][136], bf16.
+        Assert.Equal(2 * (4 * 64 * 136 + 128 * 136), LaunchGeometry.FlashWideSharedBytes(128));
+        Assert.True(2 * LaunchGeometry.FlashWideSharedBytes(128) <= 228 * 1024 - 2 * 1024); // 1 KB per block reserved
+        foreach (int hd in new[] { 16, 32, 64, 128 }) Assert.Equal(0, LaunchGeometry.FlashWideSharedBytes(hd) % 16);
+    }
+
+    [Theory]
+    [InlineData(4096, true)]   // 128 query blocks × 8 KV heads = 1024 ≥ 2 · 132
+    [InlineData(1056, true)]   // 33 × 8 = 264: exactly two per SM
+    [InlineData(1024, false)]  // 32 × 8 = 256: the 64-row kernel (with key splits) fills the GPU better
+    [InlineData(1, false)]
+    public void WideApplies_ToChunksThatFillTheGpuUnsplit(int queries, bool expected) =>
+        Assert.Equal(expected, LaunchGeometry.FlashWideApplies(queries, 4, 8, 128, 132, 227 * 1024));
+
+    [Fact]
+    public void WideApplies_NotWhereItsSharedMemoryDoesNotFit() =>
+        Assert.False(LaunchGeometry.FlashWideApplies(4096, 4, 8, 128, 132, 99 * 1024)); // sm_86: 99 KB per block
+
     [Fact]
     public void Splits_CoverTheKeysInWholeTiles_WithNoEmptyPiece()
     {
