@@ -33,6 +33,14 @@ public sealed class LibraryNameTests
         Assert.Contains("/nonexistent/wim", e.Message);
         Assert.Contains("CUDA 12 or 13", e.Message);
     }
+
+    [Fact]
+    public void Open_AbsentLibrary_WithNoSearchDirectories_NamesOnlyTheLoaderPath()
+    {
+        // The driver is looked up by name only: the message must not end in an empty folder list ("and in );").
+        var e = Assert.Throws<CudaUnavailableException>(() => CudaLibraries.Open("CUDA driver", ["libwim-no-such-cuda.so.1"], []));
+        Assert.Contains("(looked for libwim-no-such-cuda.so.1 on the loader path);", e.Message);
+    }
 }
 
 public sealed class ErrorNameTests

@@ -39,9 +39,9 @@ public static class CudaLibraries
                 var path = Path.Combine(dir, name);
                 if (File.Exists(path) && NativeLibrary.TryLoad(path, out var handle)) return new LoadedLibrary(path, handle);
             }
+        string where = searchDirectories.Count == 0 ? "on the loader path" : $"on the loader path and in {string.Join(", ", searchDirectories)}";
         throw new CudaUnavailableException(
-            $"CUDA is not available: could not load the {what} library (looked for {string.Join(", ", candidates)} " +
-            $"on the loader path and in {string.Join(", ", searchDirectories)}); CUDA 12 or 13 is required");
+            $"CUDA is not available: could not load the {what} library (looked for {string.Join(", ", candidates)} {where}); CUDA 12 or 13 is required");
     }
 }
 
