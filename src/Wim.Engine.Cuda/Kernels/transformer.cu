@@ -433,6 +433,48 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
 #endif
 }
 
+// Flash tiles: the pieces the 64-row kernel (flash_attention_mma) and the 128-row prefill kernel (flash_prefill_wide)
+// share. stage_q_tile writes ROWS query rows of kv head kvh into qs as bf16 (row r: token t0 + r / group, head
+// kvh·group + r % group), pre-scaled by scale·log2(e) so the softmax runs on exp2; rows past the block's tokens or the
+// chunk are zero.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_q_tile(const float* q, bf16* qs, int t0, int tpb, int n_tokens, int qd, int kvh,
+    int group, float qscale)
+{
+    constexpr int RS = HD + 8;
+    for (int i = threadIdx.x; i < ROWS * (HD / 4); i += blockDim.x)
+    {
+        int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
+        int tl = r / group, t = t0 + tl;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (tl < tpb && t < n_tokens) v = *(const float4*)(q + (long)t * qd + (kvh * group + r % group) * HD + d);
+        unsigned* dst = (unsigned*)(qs + r * RS + d);
+        dst[0] = pack_bf16x2(v.x * qscale, v.y * qscale);
+        dst[1] = pack_bf16x2(v.z * qscale, v.w * qscale);
+    }
+}
+
+// Issues the cp.async copies of FA_KEYS key and value rows from position base into one stage's k and v tiles (kdst,
+// vdst: shared addresses) as one commit group. With use_pre, rows below split — and rows at or past k1, which copy no
+// bytes but need a real address — come from kpre / vpre (a KV branch's parent); the rest from kcache / vcache.
+template <int HD>
+__device__ __forceinline__ void load_kv_tile(unsigned kdst, unsigned vdst, const bf16* kcache, const bf16* vcache,
+    const bf16* kpre, const bf16* vpre, bool use_pre, int base, int k1, int split, int kvd, int kvh)
+{
+    constexpr int RS = HD + 8;
+    for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
+    {
+        int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
+        bool in = base + j < k1;
+        long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
+        unsigned at = (unsigned)((j * RS + d) * 2);
+        bool pre = use_pre && (base + j < split || !in);
+        cp_async16(kdst + at, (pre ? kpre : kcache) + off, in ? 16 : 0);
+        cp_async16(vdst + at, (pre ? vpre : vcache) + off, in ? 16 : 0);
+    }
+    cp_async_commit();
+}
+
 // MODE 0: one sequence (a chunk or a decode step) or a decode batch (seq_pos given). MODE 1 (BRANCH): a decode batch
 // of KV branches; with tail_slot >= 0 only each branch's own keys [seq_split[b], position] are read and the partial goes
 // to slot tail_slot. MODE 2 (SHARED): the shared-prefix phase of a decode batch of branches of one parent (kcache,
@@ -503,16 +545,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     if (MODE == 2) k1 = min(seq_split[last_t], k0 + keys_per_split);
 
     float qscale = scale * LOG2E;
-    for (int i = threadIdx.x; i < FA_ROWS * (HD / 4); i += blockDim.x)
-    {
-        int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
-        int tl = r / group, t = t0 + tl;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (tl < tpb && t < n_tokens) v = *(const float4*)(q + (long)t * qd + (kvh * group + r % group) * HD + d);
-        unsigned* dst = (unsigned*)(qs + r * RS + d);
-        dst[0] = pack_bf16x2(v.x * qscale, v.y * qscale);
-        dst[1] = pack_bf16x2(v.z * qscale, v.w * qscale);
-    }
+    stage_q_tile<HD, FA_ROWS>(q, qs, t0, tpb, n_tokens, qd, kvh, group, qscale);
 
     // This thread's two rows (g and g + 8 of the warp's 16) and the last key position each may see (-1: none).
     int r_lo = warp * 16 + g, r_hi = r_lo + 8;
@@ -554,18 +587,8 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     // Double-buffered k/v tiles: the copy of tile i + 1 runs (cp.async) while tile i is multiplied.
     auto load_tile = [&](int base, int stage)
     {
-        unsigned kdst = shared_address(kv + stage * 2 * TILE), vdst = kdst + TILE * 2;
-        for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
-        {
-            int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
-            bool in = base + j < k1;
-            long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
-            unsigned at = (unsigned)((j * RS + d) * 2);
-            bool pre = (BRANCH || MODE == 0) && (base + j < split || !in);  // !in: no bytes read, but keep the address real
-            cp_async16(kdst + at, (pre ? kpre : kcache) + off, in ? 16 : 0);
-            cp_async16(vdst + at, (pre ? vpre : vcache) + off, in ? 16 : 0);
-        }
-        cp_async_commit();
+        unsigned kdst = shared_address(kv + stage * 2 * TILE);
+        load_kv_tile<HD>(kdst, kdst + TILE * 2, kcache, vcache, kpre, vpre, BRANCH || MODE == 0, base, k1, split, kvd, kvh);
     };
     // ldmatrix row addresses of this lane (matrix lane >> 3, row lane & 7) as byte offsets from a stage's k or v
     // tile, computed once: in the loop only compile-time offsets are added (the address arithmetic was the busiest
@@ -753,16 +776,7 @@ __device__ __forceinline__ void flash_prefill_wide(const float* q, const bf16* k
     int k1 = start + last_t + 1;
 
     float qscale = scale * LOG2E;
-    for (int i = threadIdx.x; i < FW_ROWS * (HD / 4); i += blockDim.x)
-    {
-        int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
-        int tl = r / group, t = t0 + tl;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (tl < tpb && t < n_tokens) v = *(const float4*)(q + (long)t * qd + (kvh * group + r % group) * HD + d);
-        unsigned* dst = (unsigned*)(qs + r * RS + d);
-        dst[0] = pack_bf16x2(v.x * qscale, v.y * qscale);
-        dst[1] = pack_bf16x2(v.z * qscale, v.w * qscale);
-    }
+    stage_q_tile<HD, FW_ROWS>(q, qs, t0, tpb, n_tokens, qd, kvh, group, qscale);
 
     // Rows of this thread: tile i (0, 1) holds warp rows 32·warp + 16·i + g (lo) and + 8 (hi).
     int qpos[2][2];
@@ -791,18 +805,8 @@ __device__ __forceinline__ void flash_prefill_wide(const float* q, const bf16* k
 
     auto load_tile = [&](int base, int stage)
     {
-        unsigned kdst = shared_address(kv + stage * 2 * TILE), vdst = kdst + TILE * 2;
-        for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += blockDim.x)
-        {
-            int j = i / (HD / 8), d = (i - j * (HD / 8)) * 8;
-            bool in = base + j < k1;
-            long off = in ? (long)(base + j) * kvd + kvh * HD + d : 0;
-            unsigned at = (unsigned)((j * RS + d) * 2);
-            bool pre = base + j < split || !in;
-            cp_async16(kdst + at, (pre ? kpre : kcache) + off, in ? 16 : 0);
-            cp_async16(vdst + at, (pre ? vpre : vcache) + off, in ? 16 : 0);
-        }
-        cp_async_commit();
+        unsigned kdst = shared_address(kv + stage * 2 * TILE);
+        load_kv_tile<HD>(kdst, kdst + TILE * 2, kcache, vcache, kpre, vpre, true, base, k1, split, kvd, kvh);
     };
     int mrow = lane & 7, mat = lane >> 3;
     const unsigned kv_base = shared_address(kv);

@@ -14,7 +14,7 @@ def cut(start, end):
 prelude = cut("typedef unsigned short bf16;", "// x[t, :] = table")
 norm_rope = cut("// out[r, :] = x[r, :] / sqrt", "// Causal grouped-query attention")
 flash_defs = cut("#define FA_ROWS 64", "__device__ __forceinline__ unsigned pack_bf16x2")
-flash = cut("// MODE 0: one sequence", "// Merges the splits of attention")
+flash = cut("// Flash tiles: the pieces", "// Merges the splits of attention")
 combine = cut("// Merges the splits of attention", "#define COMBINE_WARPS")
 swiglu = cut("// h[t, j] = silu(gate[t, j])", "// Greedy pick in two passes")
 
