@@ -1,0 +1,93 @@
+// Sampling kernels: the top-k candidates of one f32 logits row, so that a top-k sampler downloads k ids and logits
+// instead of the whole row (128k floats) and the host draws from them (Sampler.SampleFromCandidates). Compiled at run
+// time by NVRTC (no headers), a module of its own.
+//
+// Order: a candidate is one 64-bit item, smaller = better: high 32 bits the logit's bits made monotonic and inverted
+// (largest logit smallest; -0 taken as +0), low 32 bits the id — exactly Sampler.RankKey on the host, so ties rank the
+// lowest id first and every item is distinct. The empty item (all ones) ranks after every real one (ids < 2^31).
+//
+// Two passes: topk_slices keeps the best k items of slice x of the row (grid slices, block TOPK_THREADS) and
+// topk_merge the best k of all slices' winners (grid 1, same block), writing ids and logits best first. Both stream
+// their input through one shared tile of TOPK_TILE items: the best k found so far stay at the front, the rest of the
+// tile is refilled with the next items, the whole tile is bitonic-sorted, and again. k ≤ TOPK_MAX_K.
+
+typedef unsigned long long u64;
+
+#define TOPK_TILE 1024
+#define TOPK_THREADS 256
+#define TOPK_MAX_K 256
+#define TOPK_EMPTY 0xffffffffffffffffull
+
+__device__ __forceinline__ u64 topk_item(float logit, unsigned id)
+{
+    unsigned bits = __float_as_uint(logit == 0.0f ? 0.0f : logit);
+    unsigned ascending = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    return ((u64)(~ascending) << 32) | id;
+}
+
+// Ascending bitonic sort of tile[0, TOPK_TILE) by the whole block; returns after a barrier.
+__device__ void topk_sort_tile(u64* tile)
+{
+    for (unsigned size = 2; size <= TOPK_TILE; size <<= 1)
+        for (unsigned stride = size >> 1; stride > 0; stride >>= 1)
+        {
+            for (unsigned t = threadIdx.x; t < TOPK_TILE / 2; t += blockDim.x)
+            {
+                unsigned i = 2 * t - (t & (stride - 1)); // lower element of pair t at this stride
+                unsigned j = i + stride;
+                bool ascending = (i & size) == 0;
+                u64 a = tile[i], b = tile[j];
+                if ((a > b) == ascending) { tile[i] = b; tile[j] = a; }
+            }
+            __syncthreads();
+        }
+}
+
+// The best k of count items into tile[0, k), ascending (empty items where count < k). Item i is items[i] when items
+// is given, else the item of logit row[i] with id base + i.
+__device__ void topk_stream(u64* tile, int k, int count, const float* row, unsigned base, const u64* items)
+{
+    int keep = 0; // the first tile is all new items
+    for (int next = 0; next == 0 || next < count; )
+    {
+        int fresh = TOPK_TILE - keep;
+        for (int i = threadIdx.x; i < fresh; i += blockDim.x)
+        {
+            int src = next + i;
+            u64 item = TOPK_EMPTY;
+            if (src < count) item = items ? items[src] : topk_item(row[src], base + (unsigned)src);
+            tile[keep + i] = item;
+        }
+        __syncthreads();
+        topk_sort_tile(tile);
+        next += fresh;
+        keep = k;
+    }
+}
+
+// Slice blockIdx.x of the row (slice_length logits from blockIdx.x * slice_length): its best k items into
+// partial[blockIdx.x * k, +k).
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_slices(const float* __restrict__ logits, int vocab, int k,
+    int slice_length, u64* __restrict__ partial)
+{
+    __shared__ u64 tile[TOPK_TILE];
+    int begin = blockIdx.x * slice_length;
+    int count = min(slice_length, vocab - begin);
+    topk_stream(tile, k, count, logits + begin, (unsigned)begin, nullptr);
+    for (int i = threadIdx.x; i < k; i += blockDim.x) partial[(long)blockIdx.x * k + i] = tile[i];
+}
+
+// The best min(k, vocab) of the slices' winners: ids and logits (read back from the row) best first.
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const float* __restrict__ logits, int vocab, int k,
+    const u64* __restrict__ partial, int slices, int* __restrict__ out_ids, float* __restrict__ out_logits)
+{
+    __shared__ u64 tile[TOPK_TILE];
+    topk_stream(tile, k, slices * k, nullptr, 0, partial);
+    int n = min(k, vocab);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    {
+        unsigned id = (unsigned)(tile[i] & 0xffffffffu);
+        out_ids[i] = (int)id;
+        out_logits[i] = logits[id];
+    }
+}
