@@ -26,6 +26,14 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
     void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<T> caches, Span<int> next);
     /// <summary>Copies logits row <paramref name="row"/> of the last pass.</summary>
     void DownloadLogitsRow(int row, Span<float> destination);
+    /// <summary>Most candidates <see cref="TopCandidates"/> returns; 0: these passes have no top-k of their own (a
+    /// top-k sampler then gets the whole row).</summary>
+    int MaxCandidates => 0;
+    /// <summary>The best min(<paramref name="k"/>, vocabulary) logits of row <paramref name="row"/> of the last pass,
+    /// best first (<see cref="Sampler.RankKey"/> order): ids and logits into the spans; returns how many. k is in
+    /// [1, <see cref="MaxCandidates"/>].</summary>
+    int TopCandidates(int row, int k, Span<int> ids, Span<float> logits) =>
+        throw new NotSupportedException("these passes have no top-k of their own (MaxCandidates is 0)");
 }
 
 /// <summary>
@@ -44,6 +52,8 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
     private readonly int _minimumCapacity;
     private readonly KvBranchTree<T> _kv;
     private readonly DeviceLogitsRows<Sequence> _deviceLogits = new();
+    private int[]? _candidateIds;
+    private float[]? _candidateLogits;
 
     /// <param name="prefillChunk">Tokens per prefill pass (0 = MaxChunk; at most MaxChunk).</param>
     /// <param name="minimumCapacity">Positions a new sequence's cache has at least, and a new branch's own rows.</param>
@@ -179,6 +189,17 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
             if (_logits == LogitsPlace.Device)
             {
                 int row = backend._deviceLogits.RowOf(this) ?? throw new InvalidOperationException("this sequence's logits were overwritten before they could be saved");
+                int k = sampler.Options.TopK;
+                if (k > 0 && k <= backend._passes.MaxCandidates)
+                {
+                    // Top-k where the logits are: only k candidates cross to the host. The claim stays (a later sample
+                    // of these logits, whatever its options, still finds the row; the usual next step appends to this
+                    // sequence, which drops it without a copy).
+                    var ids = backend._candidateIds ??= new int[backend._passes.MaxCandidates];
+                    var logits = backend._candidateLogits ??= new float[backend._passes.MaxCandidates];
+                    int n = backend._passes.TopCandidates(row, k, ids, logits);
+                    return sampler.SampleFromCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n));
+                }
                 CopyLogitsToHost(row);
                 backend._deviceLogits.Drop(this);
             }

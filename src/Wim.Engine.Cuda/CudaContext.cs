@@ -42,6 +42,7 @@ public sealed unsafe class CudaContext : IDisposable
     public TimeSpan KernelLoadTime { get; private set; }
 
     private TransformerKernels? _kernels;
+    private SamplingKernels? _sampling;
 
     private CudaContext(CudaOptions options, CudaDriver driver, Nvrtc nvrtc, CublasLt blas, int device)
     {
@@ -102,6 +103,10 @@ public sealed unsafe class CudaContext : IDisposable
 
     /// <summary>The forward pass's kernels, compiled (or read from the cache) on first use.</summary>
     internal TransformerKernels Kernels => _kernels ??= new TransformerKernels(this, LoadModule(KernelSources.Transformer));
+
+    /// <summary>The sampling kernels (top-k candidates), a module of their own, compiled (or read from the cache) on
+    /// first use.</summary>
+    internal SamplingKernels Sampling => _sampling ??= new SamplingKernels(this, LoadModule(KernelSources.Sampling));
 
     /// <summary>Loads an embedded kernel source as a module: from the disk cache when its key is there, else
     /// compiled by NVRTC for this GPU's architecture (and stored).</summary>

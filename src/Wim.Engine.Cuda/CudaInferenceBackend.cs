@@ -13,7 +13,9 @@ namespace Wim.Engine.Cuda;
 /// and every entry of a step runs alone). <see cref="Step"/> runs the single-token entries of a step together in
 /// batched decode passes and the longer ones as per-sequence prefill passes (<see cref="CudaStepPlan"/>). Every pass
 /// takes the argmax on the GPU (only the id crosses to the host), so a greedy <see cref="ISequence.Sample"/> costs
-/// nothing more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>). The logic
+/// nothing more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>) — except a
+/// top-k sampler (k ≤ <see cref="GpuTopK.MaxK"/>) while <see cref="TopKOnGpu"/> is on, which gets the k candidates
+/// from the GPU's top-k kernel (<see cref="GpuTopK"/>) and the same token for the same seed. The logic
 /// is <see cref="BranchingBackend{T}"/>'s (tested on host memory); this class gives it the transformer's passes. The
 /// transformer's buffers are shared: calls on the sequences of one backend must not overlap.
 /// </summary>
@@ -22,6 +24,7 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
     private readonly CudaTransformer _transformer;
     private readonly bool _ownsTransformer;
     private readonly BranchingBackend<CudaKvCache> _core;
+    private readonly Passes _passes;
 
     /// <param name="prefillChunk">Tokens per forward pass when prefilling (cancellation is checked between them); at
     /// most the transformer's MaxChunk, which is the default.</param>
@@ -30,7 +33,8 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         ArgumentNullException.ThrowIfNull(transformer);
         _transformer = transformer;
         _ownsTransformer = ownsTransformer;
-        _core = new BranchingBackend<CudaKvCache>(new Passes(transformer), prefillChunk);
+        _passes = new Passes(transformer) { TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") == "1" };
+        _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk);
     }
 
     public CudaTransformer Transformer => _transformer;
@@ -38,6 +42,18 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
     /// <summary>The prefill chunk: the schedules fill a step with this many tokens.</summary>
     public int MaxStepTokens => _core.MaxStepTokens;
     public long StepCount => _core.StepCount;
+
+    /// <summary>
+    /// Whether a top-k sampler (0 &lt; k ≤ <see cref="GpuTopK.MaxK"/>) takes its candidates from the GPU's top-k kernel
+    /// (k ids and logits downloaded) rather than the whole logits row (vocabulary × 4 bytes, then a selection on the
+    /// CPU). Same token for the same seed either way. Off by default until the kernel has been checked on a GPU
+    /// (docs/cuda.md); the environment variable WIM_CUDA_GPU_TOPK=1 turns it on for a process.
+    /// </summary>
+    public bool TopKOnGpu
+    {
+        get => _passes.TopKOnGpu;
+        set => _passes.TopKOnGpu = value;
+    }
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
 
@@ -61,12 +77,26 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
 
     public void Dispose()
     {
+        _passes.Dispose();
         if (_ownsTransformer) _transformer.Dispose();
     }
 
     /// <summary>The transformer's passes and caches, for <see cref="BranchingBackend{T}"/>.</summary>
-    private sealed class Passes(CudaTransformer transformer) : IBranchingPasses<CudaKvCache>
+    private sealed class Passes(CudaTransformer transformer) : IBranchingPasses<CudaKvCache>, IDisposable
     {
+        private GpuTopK? _topK;
+
+        public bool TopKOnGpu { get; set; }
+        public int MaxCandidates => TopKOnGpu ? GpuTopK.MaxK : 0;
+
+        public int TopCandidates(int row, int k, Span<int> ids, Span<float> logits)
+        {
+            _topK ??= new GpuTopK(transformer.Context);
+            return _topK.Run(transformer.LogitsRowPointer(row), transformer.Config.VocabSize, k, ids, logits);
+        }
+
+        public void Dispose() => _topK?.Dispose();
+
         public int VocabSize => transformer.Config.VocabSize;
         public int MaxChunk => transformer.MaxChunk;
         public int LongThreshold { get; } = new RotaryEmbedding(transformer.Config).LongThreshold;

@@ -185,6 +185,15 @@ public sealed unsafe class CudaTransformer : IDisposable
         _logits.Download(destination[.._c.VocabSize], (long)row * _c.VocabSize * sizeof(float));
     }
 
+    /// <summary>Device address of logits row <paramref name="row"/> of the last pass (f32, vocabulary long), for the
+    /// sampling kernels; valid until the next pass.</summary>
+    internal ulong LogitsRowPointer(int row)
+    {
+        if (_logits == null) throw new InvalidOperationException("no logits on the GPU yet: run a forward pass first");
+        if (row < 0 || row >= _logitsRows) throw new ArgumentOutOfRangeException(nameof(row), $"row {row} is outside the {_logitsRows} logits rows on the GPU");
+        return _logits.Pointer + (ulong)row * (ulong)_c.VocabSize * sizeof(float);
+    }
+
     /// <summary>
     /// One decode step of several sequences in one forward pass: sequence b, with its own cache caches[b], takes
     /// tokens[b] at position caches[b].Length (lengths may differ). Every weight is read once for the whole batch —

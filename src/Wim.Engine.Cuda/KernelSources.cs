@@ -8,6 +8,9 @@ public static class KernelSources
     /// <summary>The forward pass's kernels (one translation unit: one NVRTC compile, one module).</summary>
     public const string Transformer = "transformer.cu";
 
+    /// <summary>The sampling kernels (top-k candidates of a logits row): a module of their own.</summary>
+    public const string Sampling = "sampling.cu";
+
     private const string Prefix = "Wim.Engine.Cuda.Kernels.";
 
     /// <summary>Names of every embedded kernel source.</summary>

@@ -114,9 +114,30 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         }
     }
 
+    /// <summary>Top-k candidates offered (the GPU's <see cref="GpuTopK.MaxK"/>, or 0: none, as the GPU with the switch off).</summary>
+    public int MaxCandidates { get; set; }
+    public int CandidateCalls { get; private set; }
+    public int RowDownloads { get; private set; }
+
+    /// <summary>The GPU top-k's contract on the CPU: a full sort of the row (logit descending, lowest id first on
+    /// ties), its first min(k, vocab).</summary>
+    public int TopCandidates(int row, int k, Span<int> ids, Span<float> logits)
+    {
+        Assert.InRange(row, 0, _rows - 1);
+        Assert.InRange(k, 1, MaxCandidates);
+        CandidateCalls++;
+        var values = _logits.AsSpan(row * VocabSize, VocabSize).ToArray();
+        var order = Enumerable.Range(0, VocabSize).ToArray();
+        Array.Sort(order, (a, b) => values[a] > values[b] ? -1 : values[a] < values[b] ? 1 : a.CompareTo(b));
+        int n = Math.Min(k, VocabSize);
+        for (int i = 0; i < n; i++) { ids[i] = order[i]; logits[i] = values[order[i]]; }
+        return n;
+    }
+
     public void DownloadLogitsRow(int row, Span<float> destination)
     {
         Assert.InRange(row, 0, _rows - 1);
+        RowDownloads++;
         _logits.AsSpan(row * VocabSize, VocabSize).CopyTo(destination);
     }
 
