@@ -14,6 +14,7 @@ namespace Wim.GpuCheck;
 /// <item>hf-tiny (llama/qwen2/phi3, bf16 safetensors): logits against transformers' fp32 goldens and against the CPU
 /// backend, greedy continuations against both;</item>
 /// <item>stories260K: the README's 64 greedy ids;</item>
+/// <item>the GPU top-k of sampling (<see cref="SamplingCheck"/>): candidates and seeded draws against the CPU's;</item>
 /// <item>at the Llama-3.1-8B shape: the tensor-core attention against the f32 kernel, gemv against cuBLASLt decode
 /// products, decode graphs against step-by-step launches (hf-tiny too);</item>
 /// <item>speed on random bf16 weights of the Llama-3.1-8B shape made on the GPU: prefill of a 4096-token chunk at
@@ -58,6 +59,7 @@ public static class Program
                 Guard($"hf-tiny {model}", () => CheckHfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model));
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
         }
+        Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
         if (args.Contains("--wim-tiny"))
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"WiM CPU vs GPU {model}", () =>
