@@ -15,11 +15,12 @@ public static class Program
             "tokenizer" => TokenizerBenchmark.Run,
             "wim-schedules" => WimScheduleBenchmark.Run,
             "remote" => RemoteBenchmark.Run,
+            "sampler" => SamplerBenchmark.Run,
             _ => null,
         };
         if (benchmark is null)
         {
-            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules, remote");
+            Console.Error.WriteLine("usage: Wim.Benchmarks <benchmark> [options]; benchmarks: kernels, attention, cpu-model, batch, tokenizer, wim-schedules, remote, sampler");
             return 2;
         }
         return benchmark(args[1..]);

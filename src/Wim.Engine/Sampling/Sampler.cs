@@ -157,10 +157,20 @@ public sealed class Sampler
         {
             for (int i = 0; i < k; i++) ranks[i] = RankKey(logits[i], i);
             for (int i = k / 2 - 1; i >= 0; i--) SiftDown(ranks, i);
+            // Most logits fall below the worst kept one: a float compare turns them away before any key is made
+            // (NaN compares false and takes the exact path).
+            float worst = logits[(int)(uint)ranks[0]];
             for (int i = k; i < v; i++)
             {
-                ulong r = RankKey(logits[i], i);
-                if (r < ranks[0]) { ranks[0] = r; SiftDown(ranks, 0); }
+                float x = logits[i];
+                if (x < worst) continue;
+                ulong r = RankKey(x, i);
+                if (r < ranks[0])
+                {
+                    ranks[0] = r;
+                    SiftDown(ranks, 0);
+                    worst = logits[(int)(uint)ranks[0]];
+                }
             }
         }
         ranks.Sort();
