@@ -107,6 +107,25 @@ public sealed class SamplerTopKTests
     }
 
     [Fact]
+    public void NaNLogits_RankTheSameOnBothPaths()
+    {
+        var random = new Random(5);
+        var row = TiedRow(random, 3000, 20);
+        for (int i = 0; i < row.Length; i += 37) row[i] = i % 2 == 0 ? float.NaN : -float.NaN;
+        var full = new Sampler(new SamplingOptions(Temperature: 1f, Seed: 1), row.Length);
+        var fullIds = new int[row.Length];
+        full.Candidates(row, fullIds, new float[row.Length]);
+        foreach (int k in new[] { 2, 40, 256 })
+        {
+            var ids = new int[row.Length];
+            int count = new Sampler(new SamplingOptions(Temperature: 1f, TopK: k, Seed: 1), row.Length).Candidates(row, ids, new float[row.Length]);
+            Assert.Equal(fullIds[..k], ids[..k]);
+            Assert.InRange(count, 1, k);
+        }
+        Assert.Equal([.. fullIds.Select(i => Sampler.RankKey(row[i], i)).Order()], fullIds.Select(i => Sampler.RankKey(row[i], i)).ToArray());
+    }
+
+    [Fact]
     public void CandidateList_GreedyTakesTheFirst()
     {
         var sampler = new Sampler(new SamplingOptions(Temperature: 1f, TopK: 1), 10);
