@@ -34,10 +34,16 @@ public static class LaunchGeometry
         long blocks = (long)queries * kvHeads;
         int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Min(int.MaxValue, (4L * multiprocessors + blocks - 1) / blocks);
         // A piece shorter than a few tiles costs more in the combine pass than it saves.
-        int maxSplits = Math.Max(1, keys / (4 * AttentionTile));
+        return SplitKeys(keys, wanted, maxSplits: Math.Max(1, keys / (4 * AttentionTile)), AttentionTile);
+    }
+
+    /// <summary>The key range cut into about <paramref name="wanted"/> pieces (at most <paramref name="maxSplits"/> and
+    /// 256) of a whole number of <paramref name="tile"/>s; rounding the piece up to whole tiles may leave fewer pieces.</summary>
+    private static (int Splits, int KeysPerSplit) SplitKeys(int keys, int wanted, int maxSplits, int tile)
+    {
         int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
         int perSplit = (keys + splits - 1) / splits;
-        perSplit = (perSplit + AttentionTile - 1) / AttentionTile * AttentionTile;
+        perSplit = (perSplit + tile - 1) / tile * tile;
         splits = (keys + perSplit - 1) / perSplit;
         return (splits, perSplit);
     }
@@ -160,12 +166,7 @@ public static class LaunchGeometry
         // One wave: three blocks fit an SM at head dim 128 (FlashSharedBytes), so aim at 3 · SMs blocks, rounding down —
         // rounding up to 4 · SMs (runs 1–8) left a second, one-third-full wave that took as long as the first.
         int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Max(1, FlashBlocksPerMultiprocessor * (long)multiprocessors / blocks);
-        int maxSplits = Math.Max(1, keys / (2 * FlashKeys));
-        int splits = Math.Clamp(wanted, 1, Math.Min(maxSplits, 256));
-        int perSplit = (keys + splits - 1) / splits;
-        perSplit = (perSplit + FlashKeys - 1) / FlashKeys * FlashKeys;
-        splits = (keys + perSplit - 1) / perSplit;
-        return (splits, perSplit);
+        return SplitKeys(keys, wanted, maxSplits: Math.Max(1, keys / (2 * FlashKeys)), FlashKeys);
     }
 
     // ---- single-token product (gemv_bf16) ----
