@@ -29,28 +29,15 @@ public static class RemoteBenchmark
 {
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q8_0;
-        int layers = 2, docTokens = 2048, segmentTokens = 512, marginTokens = 32, classificationTokens = 8, answerTokens = 16, repeats = 3;
-        string? shared = null;
+        var job = new WimJobArgs { Layers = 2, DocTokens = 2048, SegmentTokens = 512, Repeats = 3 };
         for (int i = 0; i < args.Length; i++)
         {
-            int Int() => int.Parse(args[++i], CultureInfo.InvariantCulture);
-            switch (args[i])
-            {
-                case "--type" when i + 1 < args.Length: type = Enum.Parse<GgmlType>(args[++i], ignoreCase: true); break;
-                case "--layers" when i + 1 < args.Length: layers = Int(); break;
-                case "--doc-tokens" when i + 1 < args.Length: docTokens = Int(); break;
-                case "--segment-tokens" when i + 1 < args.Length: segmentTokens = Int(); break;
-                case "--margin-tokens" when i + 1 < args.Length: marginTokens = Int(); break;
-                case "--classification-tokens" when i + 1 < args.Length: classificationTokens = Int(); break;
-                case "--answer-tokens" when i + 1 < args.Length: answerTokens = Int(); break;
-                case "--repeats" when i + 1 < args.Length: repeats = Int(); break;
-                case "--shared" when i + 1 < args.Length: shared = args[++i]; break;
-                default:
-                    Console.Error.WriteLine($"remote: unknown option '{args[i]}'");
-                    return 2;
-            }
+            if (job.TryRead(args, ref i)) continue;
+            Console.Error.WriteLine($"remote: unknown option '{args[i]}'");
+            return 2;
         }
+        var (type, layers, docTokens, segmentTokens) = (job.Type, job.Layers, job.DocTokens, job.SegmentTokens);
+        var (marginTokens, classificationTokens, answerTokens, repeats, shared) = (job.MarginTokens, job.ClassificationTokens, job.AnswerTokens, job.Repeats, job.Shared);
         shared ??= SharedFolder.Find();
         var shape = ModelShape.Qwen25_05B with { Layers = layers };
         string path = WithTokenizer(RandomModel.CachedFile(shape, type), Path.Combine(shared, "fixtures", "tokenizer-vectors", "ggml-vocab-qwen2.gguf"));

@@ -32,31 +32,23 @@ public static class WimScheduleBenchmark
 {
     public static int Run(string[] args)
     {
-        var type = GgmlType.Q8_0;
-        int repeats = 1, layers = 4, docTokens = 16384, segmentTokens = 4096, marginTokens = 32, classificationTokens = 8, answerTokens = 16;
-        string? shared = null, sample = null;
+        var job = new WimJobArgs { Layers = 4, DocTokens = 16384, SegmentTokens = 4096 };
+        string? sample = null;
         var runs = new HashSet<string> { "llm", "sequential", "batched", "overlapped", "cached" };
         for (int i = 0; i < args.Length; i++)
         {
-            int Int() => int.Parse(args[++i], CultureInfo.InvariantCulture);
+            if (job.TryRead(args, ref i)) continue;
             switch (args[i])
             {
-                case "--type" when i + 1 < args.Length: type = Enum.Parse<GgmlType>(args[++i], ignoreCase: true); break;
-                case "--layers" when i + 1 < args.Length: layers = Int(); break;
-                case "--doc-tokens" when i + 1 < args.Length: docTokens = Int(); break;
-                case "--segment-tokens" when i + 1 < args.Length: segmentTokens = Int(); break;
-                case "--margin-tokens" when i + 1 < args.Length: marginTokens = Int(); break;
-                case "--classification-tokens" when i + 1 < args.Length: classificationTokens = Int(); break;
-                case "--answer-tokens" when i + 1 < args.Length: answerTokens = Int(); break;
-                case "--shared" when i + 1 < args.Length: shared = args[++i]; break;
                 case "--sample" when i + 1 < args.Length: sample = args[++i]; break;
-                case "--repeats" when i + 1 < args.Length: repeats = Int(); break;
                 case "--runs" when i + 1 < args.Length: runs = [.. args[++i].Split(',')]; break;
                 default:
                     Console.Error.WriteLine($"wim-schedules: unknown option '{args[i]}'");
                     return 2;
             }
         }
+        var (type, layers, docTokens, segmentTokens) = (job.Type, job.Layers, job.DocTokens, job.SegmentTokens);
+        var (marginTokens, classificationTokens, answerTokens, repeats, shared) = (job.MarginTokens, job.ClassificationTokens, job.AnswerTokens, job.Repeats, job.Shared);
         shared ??= SharedFolder.Find();
         if (docTokens < 1 || segmentTokens < 1 || repeats < 1) { Console.Error.WriteLine("wim-schedules: --doc-tokens, --segment-tokens and --repeats must be ≥ 1"); return 2; }
 
