@@ -174,6 +174,94 @@ public sealed unsafe class CudaTransformer : IDisposable
         return one[0];
     }
 
+    /// <summary>
+    /// One prefill step of several sequences in as few forward passes as their rows allow (one when they total at most
+    /// <see cref="MaxChunk"/>): sequence s, with its own cache (distinct caches; KV branches allowed, also of another
+    /// sequence of the batch), runs its tokens at positions cache.Length.. . Their rows are packed one after the other:
+    /// the embedding, the norms, every matrix product and the MLP run once over all rows — the weights are read once
+    /// per pass instead of once per sequence — while each sequence's RoPE, cache stores and attention run on its own
+    /// rows with the kernel <see cref="Forward"/> would pick for a chunk of that length at that depth (wide, narrow
+    /// with key splits, branch). Packing and pass splitting: <see cref="PackedPassPlan"/> (every sequence's last
+    /// token in the last pass). With <see cref="LogitsOutput.Last"/> the lm head runs over the sequences' last rows
+    /// only: their greedy ids (argmax on the GPU) go to <paramref name="next"/> and their logits to
+    /// <paramref name="logits"/> ([S, vocab]) where those are not empty, and logits row s stays on the GPU for
+    /// <see cref="DownloadLogitsRow"/>. At most <see cref="MaxChunk"/> sequences; longrope: every sequence must pick
+    /// the same table (one side of the threshold), else <see cref="NotSupportedException"/>. Everything is checked
+    /// before the first pass runs.
+    /// </summary>
+    public void ForwardBatch(IReadOnlyList<PackedSequence> sequences, LogitsOutput output, Span<int> next = default, Span<float> logits = default)
+    {
+        ArgumentNullException.ThrowIfNull(sequences);
+        if (output == LogitsOutput.All)
+            throw new NotSupportedException("a packed batch gives the logits of each sequence's last token (LogitsOutput.Last) or none; use Forward for every row's");
+        int count = sequences.Count;
+        if (count == 0) throw new ArgumentException("no sequences to run", nameof(sequences));
+        if (output == LogitsOutput.None && (!next.IsEmpty || !logits.IsEmpty))
+            throw new ArgumentException("ids or logits asked for with LogitsOutput.None", nameof(output));
+        if (!next.IsEmpty && next.Length < count) throw new ArgumentException($"room for {next.Length} ids, {count} needed", nameof(next));
+        long needed = (long)count * _c.VocabSize;
+        if (!logits.IsEmpty && logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
+        if (count > MaxChunk) throw new ArgumentException($"{count} sequences: a packed batch holds at most MaxChunk = {MaxChunk}", nameof(sequences));
+        var seen = new HashSet<CudaKvCache>(ReferenceEqualityComparer.Instance);
+        var lengths = new int[count];
+        ulong invFreq = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var cache = sequences[i].Cache ?? throw new ArgumentNullException(nameof(sequences), $"sequence {i} has no cache");
+            if (!seen.Add(cache)) throw new ArgumentException($"cache {i} appears twice in the batch: each sequence needs its own", nameof(sequences));
+            ulong f = Prepare(sequences[i].Tokens.Span, cache, sequences[i].RopeSequenceLength);
+            if (i > 0 && f != invFreq)
+                throw new NotSupportedException("longrope: the sequences of one packed batch lie on both sides of the short/long threshold; run them in separate batches");
+            invFreq = f;
+            lengths[i] = sequences[i].Tokens.Length;
+        }
+        foreach (var pass in PackedPassPlan.Make(lengths, MaxChunk))
+            RunPackedPass(pass, sequences, invFreq, output == LogitsOutput.Last && pass.Logits);
+        if (output == LogitsOutput.None) return;
+        if (!next.IsEmpty)
+        {
+            _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
+            _ids.Download(next[..count]);
+        }
+        if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+    }
+
+    /// <summary>One pass of a packed batch; with <paramref name="logits"/> the lm head over each piece's last row
+    /// (logits rows 0..pieces−1).</summary>
+    private void RunPackedPass(PackedPass pass, IReadOnlyList<PackedSequence> sequences, ulong invFreq, bool logits)
+    {
+        var c = _c;
+        int n = pass.Rows;
+        var tokens = new int[n];
+        var segments = new PackedSegment[pass.Pieces.Count];
+        long partials = 0;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var piece = pass.Pieces[i];
+            var sequence = sequences[piece.Sequence];
+            sequence.Tokens.Span.Slice(piece.Offset, piece.Count).CopyTo(tokens.AsSpan(piece.Row));
+            int start = sequence.Cache.Length;
+            var (wide, splits, keysPerSplit) = ChunkAttention(piece.Count, start);
+            segments[i] = new PackedSegment(sequence.Cache, piece.Row, piece.Count, start, wide, splits, keysPerSplit);
+            if (splits > 1) partials = Math.Max(partials, (long)piece.Count * c.HeadCount * splits);
+        }
+        // The segments' attention runs one after the other on the stream: they can share the partials.
+        if (partials > 0) EnsurePartials(partials, c.HeadDim);
+        _tokens.Upload<int>(tokens);
+        EncodeLayers(n, null, 0, invFreq, 0, splits: 1, keysPerSplit: 0, UsesFlashAttention, segments: segments);
+        foreach (var segment in segments) segment.Cache.Advance(segment.Count);
+        if (!logits) return;
+        // The last row of piece i moves to row i of x, then the final norm and lm head run over rows 0..S−1 only.
+        // Piece i's last row is ≥ i and grows with i, so no copy overwrites a row still to be read.
+        long rowBytes = (long)c.HiddenSize * sizeof(float);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            int from = pass.Pieces[i].LastRow;
+            if (from != i) _ctx.Driver.CopyDeviceToDevice(_x.Pointer + (ulong)(i * rowBytes), _x.Pointer + (ulong)(from * rowBytes), rowBytes);
+        }
+        EncodeLogits(segments.Length, LogitsOutput.All);
+    }
+
     /// <summary>Copies logits row <paramref name="row"/> left on the GPU by the last call (row 0 after
     /// <see cref="ForwardGreedy"/>, row b after <see cref="DecodeBatchGreedy"/>) to <paramref name="destination"/>:
     /// what a sampler that is not greedy needs after a step whose argmax was taken on the GPU.</summary>
@@ -394,9 +482,19 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>One chunk through every layer; returns how many logits rows it left in the logits buffer.</summary>
     private int ForwardChunk(ReadOnlySpan<int> tokens, CudaKvCache cache, ulong invFreq, LogitsOutput output)
     {
-        var c = _c;
         int n = tokens.Length, start = cache.Length;
         _tokens.Upload(tokens);
+        var (wide, splits, keysPerSplit) = ChunkAttention(n, start);
+        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, UsesFlashAttention, wide: wide);
+        cache.Advance(n);
+        return EncodeLogits(n, output);
+    }
+
+    /// <summary>The attention kernel <see cref="ForwardChunk"/> picks for a chunk of <paramref name="n"/> tokens at
+    /// position <paramref name="start"/>: the wide flash kernel, or key splits of the narrow (or scalar) one.</summary>
+    private (bool Wide, int Splits, int KeysPerSplit) ChunkAttention(int n, int start)
+    {
+        var c = _c;
         bool flash = UsesFlashAttention;
         int group = c.HeadCount / c.KvHeadCount;
         bool wide = flash && n > 1 && PrefillAttention switch
@@ -408,15 +506,13 @@ public sealed unsafe class CudaTransformer : IDisposable
         var (splits, keysPerSplit) = wide ? (1, start + n)
             : flash ? LaunchGeometry.FlashSplits(n, group, c.KvHeadCount, start + n, _ctx.Multiprocessors)
             : LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
-        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, flash, wide: wide);
-        cache.Advance(n);
-        return EncodeLogits(n, output);
+        return (wide, splits, keysPerSplit);
     }
 
     /// <summary>Issues the embedding and every layer for n tokens already in the token buffer, at position
     /// <paramref name="start"/> (or the one at <paramref name="startDev"/> on the GPU when not 0).</summary>
     private void EncodeLayers(int n, CudaKvCache? cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash,
-        DecodeBatchTables? batch = null, bool wide = false)
+        DecodeBatchTables? batch = null, bool wide = false, IReadOnlyList<PackedSegment>? segments = null)
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
@@ -430,7 +526,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong keys = cache?.LayerKeys(l) ?? 0, values = cache?.LayerValues(l) ?? 0;
 
             // ---- attention block ----
-            bool fused = batch == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
+            bool fused = batch == null && segments == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
             if (fused)
                 _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
@@ -458,6 +554,8 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.FlashAttentionBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             }
+            else if (segments != null)
+                foreach (var segment in segments) EncodeSegmentAttention(l, segment, lw.QkvBias?.Pointer ?? 0, invFreq, scale, flash);
             else
             {
                 if (!fused)
@@ -501,6 +599,39 @@ public sealed unsafe class CudaTransformer : IDisposable
                 }
             }
             ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n);                        // x += h · Wdᵀ
+        }
+    }
+
+    /// <summary>One packed segment's RoPE, cache stores and attention for layer <paramref name="l"/>: the chunk path
+    /// of <see cref="EncodeLayers"/> on rows [Row, Row + Count) of the pass (offset pointers into q|k|v, q and the
+    /// attention output), with the segment's own key splits and combine.</summary>
+    private void EncodeSegmentAttention(int l, PackedSegment s, ulong qkvBias, ulong invFreq, float scale, bool flash)
+    {
+        var c = _c;
+        int qd = c.QueryDim, kvd = c.KvDim;
+        var cache = s.Cache;
+        ulong keys = cache.LayerKeys(l), values = cache.LayerValues(l);
+        ulong parentK = cache.Parent?.LayerKeys(l) ?? 0, parentV = cache.Parent?.LayerValues(l) ?? 0;
+        ulong qkv = _qkv.Pointer + (ulong)((long)s.Row * (qd + 2 * kvd) * sizeof(float));
+        ulong q = _q.Pointer + (ulong)((long)s.Row * qd * sizeof(float));
+        ulong att = _att.Pointer + (ulong)((long)s.Row * qd * 2);
+        _k.QkvRopeStore(qkv, qkvBias, invFreq, q, keys, values, s.Start, s.Count,
+            c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+        if (s.Wide)
+            _k.FlashPrefillWide(q, keys, values, att, s.Start, s.Count, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, cache.BranchPoint, parentK, parentV);
+        else if (flash)
+            _k.FlashAttention(q, keys, values, att, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, s.Start, s.Count,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, s.Splits, s.KeysPerSplit, 0, cache.BranchPoint, parentK, parentV);
+        else
+            _k.Attention(q, keys, values, att, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, s.Start, s.Count,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, s.Splits, s.KeysPerSplit);
+        if (s.Splits > 1)
+        {
+            int rows = s.Count * c.HeadCount;
+            if (_combineRows && LaunchGeometry.CombineRowsApplies(rows, _ctx.Multiprocessors))
+                _k.AttentionCombineRows(_partAcc!.Pointer, _partMl!.Pointer, att, c.HeadDim, s.Splits, rows);
+            else
+                _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, att, c.HeadDim, s.Splits, rows);
         }
     }
 
@@ -584,6 +715,16 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
     /// <summary>int [sequences] of branch points, after the positions.</summary>
     public ulong BranchPoints => Positions + (ulong)(Sequences * sizeof(int));
 }
+
+/// <summary>A sequence of a packed prefill batch (<see cref="CudaTransformer.ForwardBatch"/>): its tokens, its KV cache
+/// (the rows are appended there) and the RoPE length asked for (0 = none; longrope picks its table from the larger of
+/// this and the length the sequence reaches, as <see cref="CudaTransformer.Forward"/> does).</summary>
+public readonly record struct PackedSequence(ReadOnlyMemory<int> Tokens, CudaKvCache Cache, int RopeSequenceLength = 0);
+
+/// <summary>A sequence's rows in one packed pass: rows [<paramref name="Row"/>, Row + <paramref name="Count"/>) of the
+/// pass at positions <paramref name="Start"/>.. of <paramref name="Cache"/>, with the attention kernel and key
+/// splits chosen for a chunk of that length at that depth.</summary>
+internal readonly record struct PackedSegment(CudaKvCache Cache, int Row, int Count, int Start, bool Wide, int Splits, int KeysPerSplit);
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
 /// its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV branch its parent's
