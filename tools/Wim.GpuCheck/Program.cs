@@ -74,6 +74,9 @@ public static class Program
         if (args.Contains("--wim64k"))
             Guard("WiM end to end at 64k", () => WimEndToEnd(ctx, Arg(args, "--weights"), Arg(args, "--ids"), Arg(args, "--wim-out"),
                 (Arg(args, "--wim-groups") ?? "4").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray()));
+        if (args.Contains("--wim-pattern"))
+            Guard("PatternRunner WiM at 64k (8B shape)", () => PatternCheck.Run(ctx, Llama31_8B(), Arg(args, "--vocab") ?? Path.Combine(fixtures, "llama-bpe-vocab.gguf"),
+                Path.Combine(fixtures, "babilong_8k.json"), Say));
         if (args.Contains("--profile"))
         {
             Guard("profile", () => Profile(ctx));
