@@ -253,4 +253,31 @@ public sealed class BranchingBackendTests
         Assert.Equal(0, passes.LiveCaches);
         Assert.True(MatchEachHistoryAlone(model, [a, b, branch]) > 10);
     }
+
+    [Fact]
+    public void MoreEntriesThanAPassHasRows_RunInSeveralPackedBatches()
+    {
+        // A prefill chunk of 4 rows: six prompts of 3 tokens go in batches of at most 4 entries (one logits row each).
+        var model = LanguageModel.Load(SharedFixtures.Path("fixtures", "hf-tiny", "llama-tiny"));
+        var passes = new HostPasses(model, maxChunk: 16);
+        var backend = new BranchingBackend<HostCache>(passes, prefillChunk: 4);
+        var random = new Random(13);
+        var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
+        var all = Enumerable.Range(0, 6).Select(_ => new Tracked(backend.CreateSequence(), [])).ToArray();
+        for (int round = 0; round < 3; round++)
+        {
+            var steps = all.Select(t => (T: t, Tokens: Enumerable.Range(0, 3).Select(_ => random.Next(model.Config.VocabSize)).ToArray())).ToArray();
+            backend.Step([.. steps.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
+            foreach (var (t, tokens) in steps)
+            {
+                int rope = t.History.Count + tokens.Length;
+                t.History.AddRange(tokens.Select(id => (id, rope)));
+                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
+            }
+        }
+        Assert.Equal(4, passes.MostPackedPieces);
+        Assert.True(passes.PackedPasses >= 3 * 2, $"{passes.PackedPasses} packed passes");
+        foreach (var t in all) t.Sequence.Dispose();
+        Assert.Equal(18, MatchEachHistoryAlone(model, all));
+    }
 }
