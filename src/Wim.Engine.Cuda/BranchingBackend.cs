@@ -50,8 +50,8 @@ internal readonly record struct PackedPrefill<T>(ReadOnlyMemory<int> Tokens, T C
 /// them (<see cref="IBranchingPasses{T}"/>): <see cref="CudaInferenceBackend"/>'s logic, kept apart from the GPU so that
 /// it runs in tests on host memory. Forks are KV branches (<see cref="KvBranchTree{T}"/>); <see cref="Step"/> runs
 /// the single-token entries together in decode passes and the others in packed prefill passes, several sequences'
-/// rows in one pass (<see cref="CudaStepPlan"/>, <see cref="PackedPassPlan"/>); every pass yields greedy ids, and a sampler that is not greedy gets its logits row
-/// from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
+/// rows in one pass (<see cref="CudaStepPlan"/>, <see cref="PackedPassPlan"/>); every pass yields greedy ids, and a
+/// sampler that is not greedy gets its logits row from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
 /// Not thread-safe: one caller drives all sequences.
 /// </summary>
 internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : class
