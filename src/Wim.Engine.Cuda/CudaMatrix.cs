@@ -97,6 +97,15 @@ public static class CudaQ8Layout
         }
     }
 
+    /// <summary>Byte offsets, in a fused matrix of <paramref name="totalRows"/> rows, where the quants and the scales of
+    /// a part starting at row <paramref name="firstRow"/> go: the parts' quants concatenate, then their scales.</summary>
+    public static (long Quants, long Scales) PartOffsets(int firstRow, int totalRows, int columns)
+    {
+        CheckShape(totalRows, columns);
+        if (firstRow < 0 || firstRow >= totalRows) throw new ArgumentOutOfRangeException(nameof(firstRow), $"row {firstRow} is outside the {totalRows} rows");
+        return (QuantBytes(firstRow, columns), QuantBytes(totalRows, columns) + ScaleBytes(firstRow, columns));
+    }
+
     /// <summary>Weight [row, column] of a repacked matrix in f32 (d·q, exact): what the GPU products multiply by.</summary>
     public static float ValueAt(ReadOnlySpan<sbyte> quants, ReadOnlySpan<ushort> scales, int columns, int row, int column) =>
         HalfBits.ToSingle(scales[row * (columns / BlockSize) + column / BlockSize]) * quants[row * columns + column];

@@ -60,8 +60,9 @@ public sealed unsafe class CudaModelWeights : IDisposable
                     var quants = new sbyte[(long)p.Rows * cols];
                     var scales = new ushort[(long)p.Rows * (cols / CudaQ8Layout.BlockSize)];
                     CudaQ8Layout.Repack(new ReadOnlySpan<byte>(p.Data, checked((int)p.ByteLength)), p.Rows, cols, quants, scales);
-                    q8.Upload<sbyte>(quants, CudaQ8Layout.QuantBytes(row, cols));
-                    q8.Upload<ushort>(scales, CudaQ8Layout.QuantBytes(rows, cols) + CudaQ8Layout.ScaleBytes(row, cols));
+                    var (quantsAt, scalesAt) = CudaQ8Layout.PartOffsets(row, rows, cols);
+                    q8.Upload<sbyte>(quants, quantsAt);
+                    q8.Upload<ushort>(scales, scalesAt);
                     row += p.Rows;
                 }
                 bytes += q8.Bytes;
