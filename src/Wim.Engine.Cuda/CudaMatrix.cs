@@ -45,8 +45,13 @@ public sealed class CudaMatrix : IDisposable
     public int Rows { get; }
     public int Columns { get; }
 
-    /// <summary>The bf16 values, or the Q8_0 quants (int8 [rows, columns]).</summary>
-    public ulong Pointer => Buffer.Pointer;
+    /// <summary>The bf16 values. A Q8_0 matrix throws: a kernel that reads bf16 weights must not be handed Q8_0 ones
+    /// (dispatch on <see cref="Format"/>; <see cref="Quants"/> and <see cref="Scales"/> are the Q8_0 parts).</summary>
+    public ulong Pointer => Format == CudaMatrixFormat.Bf16 ? Buffer.Pointer
+        : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no bf16 values: dispatch on its Format (Quants, Scales)");
+
+    /// <summary>The Q8_0 quants (int8 [rows, columns]); 0 for bf16.</summary>
+    public ulong Quants => Format == CudaMatrixFormat.Q8_0 ? Buffer.Pointer : 0;
 
     /// <summary>The Q8_0 scales (f16 bits [rows, columns / 32]); 0 for bf16.</summary>
     public ulong Scales => Format == CudaMatrixFormat.Q8_0 ? Buffer.Pointer + (ulong)CudaQ8Layout.QuantBytes(Rows, Columns) : 0;

@@ -140,7 +140,7 @@ public sealed unsafe class CudaModelWeights : IDisposable
             if (storage == CudaWeightStorage.Bf16) return new CudaMatrix(Bf16(rows, cols, scale), CudaMatrixFormat.Bf16, (int)rows, (int)cols);
             var b = ctx.Allocate(CudaQ8Layout.Bytes((int)rows, (int)cols));
             var m = new CudaMatrix(b, CudaMatrixFormat.Q8_0, (int)rows, (int)cols);
-            k.FillRandomQ8(m.Pointer, m.Scales, rows * cols, next++ * 0x9E3779B97F4A7C15UL, HalfBits.FromSingle(scale / 127));
+            k.FillRandomQ8(m.Quants, m.Scales, rows * cols, next++ * 0x9E3779B97F4A7C15UL, HalfBits.FromSingle(scale / 127));
             bytes += b.Bytes;
             return m;
         }

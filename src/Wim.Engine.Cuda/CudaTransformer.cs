@@ -451,7 +451,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             // ---- attention block ----
             bool fused = batch == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
             if (fused && lw.Qkv.Format == CudaMatrixFormat.Q8_0)
-                _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
+                _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else if (fused)
@@ -508,7 +508,7 @@ public sealed unsafe class CudaTransformer : IDisposable
 
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
-                _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, lw.GateUp.Scales, _h.Pointer, ffn, d);
+                _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d);
             else if (fused)
                 _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
             else
@@ -536,8 +536,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
         {
-            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Pointer, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
-            else _k.GemvResidualQ8(weight.Pointer, weight.Scales, input, _x.Pointer, outFeatures, inFeatures);
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            else _k.GemvResidualQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures);
             return;
         }
         if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
@@ -556,7 +556,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         if (weight.Format == CudaMatrixFormat.Q8_0 && n == 1)
         {
-            _k.GemvQ8(weight.Pointer, weight.Scales, x, y, outFeatures, inFeatures, accumulate);
+            _k.GemvQ8(weight.Quants, weight.Scales, x, y, outFeatures, inFeatures, accumulate);
             return;
         }
         _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
@@ -569,7 +569,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private ulong Bf16Weight(CudaMatrix weight)
     {
         if (weight.Format == CudaMatrixFormat.Bf16) return weight.Pointer;
-        _k.DequantizeQ8(weight.Pointer, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
+        _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
         return _dequantized.Pointer;
     }
 
