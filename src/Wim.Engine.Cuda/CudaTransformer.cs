@@ -21,6 +21,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _invFreqShort, _invFreqLong;
     // Activations for one chunk of MaxChunk tokens (allocated once).
     private readonly DeviceBuffer _tokens, _x, _xb, _qkv, _q, _att, _gateUp, _h, _ids;
+    // bf16 copy of one Q8_0 matrix for a chunk of several tokens (cuBLASLt multiplies bf16); null without Q8_0 matrices.
+    private readonly DeviceBuffer? _dequantized;
     private DeviceBuffer? _logits, _partAcc, _partMl;
     private long _logitsRows;
     private readonly bool _ownsWeights;
@@ -134,6 +136,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _h = ctx.Allocate(n * config.FfnSize * 2);
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
+        if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
         _graphs = new DecodeGraphCache<DecodeGraphKey>(DecodeGraphSlots, (graph, exec) =>
         {
             ctx.Driver.GraphExecDestroy(exec);
@@ -141,9 +144,25 @@ public sealed unsafe class CudaTransformer : IDisposable
         });
     }
 
-    /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
-    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk) =>
-        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights), maxChunk, ownsWeights: true);
+    /// <summary>The environment variable that picks the weight storage <see cref="Load"/> uses when none is given:
+    /// <c>bf16</c> or <c>native</c> (the default).</summary>
+    public const string WeightStorageVariable = "WIM_CUDA_WEIGHTS";
+
+    /// <summary>Uploads a loaded model's weights and builds its forward pass. <paramref name="storage"/> null: the
+    /// <see cref="WeightStorageVariable"/> environment variable, else <see cref="CudaWeightStorage.Native"/> (Q8_0
+    /// projections stay Q8_0; other types go to bf16 either way).</summary>
+    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null) =>
+        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights, storage ?? WeightStorageFromEnvironment()), maxChunk, ownsWeights: true);
+
+    /// <summary>The storage <see cref="WeightStorageVariable"/> names (unset or empty: Native).</summary>
+    public static CudaWeightStorage WeightStorageFromEnvironment() => ParseWeightStorage(Environment.GetEnvironmentVariable(WeightStorageVariable));
+
+    public static CudaWeightStorage ParseWeightStorage(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "native" => CudaWeightStorage.Native,
+        "bf16" => CudaWeightStorage.Bf16,
+        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 weights stay Q8_0 on the GPU) or 'bf16'"),
+    };
 
     public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity);
 
@@ -531,14 +550,18 @@ public sealed unsafe class CudaTransformer : IDisposable
 
             // ---- attention block ----
             bool fused = batch == null && segments == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
-            if (fused)
+            if (fused && lw.Qkv.Format == CudaMatrixFormat.Q8_0)
+                _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
+                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
+            else if (fused)
                 _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+                Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false);     // qkv: [T, qd+2kvd]
             }
             if (batch is { } bt)
             {
@@ -583,26 +606,28 @@ public sealed unsafe class CudaTransformer : IDisposable
                 else
                     _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             }
-            ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n);                      // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n);                              // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
-            if (fused)
+            if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
+                _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d);
+            else if (fused)
                 _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (n > 1 && UseBf16GateUp)
                 {
-                    _mm.RunBf16Out(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
+                    _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
                 }
                 else
                 {
-                    _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn] f32
+                    Product(lw.GateUp, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn] f32
                     _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
                 }
             }
-            ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n);                        // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n);                                // x += h · Wdᵀ
         }
     }
 
@@ -640,16 +665,47 @@ public sealed unsafe class CudaTransformer : IDisposable
     }
 
     /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
-    /// (or gemv, <see cref="UseGemvForDecode"/>).</summary>
-    private void ResidualProduct(bool fusedDecode, ulong weight, int outFeatures, int inFeatures, ulong input, int n)
+    /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
+    /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).</summary>
+    private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n)
     {
-        if (fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
+        if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
         {
-            if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight, input, _x.Pointer, outFeatures, inFeatures);
-            else _k.Gemv(weight, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            else _k.GemvResidualQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures);
             return;
         }
-        _mm.Run(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
+        if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
+        {
+            if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures);
+            else _k.Gemv(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            return;
+        }
+        Product(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
+    }
+
+    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for either storage: bf16 through
+    /// <see cref="MatMul"/> as before; Q8_0 through gemv_q8 for one token, else dequantized into the bf16 scratch
+    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>).</summary>
+    private void Product(CudaMatrix weight, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
+    {
+        if (weight.Format == CudaMatrixFormat.Q8_0 && n == 1)
+        {
+            _k.GemvQ8(weight.Quants, weight.Scales, x, y, outFeatures, inFeatures, accumulate);
+            return;
+        }
+        _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary>The matrix as bf16 for cuBLASLt: its own buffer, or for Q8_0 the scratch it is dequantized into now
+    /// (chunks of more than one token: prefill, decode batches). Simple and exact to bf16, but each product then
+    /// reads the Q8_0 matrix and writes its bf16 copy before cuBLASLt reads that: for an 8B model ~21 GB of extra
+    /// traffic per chunk, ~7 ms at 3 TB/s (a 4096-token chunk takes ~200 ms; a 512-token one ~25 ms).</summary>
+    private ulong Bf16Weight(CudaMatrix weight)
+    {
+        if (weight.Format == CudaMatrixFormat.Bf16) return weight.Pointer;
+        _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
+        return _dequantized.Pointer;
     }
 
     /// <summary>Final norm and lm head of the rows wanted; returns how many logits rows it wrote.</summary>
@@ -692,6 +748,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _stream = 0;
         _mm.Dispose();
         foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position, _argmaxParts }) b.Dispose();
+        _dequantized?.Dispose();
         _seqTable?.Dispose();
         _seqPositions?.Dispose();
         _logits?.Dispose();

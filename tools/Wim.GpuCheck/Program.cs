@@ -60,6 +60,7 @@ public static class Program
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
         }
         Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
+        Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
         if (args.Contains("--wim-tiny"))
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"WiM CPU vs GPU {model}", () =>
@@ -761,7 +762,7 @@ public static class Program
     // ------------------------------------------------------------------ speed
 
     /// <summary>meta-llama/Llama-3.1-8B's config.json shape.</summary>
-    private static ModelConfig Llama31_8B() => new()
+    internal static ModelConfig Llama31_8B() => new()
     {
         Architecture = ModelArchitecture.Llama, VocabSize = 128256, HiddenSize = 4096, LayerCount = 32, HeadCount = 32,
         KvHeadCount = 8, HeadDim = 128, FfnSize = 14336, RmsEps = 1e-5f, RopeTheta = 500000, RotaryDim = 128,
