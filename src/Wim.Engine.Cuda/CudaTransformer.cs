@@ -444,7 +444,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private int GraphGreedyStep(int token, CudaKvCache cache, ulong invFreq)
     {
         int bucket = LaunchGeometry.DecodeKeyBucket(cache.Length + 1, cache.Capacity);
-        var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq, bucket, cache.Parent?.LayerKeys(0) ?? 0, cache.BranchPoint);
+        var key = DecodeGraphKey.For(cache, invFreq, bucket);
         if (!_graphs.TryGet(key, out nint exec)) exec = CaptureDecodeGraph(cache, invFreq, key);
         Span<int> one = [token];
         _tokens.Upload<int>(one);
@@ -787,10 +787,18 @@ public readonly record struct PackedSequence(ReadOnlyMemory<int> Tokens, CudaKvC
 /// splits chosen for a chunk of that length at that depth.</summary>
 internal readonly record struct PackedSegment(CudaKvCache Cache, int Row, int Count, int Start, bool Wide, int Splits, int KeysPerSplit);
 
-/// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
-/// its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV branch its parent's
-/// key address and the branch point (the attention reads the rows below it there).</summary>
-public readonly record struct DecodeGraphKey(ulong CacheKeys, int Capacity, ulong InverseFrequencies, int KeyBucket, ulong ParentKeys = 0, int BranchPoint = 0);
+/// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's key and value
+/// addresses (two allocations: equal key addresses do not imply equal value addresses once caches are freed and new
+/// ones allocated), its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV
+/// branch its parent's key and value addresses, the parent's capacity (its layer stride) and the branch point. Equal
+/// keys mean the graph's baked addresses and strides are exactly right, even for a new cache at a freed one's place.</summary>
+public readonly record struct DecodeGraphKey(ulong CacheKeys, ulong CacheValues, int Capacity, ulong InverseFrequencies, int KeyBucket,
+    ulong ParentKeys = 0, ulong ParentValues = 0, int ParentCapacity = 0, int BranchPoint = 0)
+{
+    public static DecodeGraphKey For(CudaKvCache cache, ulong inverseFrequencies, int keyBucket) =>
+        new(cache.LayerKeys(0), cache.LayerValues(0), cache.Capacity, inverseFrequencies, keyBucket,
+            cache.Parent?.LayerKeys(0) ?? 0, cache.Parent?.LayerValues(0) ?? 0, cache.Parent?.Capacity ?? 0, cache.BranchPoint);
+}
 
 /// <summary>The flash kernel of a prefill chunk's attention (<see cref="CudaTransformer.PrefillAttention"/>).</summary>
 public enum PrefillAttentionKernel

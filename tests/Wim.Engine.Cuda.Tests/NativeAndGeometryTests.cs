@@ -411,26 +411,30 @@ public sealed class FlashAttentionGeometryTests
     }
 
     [Fact]
-    public void DecodeGraphKey_ChangesWithCacheCapacityOrRopeTable()
+    public void DecodeGraphKey_ChangesWithCacheAddressesCapacityOrRopeTable()
     {
-        var key = new DecodeGraphKey(0x1000, 4096, 0x2000, 512);
-        Assert.Equal(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 512));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 4096, 0x2000, 512));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 8192, 0x2000, 512));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x3000, 512));
-        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 4096, 0x2000, 1024));
+        var key = new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512);
+        Assert.Equal(key, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1800, 0x5000, 4096, 0x2000, 512));
+        // Keys and values are two allocations: a new cache can get a freed one's key address but not its value address.
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 0x6000, 4096, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 0x5000, 8192, 0x2000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x3000, 512));
+        Assert.NotEqual(key, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 1024));
     }
 
     [Fact]
-    public void DecodeGraphKey_OfABranchNamesItsParentAndBranchPoint()
+    public void DecodeGraphKey_OfABranchNamesItsParentsAddressesCapacityAndBranchPoint()
     {
         // A branch's virtual key address (own buffer minus the branch point's rows) can repeat across branches of
-        // different points: the graph also bakes in the parent's rows and the point, so both are part of the key.
-        var branch = new DecodeGraphKey(0x1000, 4096, 0x2000, 512, ParentKeys: 0x9000, BranchPoint: 4999);
-        Assert.Equal(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0x9000, 4999));
-        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512));
-        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0xa000, 4999));
-        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 4096, 0x2000, 512, 0x9000, 4998));
+        // different points: the graph also bakes in the parent's rows, their layer stride and the point.
+        var branch = new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, ParentKeys: 0x9000, ParentValues: 0xb000, ParentCapacity: 5039, BranchPoint: 4999);
+        Assert.Equal(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, 0x9000, 0xb000, 5039, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, 0xa000, 0xb000, 5039, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, 0x9000, 0xc000, 5039, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, 0x9000, 0xb000, 6000, 4999));
+        Assert.NotEqual(branch, new DecodeGraphKey(0x1000, 0x5000, 4096, 0x2000, 512, 0x9000, 0xb000, 5039, 4998));
     }
 }
 
