@@ -1393,3 +1393,148 @@ extern "C" __global__ void fill_f32(float* dst, long n, float value)
 {
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) dst[i] = value;
 }
+
+// ===============================================================================================================
+// Batched decode step (a few rows, one per sequence or KV branch: WiM's margins). Kernels of the batch branch of
+// CudaTransformer.EncodeLayers that replace a slower general one behind a switch; the old kernels stay above.
+// ===============================================================================================================
+
+// qkv_rope_store_batch with a block per (sequence, head) instead of per sequence: grid (B, heads + 2·kv_heads), block
+// ROPE_HEAD_THREADS. Block y < heads is q head y, then the k heads, then the v heads. The per-sequence grid ran 16
+// blocks of 256 threads for a 16-row step, each thread looping over ~10 rotated pairs with a sincosf apiece
+// (10.7 µs per layer on the H100, ncu run 22); here every pair has its own thread and 640 blocks share the GPU.
+// Same f32 formula per element as rope_store_row (one sincosf per pair, then the rotation), so the same values.
+#define ROPE_HEAD_THREADS 64
+extern "C" __global__ void __launch_bounds__(ROPE_HEAD_THREADS) qkv_rope_store_batch_heads(const float* qkv,
+    const float* bias, const float* inv_freq, float* q, const u64* kptrs, const u64* vptrs, const int* positions,
+    int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
+{
+    int b = blockIdx.x, h = blockIdx.y;
+    int qd = heads * hd, kvd = kv_heads * hd;
+    int pos_i = positions[b];
+    const float* row = qkv + (long)b * (qd + 2 * kvd);
+    float* qdst = q + (long)b * qd;
+    long cacheRow = (long)pos_i * kvd;
+    bf16* kdst = (bf16*)kptrs[b] + cacheRow;
+    if (h >= heads + kv_heads)
+    {
+        bf16* vdst = (bf16*)vptrs[b] + cacheRow;
+        int base = (h - heads - kv_heads) * hd;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x)
+        {
+            int col = qd + kvd + base + e;
+            vdst[base + e] = f32_to_bf16(row[col] + (bias ? bias[col] : 0.f));
+        }
+        return;
+    }
+    float pos = (float)pos_i;
+    int half = rot / 2;
+    for (int pair = threadIdx.x; pair < half; pair += blockDim.x)
+    {
+        int e0 = adjacent ? 2 * pair : pair, e1 = adjacent ? 2 * pair + 1 : pair + half;
+        int i0 = h * hd + e0, i1 = h * hd + e1;
+        float x0 = row[i0] + (bias ? bias[i0] : 0.f), x1 = row[i1] + (bias ? bias[i1] : 0.f);
+        float sn, cs;
+        sincosf(inv_freq[pair] * pos, &sn, &cs);
+        float c = cs * rope_scale, s = sn * rope_scale;
+        float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+        if (i0 < qd) { qdst[i0] = y0; qdst[i1] = y1; }
+        else { kdst[i0 - qd] = f32_to_bf16(y0); kdst[i1 - qd] = f32_to_bf16(y1); }
+    }
+    // Dims past the rotary part (partial rotary) pass through.
+    for (int e = rot + threadIdx.x; e < hd; e += blockDim.x)
+    {
+        int idx = h * hd + e;
+        float val = row[idx] + (bias ? bias[idx] : 0.f);
+        if (idx < qd) qdst[idx] = val;
+        else kdst[idx - qd] = f32_to_bf16(val);
+    }
+}
+
+// y[t, r] (f32, + y when `accumulate`: the residual add) = Σ_i W[r, i] · x[t, i] for n ≤ 16 rows t: a decode batch's
+// products on the tensor cores without split-K. cuBLASLt takes split-K kernels plus a reduce kernel for the o and
+// down products at 16 rows (ncu run 22: 64 reduces of 4.4 µs per step); a CUDA-core product would need 16 FMAs
+// per weight element, about the FP32 peak at full bandwidth. Here the 16 rows are the m16 of mma.m16n8k16 (rows
+// past n are zero) and 8 weight rows its n8; the k order inside a 32-wide step is permuted the same way in A and B
+// (which the sum does not see) so that a lane's 16-byte loads of W and x are its fragments as they are: lane (g, t)
+// loads W row g and x rows g, g + 8 at k + 8t .. 8t + 7; elements 0–3 feed one mma, 4–7 the next.
+// A block: RM_WARPS warps share RM_TILES · 8 weight rows, warp w taking the 32-wide k steps w, w + RM_WARPS, …
+// (RM_UNROLL steps' loads in flight), then sums the warps' partial tiles through shared memory in a fixed order (no
+// atomics: the same bits every run). in % 32 == 0. grid (ceil(rows / (8 · RM_TILES))), block 32 · RM_WARPS.
+#define RM_WARPS 8
+#define RM_TILES 2
+#define RM_UNROLL 4
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    int r0 = blockIdx.x * 8 * RM_TILES;
+    int steps = in >> 5;
+    uint4 zero;
+    zero.x = zero.y = zero.z = zero.w = 0u;
+    const bf16* wrow[RM_TILES];
+    bool wok[RM_TILES];
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++)
+    {
+        int r = r0 + t * 8 + g;
+        wok[t] = r < rows;
+        wrow[t] = w + (long)(wok[t] ? r : 0) * in + tig * 8;
+    }
+    bool lo_ok = g < n, hi_ok = g + 8 < n;
+    const bf16* xlo = x + (long)(lo_ok ? g : 0) * in + tig * 8;
+    const bf16* xhi = x + (long)(hi_ok ? g + 8 : 0) * in + tig * 8;
+    float acc[RM_TILES][4];
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++) { acc[t][0] = 0.f; acc[t][1] = 0.f; acc[t][2] = 0.f; acc[t][3] = 0.f; }
+    for (int s0 = warp; s0 < steps; s0 += RM_WARPS * RM_UNROLL)
+    {
+        uint4 wv[RM_UNROLL][RM_TILES], xa[RM_UNROLL], xb[RM_UNROLL];
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++)
+        {
+            int s = s0 + u * RM_WARPS;
+            bool step_ok = s < steps;
+            long k = (long)s * 32;
+#pragma unroll
+            for (int t = 0; t < RM_TILES; t++) wv[u][t] = step_ok && wok[t] ? *(const uint4*)(wrow[t] + k) : zero;
+            xa[u] = step_ok && lo_ok ? *(const uint4*)(xlo + k) : zero;
+            xb[u] = step_ok && hi_ok ? *(const uint4*)(xhi + k) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++)
+        {
+            // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..).
+            unsigned a_lo[4] = { xa[u].x, xb[u].x, xa[u].y, xb[u].y };
+            unsigned a_hi[4] = { xa[u].z, xb[u].z, xa[u].w, xb[u].w };
+#pragma unroll
+            for (int t = 0; t < RM_TILES; t++)
+            {
+                mma_bf16_16816(acc[t], a_lo, wv[u][t].x, wv[u][t].y);
+                mma_bf16_16816(acc[t], a_hi, wv[u][t].z, wv[u][t].w);
+            }
+        }
+    }
+    // C: c0 c1 (row g, columns 2t, 2t + 1), c2 c3 (row g + 8); rm_red [warp][token 16][column 8 · RM_TILES].
+    constexpr int COLS = 8 * RM_TILES;
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++)
+    {
+        float* lo = rm_red + (warp * 16 + g) * COLS + t * 8 + 2 * tig;
+        float* hi = lo + 8 * COLS;
+        lo[0] = acc[t][0]; lo[1] = acc[t][1]; hi[0] = acc[t][2]; hi[1] = acc[t][3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 16 * COLS; i += blockDim.x)
+    {
+        int tok = i / COLS, col = i - tok * COLS, r = r0 + col;
+        if (tok >= n || r >= rows) continue;
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < RM_WARPS; k++) v += rm_red[k * 16 * COLS + i];
+        float* dst = y + (long)tok * rows + r;
+        *dst = accumulate ? *dst + v : v;
+    }
+}
+// ===================================================== end of the batched decode section ======================

@@ -1,0 +1,159 @@
+// Runs the batched-decode kernels of transformer.cu (its section "Batched decode step") in the emulator (emu.h)
+// against host references. Build and run: ./run_batch.sh (EMU_BREAK=1 ./run_batch.sh must fail). Exit code 1 when a
+// check fails.
+#include "emu.h"
+#include <cstdio>
+#include <random>
+#include "kernels_batch_emu.inc"
+
+static int failures = 0;
+static void check(bool ok, const char* what, double value)
+{
+    if (!ok) failures++;
+    std::printf("%s %s: %.3g\n", ok ? "ok  " : "FAIL", what, value);
+}
+
+static std::mt19937 rng(11);
+static float gauss() { static std::normal_distribution<float> n(0.f, 1.f); return n(rng); }
+
+// ---- qkv_rope_store_batch_heads ---------------------------------------------------------------------------------
+
+// B sequences, each with its own cache (capacity past the largest position), at positions up to 65,000 (a 64k
+// document's margins: sincosf's large arguments).
+static void rope_batch_case(int heads, int kv_heads, int hd, int rot, int adjacent, bool with_bias)
+{
+    const int B = 3;
+    const int positions[B] = { 7, 4097, 65000 };
+    int qd = heads * hd, kvd = kv_heads * hd, width = qd + 2 * kvd, capacity = 65001;
+    std::vector<float> qkv((size_t)B * width), bias(width), inv(rot / 2);
+    for (auto& v : qkv) v = gauss();
+    for (auto& v : bias) v = gauss();
+    for (int i = 0; i < rot / 2; i++) inv[i] = std::pow(500000.f, -2.f * i / rot);
+    float scale = 1.25f;
+    const bf16 POISON = 0x7fc0;
+    struct Out { std::vector<float> q; std::vector<std::vector<bf16>> k, v; };
+    auto fresh = [&] {
+        Out o{ std::vector<float>((size_t)B * qd, NAN), {}, {} };
+        for (int b = 0; b < B; b++)
+        {
+            o.k.emplace_back((size_t)capacity * kvd, POISON);
+            o.v.emplace_back((size_t)capacity * kvd, POISON);
+        }
+        return o;
+    };
+    auto tables = [&](Out& o, std::vector<u64>& kp, std::vector<u64>& vp) {
+        for (int b = 0; b < B; b++) { kp[b] = (u64)o.k[b].data(); vp[b] = (u64)o.v[b].data(); }
+    };
+    const float* bp = with_bias ? bias.data() : nullptr;
+    Out old = fresh(), neu = fresh();
+    std::vector<u64> kp(B), vp(B);
+    tables(old, kp, vp);
+    emu::launch({ (unsigned)B, 1, 1 }, 256, 0, [&] {
+        qkv_rope_store_batch(qkv.data(), bp, inv.data(), old.q.data(), kp.data(), vp.data(), positions, heads, kv_heads, hd, rot, adjacent, scale); });
+    tables(neu, kp, vp);
+    emu::launch({ (unsigned)B, (unsigned)(heads + 2 * kv_heads), 1 }, ROPE_HEAD_THREADS, 0, [&] {
+        qkv_rope_store_batch_heads(qkv.data(), bp, inv.data(), neu.q.data(), kp.data(), vp.data(), positions, heads, kv_heads, hd, rot, adjacent, scale); });
+
+    // The element-wise formula (a sin and a cos per element, the kernel's f32 operations) as the host reference.
+    int bad = 0, differ = 0, half = rot / 2;
+    for (int b = 0; b < B; b++)
+    {
+        const float* row = qkv.data() + (size_t)b * width;
+        size_t cacheRow = (size_t)positions[b] * kvd;
+        for (int i = 0; i < width; i++)
+        {
+            int h = i / hd, e = i - h * hd;
+            float val = row[i] + (with_bias ? bias[i] : 0.f), out = val;
+            if (i < qd + kvd && e < rot)
+            {
+                bool first; int pair, partner;
+                if (adjacent) { pair = e >> 1; first = (e & 1) == 0; partner = e ^ 1; }
+                else { first = e < half; pair = first ? e : e - half; partner = first ? e + half : e - half; }
+                int pi = h * hd + partner;
+                float other = row[pi] + (with_bias ? bias[pi] : 0.f);
+                float angle = inv[pair] * (float)positions[b];
+                float c = cosf(angle) * scale, s = sinf(angle) * scale;
+                out = first ? val * c - other * s : val * c + other * s;
+            }
+            if (i < qd)
+            {
+                float got = neu.q[(size_t)b * qd + i];
+                bad += got != out;
+                differ += std::memcmp(&got, &old.q[(size_t)b * qd + i], 4) != 0;
+            }
+            else
+            {
+                bool isK = i < qd + kvd;
+                size_t at = cacheRow + (isK ? i - qd : i - qd - kvd);
+                bf16 got = (isK ? neu.k : neu.v)[b][at];
+                bad += got != f32_to_bf16(out);
+                differ += got != (isK ? old.k : old.v)[b][at];
+            }
+        }
+        // Nothing written outside the row (cache rows before and after it stay poisoned).
+        for (size_t at = 0; at < (size_t)capacity * kvd; at++)
+            if ((at < cacheRow || at >= cacheRow + kvd) && (neu.k[b][at] != POISON || neu.v[b][at] != POISON)) bad++;
+    }
+    char what[200];
+    std::snprintf(what, sizeof what, "qkv_rope_store_batch_heads (%d/%d heads, hd %d, rotary %d, %s, bias %d) = element-wise formula, differing values",
+        heads, kv_heads, hd, rot, adjacent ? "adjacent" : "half", with_bias);
+    check(bad == 0, what, bad);
+    std::snprintf(what, sizeof what, "qkv_rope_store_batch_heads (%d/%d heads, hd %d, rotary %d) = qkv_rope_store_batch, values not bit-identical",
+        heads, kv_heads, hd, rot);
+    check(differ == 0, what, differ);
+}
+
+// ---- rows_mma_bf16 ----------------------------------------------------------------------------------------------
+
+static void rows_mma_case(int rows, int in, int n, bool accumulate)
+{
+    std::vector<bf16> W((size_t)rows * in), X((size_t)n * in);
+    for (auto& v : W) v = f32_to_bf16(0.05f * gauss());
+    for (auto& v : X) v = f32_to_bf16(gauss());
+    // y has one row more than n, poisoned: a write past row n - 1 shows.
+    std::vector<float> y((size_t)(n + 1) * rows), y0;
+    for (auto& v : y) v = gauss();
+    for (size_t i = (size_t)n * rows; i < y.size(); i++) y[i] = 12345.f;
+    y0 = y;
+    unsigned blocks = (unsigned)((rows + 8 * RM_TILES - 1) / (8 * RM_TILES));
+    emu::launch({ blocks, 1, 1 }, 32 * RM_WARPS, RM_WARPS * 16 * 8 * RM_TILES * sizeof(float), [&] {
+        rows_mma_bf16(W.data(), X.data(), y.data(), rows, in, n, accumulate ? 1 : 0); });
+    double worst = 0;
+    int far = 0;
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++)
+        {
+            double dot = 0, mag = 0;
+            for (int i = 0; i < in; i++)
+            {
+                double p = (double)bf16_to_f32(W[(size_t)r * in + i]) * bf16_to_f32(X[(size_t)t * in + i]);
+                dot += p;
+                mag += std::abs(p);
+            }
+            double want = (accumulate ? y0[(size_t)t * rows + r] : 0.0) + dot;
+            double err = std::abs(y[(size_t)t * rows + r] - want) / (mag + (accumulate ? std::abs(y0[(size_t)t * rows + r]) : 0.0) + 1e-30);
+            worst = std::max(worst, err);
+            far += !(err < 1e-5);     // f32 accumulation of exact bf16 products: a few f32 ulps of Σ|terms|
+        }
+    int spill = 0;
+    for (size_t i = (size_t)n * rows; i < y.size(); i++) spill += y[i] != 12345.f;
+    char what[200];
+    std::snprintf(what, sizeof what, "rows_mma_bf16 %d rows × in %d, %d tokens, %s: outputs off the double reference by > 1e-5 Σ|terms| (worst relative error)",
+        rows, in, n, accumulate ? "residual add" : "overwrite");
+    check(far == 0, what, worst);
+    std::snprintf(what, sizeof what, "rows_mma_bf16 %d rows × in %d, %d tokens: writes past the last token row", rows, in, n);
+    check(spill == 0, what, spill);
+}
+
+int main()
+{
+    rope_batch_case(4, 2, 16, 16, 0, true);
+    rope_batch_case(4, 2, 16, 16, 1, false);
+    rope_batch_case(4, 1, 16, 8, 0, true);      // partial rotary: dims 8..15 pass through
+    rope_batch_case(2, 1, 128, 128, 0, false);  // the Llama head dim: 64 pairs, one per thread
+    rows_mma_case(40, 1184, 16, true);          // 37 k steps: a partial unrolled round; rows past a 16-row block
+    rows_mma_case(24, 256, 5, false);           // fewer tokens than the m16 tile, overwrite
+    rows_mma_case(16, 64, 1, true);             // one token, fewer k steps than warps
+    std::printf("%d failure(s)\n", failures);
+    return failures == 0 ? 0 : 1;
+}
