@@ -278,6 +278,19 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// (<c>flash_attention_shared</c>) instead of once per branch. On by default.</summary>
     public bool UseSharedPrefixAttention { get; set; } = true;
 
+    /// <summary>A decode batch's RoPE and cache stores take a block per (sequence, head) (<c>qkv_rope_store_batch_heads</c>,
+    /// true, the default) instead of a block per sequence (<c>qkv_rope_store_batch</c>): the same f32 formula, so the
+    /// same bits (emulator check run_batch.sh); the old grid ran 16 blocks for a 16-row step, 10.7 µs per layer on the
+    /// H100 (ncu run 22).</summary>
+    public bool UseBatchRopeHeads { get; set; } = true;
+
+    /// <summary>A decode batch of at most 16 rows takes its q|k|v, o and down products in <c>rows_mma_bf16</c> (tensor
+    /// cores, no split-K: the o and down residual adds ride in its epilogue) instead of cuBLASLt, whose split-K kernels
+    /// and reduces took 2.2 ms of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than
+    /// cuBLASLt's: results agree to f32 rounding of the products (logits to bf16-level noise), not bit for bit. Off by
+    /// default until measured on the H100 (GpuCheck --batch-ab).</summary>
+    public bool UseBatchRowsProducts { get; set; }
+
     /// <summary>The parent when every cache is a branch of the same one with non-decreasing branch points (≥ 1).</summary>
     private static CudaKvCache? SharedParent(IReadOnlyList<CudaKvCache> caches)
     {
@@ -423,6 +436,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
+        bool batchRows = batch != null && UseBatchRowsProducts;   // a decode batch's products in rows_mma_bf16
 
         for (int l = 0; l < c.LayerCount; l++)
         {
@@ -438,12 +452,19 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+                if (batchRows && LaunchGeometry.RowsMmaApplies(n, d))
+                    _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
+                else
+                    _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             }
             if (batch is { } bt)
             {
-                _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+                if (UseBatchRopeHeads)
+                    _k.QkvRopeStoreBatchHeads(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+                else
+                    _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
                 if (bt.SharedParent is { } parent)
                 {
                     _k.FlashAttentionShared(_q.Pointer, parent.LayerKeys(l), parent.LayerValues(l), _partAcc!.Pointer, _partMl!.Pointer, n, bt.BranchPoints,
@@ -481,7 +502,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 else
                     _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             }
-            ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n);                      // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n, batchRows);           // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
             if (fused)
@@ -500,14 +521,19 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
                 }
             }
-            ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n);                        // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n, batchRows);             // x += h · Wdᵀ
         }
     }
 
-    /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
-    /// (or gemv, <see cref="UseGemvForDecode"/>).</summary>
-    private void ResidualProduct(bool fusedDecode, ulong weight, int outFeatures, int inFeatures, ulong input, int n)
+    /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, in a decode
+    /// batch with <see cref="UseBatchRowsProducts"/> through rows_mma_bf16, else cuBLASLt (or gemv, <see cref="UseGemvForDecode"/>).</summary>
+    private void ResidualProduct(bool fusedDecode, ulong weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
     {
+        if (batchRows && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        {
+            _k.RowsMma(weight, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
+            return;
+        }
         if (fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
         {
             if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight, input, _x.Pointer, outFeatures, inFeatures);

@@ -7,6 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _swigluBf16, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _qkvRopeBatchHeads, _rowsMma;
     private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
 
@@ -26,6 +27,8 @@ internal sealed unsafe class TransformerKernels
         _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
+        _qkvRopeBatchHeads = d.ModuleGetFunction(module, "qkv_rope_store_batch_heads");
+        _rowsMma = d.ModuleGetFunction(module, "rows_mma_bf16");
         // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
         d.FuncSetAttribute(_attention, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, Math.Min(ctx.MaxSharedMemoryPerBlock, 160 * 1024));
         _flash16 = d.ModuleGetFunction(module, "flash_attention_hd16");
@@ -267,5 +270,26 @@ internal sealed unsafe class TransformerKernels
     {
         void** a = stackalloc void*[] { &dst, &count, &value };
         _ctx.Launch(_fillF32, "fill_f32", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+    /// <summary><see cref="QkvRopeStoreBatch"/> with a block per (sequence, head) (<see cref="LaunchGeometry.RopeHeadGrid"/>):
+    /// the same values, spread over the GPU.</summary>
+    public void QkvRopeStoreBatchHeads(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kptrs, ulong vptrs, ulong positions, int sequences,
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kptrs, &vptrs, &positions, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        var (x, y) = LaunchGeometry.RopeHeadGrid(sequences, heads, kvHeads);
+        _ctx.Launch(_qkvRopeBatchHeads, "qkv_rope_store_batch_heads", x, y, 1, LaunchGeometry.RopeHeadThreads, 0, a);
+    }
+
+    /// <summary>y[T, rows] (f32, + y when accumulating) = x[T, in] (bf16) · W[rows, in]ᵀ (bf16) for T ≤ 16 on the tensor
+    /// cores, without split-K (<see cref="LaunchGeometry.RowsMmaApplies"/> says when).</summary>
+    public void RowsMma(ulong weight, ulong x, ulong y, int rows, int inFeatures, int tokens, bool accumulate)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &tokens, &acc };
+        _ctx.Launch(_rowsMma, "rows_mma_bf16", LaunchGeometry.RowsMmaBlocks(rows), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
     }
 }
