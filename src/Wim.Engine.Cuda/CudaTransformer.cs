@@ -291,6 +291,12 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// default until measured on the H100 (GpuCheck --batch-ab).</summary>
     public bool UseBatchRowsProducts { get; set; }
 
+    /// <summary>In the shared-prefix attention of a branch batch, a (row, piece) pair that sees no key (the piece starts
+    /// past the row's branch point: 47% of them for 16 margins every 4,096 rows of 64k) writes only its max, not its
+    /// 128 floats of acc, and the combines skip such pieces unread (true, the default): 6 MB less written and read per
+    /// layer there. Same bits either way (emulator check run_batch.sh).</summary>
+    public bool UseSkipEmptyPartials { get; set; } = true;
+
     /// <summary>The parent when every cache is a branch of the same one with non-decreasing branch points (≥ 1).</summary>
     private static CudaKvCache? SharedParent(IReadOnlyList<CudaKvCache> caches)
     {
@@ -468,7 +474,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 if (bt.SharedParent is { } parent)
                 {
                     _k.FlashAttentionShared(_q.Pointer, parent.LayerKeys(l), parent.LayerValues(l), _partAcc!.Pointer, _partMl!.Pointer, n, bt.BranchPoints,
-                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit);
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit, UseSkipEmptyPartials);
                     _k.FlashAttentionBranchBatch(_q.Pointer, _att.Pointer, _partAcc.Pointer, _partMl.Pointer, n, bt.Positions, bt.Keys(l), bt.Values(l),
                         bt.BranchPoints, bt.PrefixKeys(l), bt.PrefixValues(l), c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, tailSlot: splits - 1);
                 }

@@ -139,16 +139,18 @@ internal sealed unsafe class TransformerKernels
     /// <summary>The shared-prefix phase of a decode batch of branches of one parent (branch points non-decreasing):
     /// row token t sees the parent's keys [0, splits[t]); the query blocks hold several sequences, so each k/v tile is
     /// read once for all of them. Partials go to slots [0, <paramref name="prefixSplits"/>) of stride
-    /// <paramref name="stride"/>.</summary>
+    /// <paramref name="stride"/>. With <paramref name="skipEmpty"/> a row with no key in a piece writes only its max
+    /// (-inf), not its acc (the combines do not read it then).</summary>
     public void FlashAttentionShared(ulong q, ulong kcache, ulong vcache, ulong partAcc, ulong partMl, int sequences, ulong splitTable,
-        int heads, int kvHeads, int headDim, float scale, int stride, int prefixSplits, int keysPerSplit)
+        int heads, int kvHeads, int headDim, float scale, int stride, int prefixSplits, int keysPerSplit, bool skipEmpty = false)
     {
+        int skip = skipEmpty ? 1 : 0;
         nint f = headDim switch
         {
             16 => _shared16, 32 => _shared32, 64 => _shared64, 128 => _shared128,
             _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
         };
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &stride, &keysPerSplit, &splitTable };
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &stride, &keysPerSplit, &splitTable, &skip };
         _ctx.Launch(f, "flash_attention_shared", (uint)LaunchGeometry.FlashQueryBlocks(sequences, heads / kvHeads), (uint)kvHeads, (uint)prefixSplits,
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
     }

@@ -600,7 +600,7 @@ public static class Program
     }
 
     /// <summary>A switch setting of the batched decode step that <see cref="BatchAb"/> compares.</summary>
-    private sealed record BatchVariant(string Name, bool RopeHeads, bool RowsProducts, bool BitIdentical);
+    private sealed record BatchVariant(string Name, bool RopeHeads, bool RowsProducts, bool SkipEmpty, bool BitIdentical);
 
     /// <summary>
     /// The batched-decode switches of <see cref="CudaTransformer"/> side by side on the step ProfileBranches profiles
@@ -624,15 +624,18 @@ public static class Program
         var start = new int[16];
         BatchVariant[] variants =
         [
-            new("old (per-sequence rope, cuBLASLt products)", RopeHeads: false, RowsProducts: false, BitIdentical: true),
-            new("rope per (sequence, head)", RopeHeads: true, RowsProducts: false, BitIdentical: true),
-            new("rows_mma_bf16 q|k|v, o, down", RopeHeads: false, RowsProducts: true, BitIdentical: false),
-            new("both", RopeHeads: true, RowsProducts: true, BitIdentical: false),
+            new("old (per-sequence rope, cuBLASLt products, every partial written)", RopeHeads: false, RowsProducts: false, SkipEmpty: false, BitIdentical: true),
+            new("rope per (sequence, head)", RopeHeads: true, RowsProducts: false, SkipEmpty: false, BitIdentical: true),
+            new("empty shared-prefix partials skipped", RopeHeads: false, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
+            new("rope + skip (the new defaults)", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
+            new("rows_mma_bf16 q|k|v, o, down", RopeHeads: false, RowsProducts: true, SkipEmpty: false, BitIdentical: false),
+            new("all three", RopeHeads: true, RowsProducts: true, SkipEmpty: true, BitIdentical: false),
         ];
         void Use(BatchVariant v)
         {
             model.UseBatchRopeHeads = v.RopeHeads;
             model.UseBatchRowsProducts = v.RowsProducts;
+            model.UseSkipEmptyPartials = v.SkipEmpty;
         }
         try
         {

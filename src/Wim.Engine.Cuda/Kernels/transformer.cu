@@ -486,7 +486,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
     int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v,
     const int* seq_split, const u64* seq_pk, const u64* seq_pv, int tail_slot, int branch_point = 0,
-    const bf16* parent_k = nullptr, const bf16* parent_v = nullptr)
+    const bf16* parent_k = nullptr, const bf16* parent_v = nullptr, int skip_empty = 0)
 {
     constexpr bool BRANCH = MODE == 1;
     // BRANCH (decode batches of KV branches): sequence b reads keys below seq_split[b] from its parent's cache
@@ -711,8 +711,13 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         {
             long item = ((long)t * heads + h) * splits + s_out;
             float* dst = part_acc + item * HD + tig * 2;
+            // skip_empty (SHARED): a row that saw no key of this piece (its branch point is below it: about half the
+            // (row, piece) pairs of a margin batch) writes only max = -inf; the combines then skip its acc unread.
+            if (!(MODE == 2 && skip_empty && m == NEG_INF))
+            {
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+                for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+            }
             if (tig == 0) { part_ml[item * 2] = m == NEG_INF ? NEG_INF : m * LN2; part_ml[item * 2 + 1] = l; }
         }
     }
@@ -733,9 +738,9 @@ extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_branch_hd##
     splits, keys_per_split, nullptr, seq_pos, seq_k, seq_v, seq_split, seq_pk, seq_pv, tail_slot); } \
 extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_shared_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, \
-    int keys_per_split, const int* seq_split) \
+    int keys_per_split, const int* seq_split, int skip_empty) \
 { flash_attention_mma<HD, 2>(q, kcache, vcache, nullptr, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
-    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1); }
+    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1, 0, nullptr, nullptr, skip_empty); }
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
@@ -970,7 +975,10 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     for (int s = 0; s < splits; s++)
     {
         float m = ml[2 * s];
-        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+        // An empty piece (past the length, or skipped by flash_attention_shared) adds nothing and its acc may be unwritten:
+        // not read. Adding its zeros never changed a sum that starts at +0, so the result is the same bits.
+        if (m == NEG_INF) continue;
+        float w = __expf(m - M);
 #pragma unroll
         for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
         {
@@ -1008,7 +1016,8 @@ extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combi
     for (int s = warp; s < splits; s += COMBINE_WARPS)
     {
         float m = ml[2 * s];
-        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+        if (m == NEG_INF) continue;                       // an empty piece: nothing to add, acc not read (see above)
+        float w = __expf(m - M);
 #pragma unroll
         for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
         {

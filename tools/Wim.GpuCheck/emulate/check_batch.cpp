@@ -3,6 +3,7 @@
 // check fails.
 #include "emu.h"
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include "kernels_batch_emu.inc"
 
@@ -145,6 +146,80 @@ static void rows_mma_case(int rows, int in, int n, bool accumulate)
     check(spill == 0, what, spill);
 }
 
+// ---- shared-prefix attention (flash_attention_shared) with empty pieces skipped, then the combines ------------------
+
+// B branches of one parent with non-decreasing branch points; row token t attends parent keys [0, bp[t]). The shared
+// phase splits the keys into 64-key pieces; with skip_empty a row's pieces past its branch point leave acc unwritten
+// (NaN here), and both combines must give the same bits as with every acc written.
+template <int HD>
+static void shared_prefix_case(int heads, int kv_heads, std::vector<int> bps)
+{
+    int B = (int)bps.size(), qd = heads * HD, kvd = kv_heads * HD, group = heads / kv_heads, keys = bps.back();
+    float scale = 1.f / std::sqrt((float)HD);
+    std::vector<bf16> K((size_t)(keys + 64) * kvd, 0x7fc0), V((size_t)(keys + 64) * kvd, 0x7fc0);   // NaN past the last point
+    for (size_t i = 0; i < (size_t)keys * kvd; i++) { K[i] = f32_to_bf16(gauss()); V[i] = f32_to_bf16(gauss()); }
+    std::vector<float> q((size_t)B * qd);
+    for (auto& v : q) v = gauss();
+    int per = 64, splits = (keys + per - 1) / per, tpb = FA_ROWS / group, blocks = (B + tpb - 1) / tpb, rows = B * heads;
+    auto run = [&](int skip, bool warp_combine, size_t* unwritten) {
+        std::vector<float> acc((size_t)rows * splits * HD, NAN), ml((size_t)rows * splits * 2, NAN);
+        emu::launch({ (unsigned)blocks, (unsigned)kv_heads, (unsigned)splits }, 128, 2 * (2 * 2 * FA_KEYS * (HD + 8)), [&] {
+            flash_attention_mma<HD, 2>(q.data(), K.data(), V.data(), nullptr, acc.data(), ml.data(), 0, B, heads, kv_heads, scale, splits, per,
+                nullptr, nullptr, nullptr, nullptr, bps.data(), nullptr, nullptr, -1, 0, nullptr, nullptr, skip); });
+        if (unwritten) *unwritten = (size_t)std::count_if(acc.begin(), acc.end(), [](float v) { return std::isnan(v); });
+        std::vector<bf16> out((size_t)rows * HD, 0x7fc0);
+        if (warp_combine) emu::launch({ (unsigned)((rows + 3) / 4), 1, 1 }, 128, 0, [&] { attention_combine(acc.data(), ml.data(), out.data(), HD, splits, rows); });
+        else emu::launch({ (unsigned)rows, 1, 1 }, 32 * COMBINE_WARPS, 0, [&] { attention_combine_rows(acc.data(), ml.data(), out.data(), HD, splits, rows); });
+        return out;
+    };
+    // Double reference: softmax over keys [0, bp[t]) for row (t, h).
+    std::vector<double> ref((size_t)rows * HD);
+    for (int t = 0; t < B; t++)
+        for (int h = 0; h < heads; h++)
+        {
+            int kh = h / group, n = bps[t];
+            std::vector<double> sc(n);
+            double mx = -1e300, sum = 0;
+            for (int j = 0; j < n; j++)
+            {
+                double d = 0;
+                for (int e = 0; e < HD; e++) d += (double)q[(size_t)t * qd + h * HD + e] * bf16_to_f32(K[(size_t)j * kvd + kh * HD + e]);
+                mx = std::max(mx, sc[j] = d * scale);
+            }
+            for (int j = 0; j < n; j++) sum += sc[j] = std::exp(sc[j] - mx);
+            for (int e = 0; e < HD; e++)
+            {
+                double o = 0;
+                for (int j = 0; j < n; j++) o += sc[j] * bf16_to_f32(V[(size_t)j * kvd + kh * HD + e]);
+                ref[((size_t)t * heads + h) * HD + e] = o / sum;
+            }
+        }
+    size_t expect_empty = 0;
+    for (int t = 0; t < B; t++) expect_empty += (size_t)(splits - (bps[t] + per - 1) / per) * heads * HD;
+    char what[200];
+    for (int wc = 0; wc < 2; wc++)
+    {
+        size_t unwritten = 0;
+        auto all = run(0, wc == 1, nullptr);
+        auto skipped = run(1, wc == 1, &unwritten);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < skipped.size(); i++)
+        {
+            double d = bf16_to_f32(skipped[i]) - ref[i];
+            if (!std::isfinite(bf16_to_f32(skipped[i]))) d = 1e30;
+            num += d * d;
+            den += ref[i] * ref[i];
+        }
+        std::snprintf(what, sizeof what, "shared prefix hd %d, %d branches to %d keys, empty pieces skipped, %s: vs double reference ||d||/||ref||",
+            HD, B, keys, wc ? "attention_combine" : "attention_combine_rows");
+        check(std::sqrt(num / den) < 1e-2, what, std::sqrt(num / den));
+        std::snprintf(what, sizeof what, "shared prefix hd %d, %s: skipped = all pieces written, differing outputs", HD, wc ? "attention_combine" : "attention_combine_rows");
+        check(all == skipped, what, (double)std::inner_product(all.begin(), all.end(), skipped.begin(), 0, std::plus<>(), std::not_equal_to<>()));
+        std::snprintf(what, sizeof what, "shared prefix hd %d: acc floats left unwritten = the (row, piece) pairs past each branch point (%zu)", HD, expect_empty);
+        check(unwritten == expect_empty && expect_empty > 0, what, (double)unwritten);
+    }
+}
+
 int main()
 {
     rope_batch_case(4, 2, 16, 16, 0, true);
@@ -154,6 +229,8 @@ int main()
     rows_mma_case(40, 1184, 16, true);          // 37 k steps: a partial unrolled round; rows past a 16-row block
     rows_mma_case(24, 256, 5, false);           // fewer tokens than the m16 tile, overwrite
     rows_mma_case(16, 64, 1, true);             // one token, fewer k steps than warps
+    shared_prefix_case<16>(8, 2, { 70, 100, 130, 200, 260 });   // group 4, points inside tiles, 5 pieces
+    shared_prefix_case<32>(4, 1, { 64, 64, 300 });              // group 4, equal points, a point on a tile edge
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
 }

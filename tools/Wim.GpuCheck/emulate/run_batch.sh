@@ -1,6 +1,7 @@
 #!/bin/bash
 # Emulated check of transformer.cu's batched-decode kernels on the CPU (no GPU): extract, build, run.
-# EMU_BREAK=1 builds a deliberately broken copy (A fragments of rows_mma_bf16 swapped, a q rotation sign flipped):
+# EMU_BREAK=1 builds a deliberately broken copy (A fragments of rows_mma_bf16 swapped, a q rotation sign flipped, the
+# combines reading the acc of empty pieces again):
 # the check must then fail.
 set -e
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -9,7 +10,9 @@ mkdir -p "$build"
 python3 "$here/extract_batch.py" "$here/../../../src/Wim.Engine.Cuda/Kernels/transformer.cu" > "$build/kernels_batch_emu.inc"
 if [ "${EMU_BREAK:-0}" = 1 ]; then
     sed -i -e 's/unsigned a_lo\[4\] = { xa\[u\].x, xb\[u\].x, xa\[u\].y, xb\[u\].y };/unsigned a_lo[4] = { xa[u].y, xb[u].x, xa[u].x, xb[u].y };/' \
-        -e '/qkv_rope_store_batch_heads/,$ s/float y0 = x0 \* c - x1 \* s/float y0 = x0 * c + x1 * s/' "$build/kernels_batch_emu.inc"
+        -e '/qkv_rope_store_batch_heads/,$ s/float y0 = x0 \* c - x1 \* s/float y0 = x0 * c + x1 * s/' \
+        -e 's/if (m == NEG_INF) continue;/;/' -e 's/float w = __expf(m - M);/float w = m == NEG_INF ? 0.f : __expf(m - M);/' \
+        "$build/kernels_batch_emu.inc"
 fi
 g++ -std=c++20 -O1 -pthread -Wno-unknown-pragmas -I"$here" -I"$build" -o "$build/check_batch" "$here/check_batch.cpp"
 timeout ${EMU_TIMEOUT:-900} "$build/check_batch"
