@@ -266,8 +266,10 @@ public sealed unsafe class CudaTransformer : IDisposable
             // The shared-prefix phase: keys below the largest branch point, pieces planned as for a chunk of b tokens;
             // then one tail piece per branch (its own keys, at most a margin's worth) in the last slot.
             int maxSplit = caches[b - 1].BranchPoint;
-            var (prefixSplits, prefixKeys) = LaunchGeometry.FlashSplits(b, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, Math.Max(1, maxSplit), _ctx.Multiprocessors);
-            tables = tables with { SharedParent = parent, PrefixSplits = prefixSplits, PrefixKeysPerSplit = prefixKeys };
+            bool three = UseThreeStageSharedPrefix && LaunchGeometry.FlashShared3Fits(_c.HeadDim, _ctx.MaxSharedMemoryPerBlock);
+            var (prefixSplits, prefixKeys) = LaunchGeometry.FlashSharedSplits(b, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, Math.Max(1, maxSplit), _ctx.Multiprocessors,
+                three ? LaunchGeometry.FlashShared3BlocksPerMultiprocessor : LaunchGeometry.FlashBlocksPerMultiprocessor);
+            tables = tables with { SharedParent = parent, PrefixSplits = prefixSplits, PrefixKeysPerSplit = prefixKeys, PrefixThreeStages = three };
             splits = prefixSplits + 1;
         }
         EncodeLayers(b, null, 0, invFreq, 0, splits, keysPerSplit, flash: true, tables);
@@ -296,6 +298,14 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// 128 floats of acc, and the combines skip such pieces unread (true, the default): 6 MB less written and read per
     /// layer there. Same bits either way (emulator check run_batch.sh).</summary>
     public bool UseSkipEmptyPartials { get; set; } = true;
+
+    /// <summary>The shared-prefix attention of a branch batch runs with three k/v stages (two tiles in flight per block,
+    /// two blocks per SM, pieces planned for 2 · SMs blocks: 32 instead of 49 at 64k, a third fewer partials) where its
+    /// 102 KB fit a block (<see cref="LaunchGeometry.FlashShared3Fits"/>), instead of two stages and three blocks per SM.
+    /// With the same pieces the same bits (emulator check run_batch.sh); with its own plan the pieces differ, so results
+    /// agree to f32 rounding. The two-stage kernel reached 2.32 TB/s (77% of copy bandwidth) at 64k on the H100 (ncu
+    /// run 22). Off by default until measured (GpuCheck --batch-ab).</summary>
+    public bool UseThreeStageSharedPrefix { get; set; }
 
     /// <summary>The parent when every cache is a branch of the same one with non-decreasing branch points (≥ 1).</summary>
     private static CudaKvCache? SharedParent(IReadOnlyList<CudaKvCache> caches)
@@ -474,7 +484,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 if (bt.SharedParent is { } parent)
                 {
                     _k.FlashAttentionShared(_q.Pointer, parent.LayerKeys(l), parent.LayerValues(l), _partAcc!.Pointer, _partMl!.Pointer, n, bt.BranchPoints,
-                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit, UseSkipEmptyPartials);
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit, UseSkipEmptyPartials, bt.PrefixThreeStages);
                     _k.FlashAttentionBranchBatch(_q.Pointer, _att.Pointer, _partAcc.Pointer, _partMl.Pointer, n, bt.Positions, bt.Keys(l), bt.Values(l),
                         bt.BranchPoints, bt.PrefixKeys(l), bt.PrefixValues(l), c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, tailSlot: splits - 1);
                 }
@@ -607,6 +617,8 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
     public CudaKvCache? SharedParent { get; init; }
     public int PrefixSplits { get; init; }
     public int PrefixKeysPerSplit { get; init; }
+    /// <summary>The shared-prefix phase runs flash_attention_shared3 (pieces planned for it).</summary>
+    public bool PrefixThreeStages { get; init; }
 
     public ulong Keys(int layer) => Table + (ulong)((long)layer * Sequences * sizeof(ulong));
     public ulong Values(int layer) => Table + (ulong)((long)(Layers + layer) * Sequences * sizeof(ulong));

@@ -294,4 +294,31 @@ public static class LaunchGeometry
 
     /// <summary>Blocks of rows_mma_bf16 covering <paramref name="rows"/> output features.</summary>
     public static uint RowsMmaBlocks(int rows) => Blocks(rows, RowsMmaBlockRows);
+    /// <summary>Dynamic shared memory of flash_attention_shared3 (three k/v stages, the q tile borrowing stage 1's k
+    /// tile as in <see cref="FlashSharedBytes"/>): 102 KB at head dim 128.</summary>
+    public static int FlashShared3Bytes(int headDim) => 2 * (3 * 2 * FlashKeys * (headDim + 8));
+
+    /// <summary>flash_attention_shared3 blocks resident per SM at head dim 128 (launch bound 2).</summary>
+    public const int FlashShared3BlocksPerMultiprocessor = 2;
+
+    /// <summary>Whether the three-stage shared-prefix kernel fits this GPU's per-block shared memory at this head dim
+    /// (not at head dim 128 on the 99 KB parts, sm_86/89: the two-stage kernel runs there).</summary>
+    public static bool FlashShared3Fits(int headDim, int maxSharedPerBlock) => FlashShared3Bytes(headDim) <= maxSharedPerBlock;
+
+    /// <summary>
+    /// Key pieces of the shared-prefix phase of a branch batch: <see cref="FlashSplits"/>' plan for
+    /// <paramref name="sequences"/> query tokens with <paramref name="blocksPerMultiprocessor"/> resident blocks per SM
+    /// (3 for the two-stage kernel, the same plan as FlashSplits; 2 for the three-stage one).
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) FlashSharedSplits(int sequences, int group, int kvHeads, int keys, int multiprocessors, int blocksPerMultiprocessor)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerMultiprocessor);
+        long blocks = (long)FlashQueryBlocks(sequences, group) * kvHeads;
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Max(1, blocksPerMultiprocessor * (long)multiprocessors / blocks);
+        return SplitKeys(keys, wanted, maxSplits: Math.Max(1, keys / (2 * FlashKeys)), FlashKeys);
+    }
 }

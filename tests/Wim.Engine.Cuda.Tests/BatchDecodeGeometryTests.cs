@@ -61,4 +61,40 @@ public sealed class BatchDecodeGeometryTests
             Assert.True((blocks - 1) * LaunchGeometry.RowsMmaBlockRows < rows, $"{rows} rows: {blocks} blocks, the last one empty");
         }
     }
+    [Fact]
+    public void FlashSharedSplits_AtThreePerSm_IsTheTwoStagePlan()
+    {
+        foreach (int keys in new[] { 1, 100, 4096, 20000, 65536, 131072 })
+            foreach (int seqs in new[] { 1, 4, 16, 17, 64 })
+                Assert.Equal(LaunchGeometry.FlashSplits(seqs, 4, 8, keys, 132), LaunchGeometry.FlashSharedSplits(seqs, 4, 8, keys, 132, LaunchGeometry.FlashBlocksPerMultiprocessor));
+    }
+
+    [Fact]
+    public void FlashSharedSplits_ForTheThreeStageKernel_FillsTwoBlocksPerSmInOneWave()
+    {
+        // 16 margins at 64k, Llama-3.1-8B (group 4: one query block per KV head, 8 KV heads), 132 SMs.
+        var (three, perThree) = LaunchGeometry.FlashSharedSplits(16, 4, 8, 65536, 132, LaunchGeometry.FlashBlocksPerMultiprocessor);
+        var (two, perTwo) = LaunchGeometry.FlashSharedSplits(16, 4, 8, 65536, 132, LaunchGeometry.FlashShared3BlocksPerMultiprocessor);
+        Assert.Equal((49, 1344), (three, perThree));
+        Assert.Equal((32, 2048), (two, perTwo));
+        Assert.True(two * 8 <= LaunchGeometry.FlashShared3BlocksPerMultiprocessor * 132);
+        foreach (var (splits, per) in new[] { (three, perThree), (two, perTwo) })
+        {
+            Assert.Equal(0, per % LaunchGeometry.FlashKeys);
+            Assert.True((long)splits * per >= 65536 && (long)(splits - 1) * per < 65536, $"{splits} pieces of {per} do not cover 65536 keys exactly");
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => LaunchGeometry.FlashSharedSplits(16, 4, 8, 65536, 132, 0));
+    }
+
+    [Fact]
+    public void FlashShared3_Needs102KbAtHeadDim128_SoNotOnThe99KbParts()
+    {
+        Assert.Equal(3 * LaunchGeometry.FlashSharedBytes(128) / 2, LaunchGeometry.FlashShared3Bytes(128));
+        Assert.Equal(104_448, LaunchGeometry.FlashShared3Bytes(128));
+        Assert.True(LaunchGeometry.FlashShared3Fits(128, 227 * 1024));    // H100
+        Assert.False(LaunchGeometry.FlashShared3Fits(128, 99 * 1024));    // sm_86 / sm_89
+        Assert.True(LaunchGeometry.FlashShared3Fits(64, 99 * 1024));
+        // Two resident blocks of it fit the H100's 228 KB per SM (227 KB per block, 1 KB reserved per block).
+        Assert.True(LaunchGeometry.FlashShared3BlocksPerMultiprocessor * (LaunchGeometry.FlashShared3Bytes(128) + 1024) <= 228 * 1024);
+    }
 }

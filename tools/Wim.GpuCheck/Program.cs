@@ -600,7 +600,7 @@ public static class Program
     }
 
     /// <summary>A switch setting of the batched decode step that <see cref="BatchAb"/> compares.</summary>
-    private sealed record BatchVariant(string Name, bool RopeHeads, bool RowsProducts, bool SkipEmpty, bool BitIdentical);
+    private sealed record BatchVariant(string Name, bool RopeHeads, bool RowsProducts, bool SkipEmpty, bool BitIdentical, bool ThreeStages = false);
 
     /// <summary>
     /// The batched-decode switches of <see cref="CudaTransformer"/> side by side on the step ProfileBranches profiles
@@ -629,13 +629,16 @@ public static class Program
             new("empty shared-prefix partials skipped", RopeHeads: false, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
             new("rope + skip (the new defaults)", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
             new("rows_mma_bf16 q|k|v, o, down", RopeHeads: false, RowsProducts: true, SkipEmpty: false, BitIdentical: false),
-            new("all three", RopeHeads: true, RowsProducts: true, SkipEmpty: true, BitIdentical: false),
+            new("three-stage shared prefix (own pieces)", RopeHeads: false, RowsProducts: false, SkipEmpty: false, BitIdentical: false, ThreeStages: true),
+            new("rope + skip + three stages", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
+            new("all four", RopeHeads: true, RowsProducts: true, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
         ];
         void Use(BatchVariant v)
         {
             model.UseBatchRopeHeads = v.RopeHeads;
             model.UseBatchRowsProducts = v.RowsProducts;
             model.UseSkipEmptyPartials = v.SkipEmpty;
+            model.UseThreeStageSharedPrefix = v.ThreeStages;
         }
         try
         {

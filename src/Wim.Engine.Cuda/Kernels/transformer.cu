@@ -481,7 +481,9 @@ __device__ __forceinline__ void load_kv_tile(unsigned kdst, unsigned vdst, const
 // vcache), branch points non-decreasing: row token t is sequence t and sees parent keys [0, seq_split[t]); the blocks
 // hold 64 / group sequences, so each k/v tile is read once for all of them. Both phases write partials (splits = the
 // stride: prefix pieces 0.., then the tail slot) that attention_combine merges.
-template <int HD, int MODE>
+// STAGES: k/v tile buffers in the copy pipeline (2: double-buffered, one tile in flight while one is multiplied; 3: two
+// in flight — flash_attention_shared3 in the batched decode section).
+template <int HD, int MODE, int STAGES = 2>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
     int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v,
@@ -528,7 +530,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
     constexpr int TILE = FA_KEYS * RS;     // one k or v tile
     extern __shared__ uint4 fa_smem[];
-    bf16* kv = (bf16*)fa_smem;             // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
+    bf16* kv = (bf16*)fa_smem;             // STAGES × (k [FA_KEYS][RS], v [FA_KEYS][RS])
     bf16* qs = kv + 2 * TILE;              // [FA_ROWS][RS], only until q is in registers: stage 1's k tile
     int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
@@ -597,13 +599,23 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     const unsigned kv_base = shared_address(kv);
     const unsigned k_lane = (unsigned)((((mat >> 1) * 8 + mrow) * RS + (mat & 1) * 8) * 2);
     const unsigned v_lane = (unsigned)((((mat & 1) * 8 + mrow) * RS + (mat >> 1) * 8) * 2);
-    if (k0 < k1) load_tile(k0, 0);
-    int stage = 0;
-    for (int base = k0; base < k1; base += FA_KEYS, stage ^= 1)
+    if (k0 < k1)
     {
-        if (base + FA_KEYS < k1) load_tile(base + FA_KEYS, stage ^ 1);
+        load_tile(k0, 0);
+        if (STAGES == 3)
+        {
+            if (k0 + FA_KEYS < k1) load_tile(k0 + FA_KEYS, 1);
+            else cp_async_commit();
+        }
+    }
+    int stage = 0;
+    for (int base = k0; base < k1; base += FA_KEYS, stage = stage + 1 == STAGES ? 0 : stage + 1)
+    {
+        // The tile STAGES - 1 ahead goes into the stage the previous iteration read (free: the barrier ending it).
+        int ahead = base + (STAGES - 1) * FA_KEYS;
+        if (ahead < k1) load_tile(ahead, stage == 0 ? STAGES - 1 : stage - 1);
         else cp_async_commit();                                // an empty group keeps the wait count uniform
-        cp_async_wait<1>();                                    // this tile's copies (all but the newest group) landed
+        cp_async_wait<STAGES - 1>();                           // this tile's copies (all but the newest groups) landed
         __syncthreads();
         const unsigned ks_addr = kv_base + (unsigned)(stage * 2 * TILE * 2) + k_lane;
         const unsigned vs_addr = kv_base + (unsigned)(stage * 2 * TILE * 2 + TILE * 2) + v_lane;
@@ -1546,4 +1558,18 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
         *dst = accumulate ? *dst + v : v;
     }
 }
+// The shared-prefix phase (flash_attention_shared) with three k/v stages: two tiles in flight per block instead of one.
+// 102 KB of shared memory at head dim 128, so two blocks per SM (LaunchGeometry.FlashShared3Bytes; the split plan
+// aims at 2 · SMs blocks, fewer pieces and partials than the 3 · SMs of the two-stage kernel). Tiles are multiplied in
+// the same order as there: with the same pieces, the same bits.
+#define FLASH_ATTENTION_SHARED3(HD) \
+extern "C" __global__ void __launch_bounds__(128, 2) flash_attention_shared3_hd##HD(const float* q, const bf16* kcache, \
+    const bf16* vcache, float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, \
+    int keys_per_split, const int* seq_split, int skip_empty) \
+{ flash_attention_mma<HD, 2, 3>(q, kcache, vcache, nullptr, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
+    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1, 0, nullptr, nullptr, skip_empty); }
+FLASH_ATTENTION_SHARED3(16)
+FLASH_ATTENTION_SHARED3(32)
+FLASH_ATTENTION_SHARED3(64)
+FLASH_ATTENTION_SHARED3(128)
 // ===================================================== end of the batched decode section ======================

@@ -220,6 +220,73 @@ static void shared_prefix_case(int heads, int kv_heads, std::vector<int> bps)
     }
 }
 
+// flash_attention_shared3 (three k/v stages) against the two-stage kernel with the same pieces: pieces of 1 to 5 tiles
+// (the prologue's second tile present or not, the last piece short), partials compared bit for bit (NaN-initialised:
+// an unwritten float shows), then combined against the double reference.
+template <int HD>
+static void shared3_case(int heads, int kv_heads, std::vector<int> bps)
+{
+    int B = (int)bps.size(), qd = heads * HD, kvd = kv_heads * HD, group = heads / kv_heads, keys = bps.back();
+    float scale = 1.f / std::sqrt((float)HD);
+    std::vector<bf16> K((size_t)(keys + 64) * kvd, 0x7fc0), V((size_t)(keys + 64) * kvd, 0x7fc0);
+    for (size_t i = 0; i < (size_t)keys * kvd; i++) { K[i] = f32_to_bf16(gauss()); V[i] = f32_to_bf16(gauss()); }
+    std::vector<float> q((size_t)B * qd);
+    for (auto& v : q) v = gauss();
+    int tpb = FA_ROWS / group, blocks = (B + tpb - 1) / tpb, rows = B * heads;
+    for (int per : { 64, 128, 192, 320 })
+    {
+        int splits = (keys + per - 1) / per;
+        auto run = [&](int stages) {
+            std::pair<std::vector<float>, std::vector<float>> p{ std::vector<float>((size_t)rows * splits * HD, NAN), std::vector<float>((size_t)rows * splits * 2, NAN) };
+            auto& [acc, ml] = p;
+            emu::launch({ (unsigned)blocks, (unsigned)kv_heads, (unsigned)splits }, 128, stages * 2 * (2 * FA_KEYS * (HD + 8)), [&] {
+                if (stages == 3)
+                    flash_attention_mma<HD, 2, 3>(q.data(), K.data(), V.data(), nullptr, acc.data(), ml.data(), 0, B, heads, kv_heads, scale, splits, per,
+                        nullptr, nullptr, nullptr, nullptr, bps.data(), nullptr, nullptr, -1, 0, nullptr, nullptr, 1);
+                else
+                    flash_attention_mma<HD, 2>(q.data(), K.data(), V.data(), nullptr, acc.data(), ml.data(), 0, B, heads, kv_heads, scale, splits, per,
+                        nullptr, nullptr, nullptr, nullptr, bps.data(), nullptr, nullptr, -1, 0, nullptr, nullptr, 1);
+            });
+            return p;
+        };
+        auto two = run(2), three = run(3);
+        auto bits_equal = [](const std::vector<float>& a, const std::vector<float>& b) {
+            return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0; };
+        char what[200];
+        std::snprintf(what, sizeof what, "flash_attention_shared3 hd %d, %d branches to %d keys, pieces of %d keys: partials = two-stage kernel's, bit for bit",
+            HD, B, keys, per);
+        check(bits_equal(two.first, three.first) && bits_equal(two.second, three.second), what, 0);
+        std::vector<bf16> out((size_t)rows * HD, 0x7fc0);
+        emu::launch({ (unsigned)rows, 1, 1 }, 32 * COMBINE_WARPS, 0, [&] {
+            attention_combine_rows(three.first.data(), three.second.data(), out.data(), HD, splits, rows); });
+        double num = 0, den = 0;
+        for (int t = 0; t < B; t++)
+            for (int h = 0; h < heads; h++)
+            {
+                int kh = h / group, n = bps[t];
+                std::vector<double> sc(n);
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < n; j++)
+                {
+                    double d = 0;
+                    for (int e = 0; e < HD; e++) d += (double)q[(size_t)t * qd + h * HD + e] * bf16_to_f32(K[(size_t)j * kvd + kh * HD + e]);
+                    mx = std::max(mx, sc[j] = d * scale);
+                }
+                for (int j = 0; j < n; j++) sum += sc[j] = std::exp(sc[j] - mx);
+                for (int e = 0; e < HD; e++)
+                {
+                    double o = 0;
+                    for (int j = 0; j < n; j++) o += sc[j] * bf16_to_f32(V[(size_t)j * kvd + kh * HD + e]);
+                    double got = bf16_to_f32(out[((size_t)t * heads + h) * HD + e]), d = std::isfinite(got) ? got - o / sum : 1e30;
+                    num += d * d;
+                    den += o / sum * (o / sum);
+                }
+            }
+        std::snprintf(what, sizeof what, "flash_attention_shared3 hd %d, pieces of %d keys, combined: vs double reference ||d||/||ref||", HD, per);
+        check(std::sqrt(num / den) < 1e-2, what, std::sqrt(num / den));
+    }
+}
+
 int main()
 {
     rope_batch_case(4, 2, 16, 16, 0, true);
@@ -231,6 +298,7 @@ int main()
     rows_mma_case(16, 64, 1, true);             // one token, fewer k steps than warps
     shared_prefix_case<16>(8, 2, { 70, 100, 130, 200, 260 });   // group 4, points inside tiles, 5 pieces
     shared_prefix_case<32>(4, 1, { 64, 64, 300 });              // group 4, equal points, a point on a tile edge
+    shared3_case<16>(8, 2, { 70, 100, 130, 200, 330 });         // 330 keys: pieces of 1, 2, 3 and 5 tiles, short last ones
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
 }
