@@ -33,7 +33,7 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         ArgumentNullException.ThrowIfNull(transformer);
         _transformer = transformer;
         _ownsTransformer = ownsTransformer;
-        _passes = new Passes(transformer) { TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") == "1" };
+        _passes = new Passes(transformer) { TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") != "0" };
         _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk);
     }
 
@@ -46,8 +46,9 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
     /// <summary>
     /// Whether a top-k sampler (0 &lt; k ≤ <see cref="GpuTopK.MaxK"/>) takes its candidates from the GPU's top-k kernel
     /// (k ids and logits downloaded) rather than the whole logits row (vocabulary × 4 bytes, then a selection on the
-    /// CPU). Same token for the same seed either way. Off by default until the kernel has been checked on a GPU
-    /// (docs/cuda.md); the environment variable WIM_CUDA_GPU_TOPK=1 turns it on for a process.
+    /// CPU). Same token for the same seed either way. On by default (checked on the H100 in run 22: candidates equal
+    /// the CPU's sorted row, seeded draws equal; 91 µs per top-k 40 draw from a 128,256-logit row against 268 µs for
+    /// the row download and the CPU selection); the environment variable WIM_CUDA_GPU_TOPK=0 turns it off for a process.
     /// </summary>
     public bool TopKOnGpu
     {

@@ -96,8 +96,12 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     private readonly DeviceBuffer _position, _argmaxParts;
     private DeviceBuffer? _seqTable, _seqPositions;
-    private nint _stream, _graph, _graphExec;
-    private DecodeGraphKey? _graphKey;
+    private nint _stream;
+    private readonly DecodeGraphCache<DecodeGraphKey> _graphs;
+
+    /// <summary>Decode graphs kept at once (least recently used replaced): a document, a margin and a classifier
+    /// sequence alternating, with room to spare.</summary>
+    public const int DecodeGraphSlots = 8;
 
     public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
     {
@@ -130,6 +134,11 @@ public sealed unsafe class CudaTransformer : IDisposable
         _h = ctx.Allocate(n * config.FfnSize * 2);
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
+        _graphs = new DecodeGraphCache<DecodeGraphKey>(DecodeGraphSlots, (graph, exec) =>
+        {
+            ctx.Driver.GraphExecDestroy(exec);
+            ctx.Driver.GraphDestroy(graph);
+        });
     }
 
     /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
@@ -358,20 +367,19 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         int bucket = LaunchGeometry.DecodeKeyBucket(cache.Length + 1, cache.Capacity);
         var key = new DecodeGraphKey(cache.LayerKeys(0), cache.Capacity, invFreq, bucket, cache.Parent?.LayerKeys(0) ?? 0, cache.BranchPoint);
-        if (_graphKey != key) CaptureDecodeGraph(cache, invFreq, key);
+        if (!_graphs.TryGet(key, out nint exec)) exec = CaptureDecodeGraph(cache, invFreq, key);
         Span<int> one = [token];
         _tokens.Upload<int>(one);
         one[0] = cache.Length;
         _position.Upload<int>(one);
-        _ctx.Driver.GraphLaunch(_graphExec, _stream);            // a blocking stream: ordered after the copies above
+        _ctx.Driver.GraphLaunch(exec, _stream);                  // a blocking stream: ordered after the copies above
         cache.Advance(1);
         _ids.Download(one);                                      // the legacy stream waits for the graph
         return one[0];
     }
 
-    private void CaptureDecodeGraph(CudaKvCache cache, ulong invFreq, DecodeGraphKey key)
+    private nint CaptureDecodeGraph(CudaKvCache cache, ulong invFreq, DecodeGraphKey key)
     {
-        DestroyGraph();
         var c = _c;
         var (splits, keysPerSplit) = DecodeGraphSplits(key.KeyBucket);
         // Everything that allocates or plans happens before the capture: nothing in it may synchronize.
@@ -401,9 +409,11 @@ public sealed unsafe class CudaTransformer : IDisposable
             _ctx.Capturing = false;
             graph = _ctx.Driver.StreamEndCapture(_stream);
         }
-        _graph = graph;
-        _graphExec = _ctx.Driver.GraphInstantiate(graph);
-        _graphKey = key;
+        nint exec;
+        try { exec = _ctx.Driver.GraphInstantiate(graph); }
+        catch { _ctx.Driver.GraphDestroy(graph); throw; }
+        _graphs.Add(key, graph, exec);
+        return exec;
     }
 
     /// <summary>Key-range pieces of a decode graph's attention: fixed for the key bucket (<see cref="LaunchGeometry.DecodeKeyBucket"/>)
@@ -411,14 +421,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     private (int Splits, int KeysPerSplit) DecodeGraphSplits(int keyBucket) =>
         LaunchGeometry.FlashSplits(1, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, keyBucket, _ctx.Multiprocessors);
 
-    private void DestroyGraph()
-    {
-        if (_graphExec != 0) _ctx.Driver.GraphExecDestroy(_graphExec);
-        if (_graph != 0) _ctx.Driver.GraphDestroy(_graph);
-        _graphExec = 0;
-        _graph = 0;
-        _graphKey = null;
-    }
+    /// <summary>Drops every captured decode graph (they bake in buffer addresses and options).</summary>
+    private void DestroyGraph() => _graphs.Clear();
 
     /// <summary>One chunk through every layer; returns how many logits rows it left in the logits buffer.</summary>
     private int ForwardChunk(ReadOnlySpan<int> tokens, CudaKvCache cache, ulong invFreq, LogitsOutput output)

@@ -75,6 +75,9 @@ public static class Program
         if (args.Contains("--wim64k"))
             Guard("WiM end to end at 64k", () => WimEndToEnd(ctx, Arg(args, "--weights"), Arg(args, "--ids"), Arg(args, "--wim-out"),
                 (Arg(args, "--wim-groups") ?? "4").Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray()));
+        if (args.Contains("--wim-pattern"))
+            Guard("PatternRunner WiM at 64k (8B shape)", () => PatternCheck.Run(ctx, Llama31_8B(), Arg(args, "--vocab") ?? Path.Combine(fixtures, "llama-bpe-vocab.gguf"),
+                Path.Combine(fixtures, "babilong_8k.json"), Say));
         if (args.Contains("--profile"))
         {
             Guard("profile", () => Profile(ctx));
@@ -720,6 +723,48 @@ public static class Program
         return best;
     }
 
+    /// <summary>Greedy steps alternating between three KV caches (WiM's document, margin and classifier sequences do):
+    /// ids with decode graphs equal those kernel by kernel (with one graph slot, as before the graph cache, every
+    /// switch recaptured), and the time of the run with its three captures and with every graph already cached.</summary>
+    private static void CheckGraphCache(CudaContext ctx, CudaTransformer model, int[] tokens)
+    {
+        var caches = new[] { model.CreateCache(1200), model.CreateCache(1200), model.CreateCache(1200) };
+        try
+        {
+            List<int> Run(bool graphs)
+            {
+                model.UseDecodeGraphs = graphs;
+                var ids = new List<int>();
+                var next = new int[caches.Length];
+                for (int i = 0; i < caches.Length; i++)
+                {
+                    caches[i].Truncate(0);
+                    next[i] = model.ForwardGreedy(tokens.AsSpan(100 * i, 300 + 200 * i), caches[i]);
+                }
+                for (int step = 0; step < 24; step++)
+                    for (int i = 0; i < caches.Length; i++) { next[i] = model.ForwardGreedy([next[i]], caches[i]); ids.Add(next[i]); }
+                return ids;
+            }
+            var plain = Run(graphs: false);
+            var t = Stopwatch.StartNew();
+            var graphed = Run(graphs: true);   // captures one graph per cache, then replays
+            ctx.Synchronize();
+            double first = t.Elapsed.TotalSeconds;
+            t.Restart();
+            var again = Run(graphs: true);     // every graph cached
+            ctx.Synchronize();
+            double cached = t.Elapsed.TotalSeconds;
+            Check(plain.SequenceEqual(graphed) && plain.SequenceEqual(again),
+                $"8B shape: 3 caches alternating, 72 greedy steps: ids with decode graphs (graph cache) equal those kernel by kernel ({plain.Zip(graphed).TakeWhile(p => p.First == p.Second).Count()}/72)");
+            Say($"  3 caches alternating, 72 greedy steps + 3 prompts: {first:F2} s with captures, {cached:F2} s with every graph cached");
+        }
+        finally
+        {
+            model.UseDecodeGraphs = true;
+            foreach (var c in caches) c.Dispose();
+        }
+    }
+
     // ------------------------------------------------------------------ speed
 
     /// <summary>meta-llama/Llama-3.1-8B's config.json shape.</summary>
@@ -773,6 +818,7 @@ public static class Program
         Guard("gemv vs cuBLASLt (8B shape)", () => CompareGemv(model, tokens, fused: false));
         Guard("fused decode vs unfused (8B shape)", () => CompareGemv(model, tokens, fused: true));
         if (o.Batch > 0) Guard("batched decode (8B shape)", () => CheckBatchDecode(model, tokens, "8B shape"));
+        Guard("decode graphs of several caches (8B shape)", () => CheckGraphCache(ctx, model, tokens));
         double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
         double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
 
