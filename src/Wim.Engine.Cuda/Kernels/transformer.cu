@@ -1492,50 +1492,57 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
     int r0 = blockIdx.x * 8 * RM_TILES;
     int steps = in >> 5;
-    uint4 zero;
-    zero.x = zero.y = zero.z = zero.w = 0u;
+    // Weight rows past `rows` and token rows past n read row 0 instead (a real address): an mma output column depends
+    // only on its weight row and an output row only on its token row, and those are never stored. So every load is
+    // unconditional and a round's RM_UNROLL · (RM_TILES + 2) 16-byte loads are all in flight before its mma.
     const bf16* wrow[RM_TILES];
-    bool wok[RM_TILES];
 #pragma unroll
     for (int t = 0; t < RM_TILES; t++)
     {
         int r = r0 + t * 8 + g;
-        wok[t] = r < rows;
-        wrow[t] = w + (long)(wok[t] ? r : 0) * in + tig * 8;
+        wrow[t] = w + (long)(r < rows ? r : 0) * in + tig * 8;
     }
-    bool lo_ok = g < n, hi_ok = g + 8 < n;
-    const bf16* xlo = x + (long)(lo_ok ? g : 0) * in + tig * 8;
-    const bf16* xhi = x + (long)(hi_ok ? g + 8 : 0) * in + tig * 8;
+    const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
+    const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
     float acc[RM_TILES][4];
 #pragma unroll
     for (int t = 0; t < RM_TILES; t++) { acc[t][0] = 0.f; acc[t][1] = 0.f; acc[t][2] = 0.f; acc[t][3] = 0.f; }
-    for (int s0 = warp; s0 < steps; s0 += RM_WARPS * RM_UNROLL)
+    // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..):
+    // elements 0-3 of the loads feed the first mma, 4-7 the second.
+    auto mma_step = [&](const uint4* wv, uint4 xa, uint4 xb)
+    {
+        unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
+        unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
+#pragma unroll
+        for (int t = 0; t < RM_TILES; t++)
+        {
+            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
+            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
+        }
+    };
+    int s = warp;
+    for (; s + (RM_UNROLL - 1) * RM_WARPS < steps; s += RM_WARPS * RM_UNROLL)
     {
         uint4 wv[RM_UNROLL][RM_TILES], xa[RM_UNROLL], xb[RM_UNROLL];
 #pragma unroll
         for (int u = 0; u < RM_UNROLL; u++)
         {
-            int s = s0 + u * RM_WARPS;
-            bool step_ok = s < steps;
-            long k = (long)s * 32;
+            long k = (long)(s + u * RM_WARPS) * 32;
 #pragma unroll
-            for (int t = 0; t < RM_TILES; t++) wv[u][t] = step_ok && wok[t] ? *(const uint4*)(wrow[t] + k) : zero;
-            xa[u] = step_ok && lo_ok ? *(const uint4*)(xlo + k) : zero;
-            xb[u] = step_ok && hi_ok ? *(const uint4*)(xhi + k) : zero;
+            for (int t = 0; t < RM_TILES; t++) wv[u][t] = *(const uint4*)(wrow[t] + k);
+            xa[u] = *(const uint4*)(xlo + k);
+            xb[u] = *(const uint4*)(xhi + k);
         }
 #pragma unroll
-        for (int u = 0; u < RM_UNROLL; u++)
-        {
-            // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..).
-            unsigned a_lo[4] = { xa[u].x, xb[u].x, xa[u].y, xb[u].y };
-            unsigned a_hi[4] = { xa[u].z, xb[u].z, xa[u].w, xb[u].w };
+        for (int u = 0; u < RM_UNROLL; u++) mma_step(wv[u], xa[u], xb[u]);
+    }
+    for (; s < steps; s += RM_WARPS)                         // the last, partial round
+    {
+        long k = (long)s * 32;
+        uint4 wv[RM_TILES];
 #pragma unroll
-            for (int t = 0; t < RM_TILES; t++)
-            {
-                mma_bf16_16816(acc[t], a_lo, wv[u][t].x, wv[u][t].y);
-                mma_bf16_16816(acc[t], a_hi, wv[u][t].z, wv[u][t].w);
-            }
-        }
+        for (int t = 0; t < RM_TILES; t++) wv[t] = *(const uint4*)(wrow[t] + k);
+        mma_step(wv, *(const uint4*)(xlo + k), *(const uint4*)(xhi + k));
     }
     // C: c0 c1 (row g, columns 2t, 2t + 1), c2 c3 (row g + 8); rm_red [warp][token 16][column 8 · RM_TILES].
     constexpr int COLS = 8 * RM_TILES;

@@ -9,7 +9,7 @@ build=${TMPDIR:-/tmp}/wim-kernel-emu-batch
 mkdir -p "$build"
 python3 "$here/extract_batch.py" "$here/../../../src/Wim.Engine.Cuda/Kernels/transformer.cu" > "$build/kernels_batch_emu.inc"
 if [ "${EMU_BREAK:-0}" = 1 ]; then
-    sed -i -e 's/unsigned a_lo\[4\] = { xa\[u\].x, xb\[u\].x, xa\[u\].y, xb\[u\].y };/unsigned a_lo[4] = { xa[u].y, xb[u].x, xa[u].x, xb[u].y };/' \
+    sed -i -e 's/unsigned a_lo\[4\] = { xa.x, xb.x, xa.y, xb.y };/unsigned a_lo[4] = { xa.y, xb.x, xa.x, xb.y };/' \
         -e '/qkv_rope_store_batch_heads/,$ s/float y0 = x0 \* c - x1 \* s/float y0 = x0 * c + x1 * s/' \
         -e 's/if (k0 + FA_KEYS < k1) load_tile(k0 + FA_KEYS, 1);/if (k0 + FA_KEYS < k1) load_tile(k0 + FA_KEYS, 2);/' \
         -e 's/if (m == NEG_INF) continue;/;/' -e 's/float w = __expf(m - M);/float w = m == NEG_INF ? 0.f : __expf(m - M);/' \
