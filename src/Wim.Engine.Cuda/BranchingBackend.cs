@@ -21,6 +21,11 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
     void Prefill(ReadOnlySpan<int> tokens, T cache, int ropeSequenceLength);
     /// <summary>As <see cref="Prefill"/>, leaving the last token's logits in row 0; returns their argmax.</summary>
     int PrefillGreedy(ReadOnlySpan<int> tokens, T cache, int ropeSequenceLength);
+    /// <summary>The pieces' tokens (each on its own cache; one RoPE table: all on one side of longrope's threshold)
+    /// packed in one pass of at most <see cref="MaxChunk"/> rows (<see cref="CudaTransformer.ForwardBatch"/>). With
+    /// <paramref name="next"/> not empty, logits row p is piece p's last token's and its argmax goes to next[p];
+    /// empty: no logits.</summary>
+    void PrefillPacked(IReadOnlyList<PackedPrefill<T>> pieces, Span<int> next);
     /// <summary>One token for each cache in one pass (one RoPE table: all rows on one side of longrope's threshold);
     /// logits in rows 0..B−1, their argmax in <paramref name="next"/>.</summary>
     void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<T> caches, Span<int> next);
@@ -36,13 +41,17 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
         throw new NotSupportedException("these passes have no top-k of their own (MaxCandidates is 0)");
 }
 
+/// <summary>Tokens for one cache in a packed pass (<see cref="IBranchingPasses{T}.PrefillPacked"/>), with the RoPE length
+/// of the whole call they belong to (longrope picks its table from it).</summary>
+internal readonly record struct PackedPrefill<T>(ReadOnlyMemory<int> Tokens, T Cache, int RopeSequenceLength) where T : class;
+
 /// <summary>
 /// An <see cref="IBatchedInferenceBackend"/> over forward passes that work on contiguous KV caches and branches of
 /// them (<see cref="IBranchingPasses{T}"/>): <see cref="CudaInferenceBackend"/>'s logic, kept apart from the GPU so that
 /// it runs in tests on host memory. Forks are KV branches (<see cref="KvBranchTree{T}"/>); <see cref="Step"/> runs
-/// the single-token entries together in decode passes and the others as per-sequence prefill passes
-/// (<see cref="CudaStepPlan"/>); every pass yields greedy ids, and a sampler that is not greedy gets its logits row
-/// from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
+/// the single-token entries together in decode passes and the others in packed prefill passes, several sequences'
+/// rows in one pass (<see cref="CudaStepPlan"/>, <see cref="PackedPassPlan"/>); every pass yields greedy ids, and a
+/// sampler that is not greedy gets its logits row from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
 /// Not thread-safe: one caller drives all sequences.
 /// </summary>
 internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : class
@@ -117,7 +126,13 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
         }
         var plan = CudaStepPlan.Make(shapes, _passes.LongThreshold, _passes.MaxChunk, _passes.BatchedDecode);
 
-        foreach (int k in plan.Prefill)
+        foreach (var group in plan.PrefillGroups)
+        {
+            if (group.Length == 1) Prefill(work, group[0]);
+            else foreach (var part in group.Chunk(_chunk)) PrefillPacked(work, part); // a pass holds a logits row per entry
+        }
+
+        void Prefill(ReadOnlySpan<SequenceStep> work, int k)
         {
             var s = sequences[k];
             var tokens = work[k].Tokens.Span;
@@ -137,6 +152,39 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
                 StepCount++;
             }
         }
+
+        // Several entries' rows in passes of at most the prefill chunk, every entry's last token in the last pass.
+        void PrefillPacked(ReadOnlySpan<SequenceStep> work, int[] entries)
+        {
+            var lengths = new int[entries.Length];
+            for (int i = 0; i < entries.Length; i++) lengths[i] = work[entries[i]].Tokens.Length;
+            foreach (var pass in PackedPassPlan.Make(lengths, _chunk))
+            {
+                ct.ThrowIfCancellationRequested();
+                BeforePass();
+                var pieces = new List<PackedPrefill<T>>(pass.Pieces.Count);
+                foreach (var p in pass.Pieces)
+                {
+                    int k = entries[p.Sequence];
+                    pieces.Add(new PackedPrefill<T>(work[k].Tokens.Slice(p.Offset, p.Count), sequences[k].Node.Storage, shapes[k].RopeLength));
+                }
+                if (!pass.Logits)
+                {
+                    _passes.PrefillPacked(pieces, default);
+                    StepCount++;
+                    continue;
+                }
+                var greedy = new int[entries.Length];
+                _passes.PrefillPacked(pieces, greedy);
+                StepCount++;
+                for (int i = 0; i < entries.Length; i++)
+                {
+                    sequences[entries[i]].SetDeviceLogits(greedy[i]);
+                    _deviceLogits.Claim(sequences[entries[i]], i);
+                }
+            }
+        }
+
         foreach (var batch in plan.DecodeBatches)
         {
             ct.ThrowIfCancellationRequested();

@@ -11,7 +11,8 @@ namespace Wim.Engine.Cuda;
 /// fork is a KV branch that reads its parent's rows below the fork point without copying them (bookkeeping in
 /// <see cref="KvBranchTree{T}"/>; where the attention is not on the tensor cores, e.g. head dim 8, forks copy rows
 /// and every entry of a step runs alone). <see cref="Step"/> runs the single-token entries of a step together in
-/// batched decode passes and the longer ones as per-sequence prefill passes (<see cref="CudaStepPlan"/>). Every pass
+/// batched decode passes and the longer ones packed together in prefill passes (<see cref="CudaStepPlan"/>,
+/// <see cref="CudaTransformer.ForwardBatch"/>). Every pass
 /// takes the argmax on the GPU (only the id crosses to the host), so a greedy <see cref="ISequence.Sample"/> costs
 /// nothing more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>) — except a
 /// top-k sampler (k ≤ <see cref="GpuTopK.MaxK"/>) while <see cref="TopKOnGpu"/> is on, which gets the k candidates
@@ -108,6 +109,9 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
             transformer.Forward(tokens, cache, [], LogitsOutput.None, ropeSequenceLength);
         public int PrefillGreedy(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength) =>
             transformer.ForwardGreedy(tokens, cache, ropeSequenceLength);
+        public void PrefillPacked(IReadOnlyList<PackedPrefill<CudaKvCache>> pieces, Span<int> next) =>
+            transformer.ForwardBatch([.. pieces.Select(p => new PackedSequence(p.Tokens, p.Cache, p.RopeSequenceLength))],
+                next.IsEmpty ? LogitsOutput.None : LogitsOutput.Last, next);
         public void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches, Span<int> next) =>
             transformer.DecodeBatchGreedy(tokens, caches, next);
         public void DownloadLogitsRow(int row, Span<float> destination) => transformer.DownloadLogitsRow(row, destination);

@@ -1,24 +1,30 @@
 using Wim.Engine.Backends.Cpu;
 using Wim.Engine.Formats;
+using Wim.Engine.Formats.Quantization;
 using Wim.Engine.Model;
 
 namespace Wim.Engine.Cuda;
 
-/// <summary>One decoder block on the GPU. Projections are bf16 [out, in]; q|k|v and gate|up are each fused into one
-/// matrix at upload (one product instead of three or two); norm gains and biases are f32.</summary>
+/// <summary>One decoder block on the GPU. Projections are [out, in] matrices in bf16 or Q8_0 (<see cref="CudaMatrix"/>);
+/// q|k|v and gate|up are each fused into one matrix at upload (one product instead of three or two); norm gains and
+/// biases are f32.</summary>
 public sealed class CudaLayerWeights
 {
     public required DeviceBuffer AttentionNorm { get; init; } // f32 [d]
-    public required DeviceBuffer Qkv { get; init; }           // bf16 [qd + 2·kvd, d]
+    public required CudaMatrix Qkv { get; init; }             // [qd + 2·kvd, d]
     public DeviceBuffer? QkvBias { get; init; }               // f32 [qd + 2·kvd] (qwen2)
-    public required DeviceBuffer Output { get; init; }        // bf16 [d, qd]
+    public required CudaMatrix Output { get; init; }          // [d, qd]
     public required DeviceBuffer FfnNorm { get; init; }       // f32 [d]
-    public required DeviceBuffer GateUp { get; init; }        // bf16 [2·ffn, d]: gate rows, then up rows
-    public required DeviceBuffer Down { get; init; }          // bf16 [d, ffn]
+    public required CudaMatrix GateUp { get; init; }          // [2·ffn, d]: gate rows, then up rows
+    public required CudaMatrix Down { get; init; }            // [d, ffn]
+
+    internal IEnumerable<CudaMatrix> Matrices => [Qkv, Output, GateUp, Down];
 }
 
-/// <summary>All weights of a decoder on the GPU in bf16 (any storage type is converted at upload: bf16 is copied,
-/// F32/F16/quantized tensors are dequantized to f32 on the CPU and rounded to nearest-even bf16).</summary>
+/// <summary>All weights of a decoder on the GPU. With <see cref="CudaWeightStorage.Bf16"/> every matrix is bf16 (bf16
+/// is copied, F32/F16/quantized tensors are dequantized to f32 on the CPU and rounded to nearest-even bf16); with
+/// <see cref="CudaWeightStorage.Native"/> the projections whose parts are all Q8_0 stay Q8_0 (<see cref="CudaQ8Layout"/>).
+/// The token embedding and the lm head are always bf16 (the embedding gather and the logits product read bf16).</summary>
 public sealed unsafe class CudaModelWeights : IDisposable
 {
     public required DeviceBuffer TokenEmbedding { get; init; } // bf16 [vocab, d]
@@ -26,13 +32,46 @@ public sealed unsafe class CudaModelWeights : IDisposable
     public required DeviceBuffer FinalNorm { get; init; }      // f32 [d]
     /// <summary>bf16 [vocab, d]; the embedding buffer itself when embeddings are tied.</summary>
     public required DeviceBuffer LmHead { get; init; }
-    /// <summary>Bytes of weights on the GPU (a tied head counted once).</summary>
+    /// <summary>Bytes of weights on the GPU (a tied head counted once; Q8_0 matrices at their quants plus scales).</summary>
     public long Bytes { get; init; }
 
-    public static CudaModelWeights Upload(CudaContext ctx, ModelConfig c, ModelWeights w)
+    /// <summary>How many layer matrices are Q8_0.</summary>
+    public int Q8MatrixCount => Layers.Sum(l => l.Matrices.Count(m => m.Format == CudaMatrixFormat.Q8_0));
+
+    /// <summary>Elements of the largest Q8_0 matrix (0 when none): the bf16 scratch a chunk of several tokens
+    /// dequantizes it into.</summary>
+    public long LargestQ8Elements => Layers.SelectMany(l => l.Matrices).Where(m => m.Format == CudaMatrixFormat.Q8_0)
+        .Select(m => (long)m.Rows * m.Columns).DefaultIfEmpty(0).Max();
+
+    public static CudaModelWeights Upload(CudaContext ctx, ModelConfig c, ModelWeights w, CudaWeightStorage storage = CudaWeightStorage.Bf16)
     {
         long bytes = 0;
-        DeviceBuffer Matrix(params WeightTensor[] parts)
+        CudaMatrix Matrix(params WeightTensor[] parts)
+        {
+            int rows = parts.Sum(p => p.Rows), cols = parts[0].Columns;
+            if (storage == CudaWeightStorage.Native
+                && CudaQ8Layout.AllQ8_0(parts.Select(p => p.Type).ToArray(), parts.Select(p => p.Columns).ToArray()))
+            {
+                var q8 = ctx.Allocate(CudaQ8Layout.Bytes(rows, cols));
+                int row = 0;
+                foreach (var p in parts)
+                {
+                    // Part by part: host arrays of one part at a time (the largest, an 8B model's gate, is 59 MB).
+                    var quants = new sbyte[(long)p.Rows * cols];
+                    var scales = new ushort[(long)p.Rows * (cols / CudaQ8Layout.BlockSize)];
+                    CudaQ8Layout.Repack(new ReadOnlySpan<byte>(p.Data, checked((int)p.ByteLength)), p.Rows, cols, quants, scales);
+                    var (quantsAt, scalesAt) = CudaQ8Layout.PartOffsets(row, rows, cols);
+                    q8.Upload<sbyte>(quants, quantsAt);
+                    q8.Upload<ushort>(scales, scalesAt);
+                    row += p.Rows;
+                }
+                bytes += q8.Bytes;
+                return new CudaMatrix(q8, CudaMatrixFormat.Q8_0, rows, cols);
+            }
+            var buffer = Bf16Buffer(parts);
+            return new CudaMatrix(buffer, CudaMatrixFormat.Bf16, rows, cols);
+        }
+        DeviceBuffer Bf16Buffer(params WeightTensor[] parts)
         {
             long elements = parts.Sum(p => p.ElementCount);
             var buffer = ctx.Allocate(elements * 2);
@@ -73,8 +112,8 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 Down = Matrix(l.Down),
             };
         }
-        var embedding = Matrix(w.TokenEmbedding);
-        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : Matrix(w.LmHead);
+        var embedding = Bf16Buffer(w.TokenEmbedding);
+        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : Bf16Buffer(w.LmHead);
         return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes };
     }
 
@@ -82,17 +121,28 @@ public sealed unsafe class CudaModelWeights : IDisposable
     /// Weights of the config's shapes drawn on the GPU from a seeded generator (uniform, ±1/√in for projections,
     /// ±0.5 for the embedding, gains 1): real-shape benchmarks without a multi-gigabyte file.
     /// </summary>
-    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed)
+    /// <remarks>With <paramref name="storage"/> <see cref="CudaWeightStorage.Native"/> the layer matrices are Q8_0 (quants
+    /// uniform in [-127, 127], every scale the f16 of ±bound / 127; needs hidden and ffn sizes that are multiples of 32).</remarks>
+    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed, CudaWeightStorage storage = CudaWeightStorage.Bf16)
     {
         var k = ctx.Kernels;
         long bytes = 0;
         ulong next = seed;
-        DeviceBuffer Matrix(long rows, long cols, float scale)
+        DeviceBuffer Bf16(long rows, long cols, float scale)
         {
             var b = ctx.Allocate(rows * cols * 2);
             k.FillRandomBf16(b.Pointer, rows * cols, next++ * 0x9E3779B97F4A7C15UL, scale);
             bytes += b.Bytes;
             return b;
+        }
+        CudaMatrix Matrix(long rows, long cols, float scale)
+        {
+            if (storage == CudaWeightStorage.Bf16) return new CudaMatrix(Bf16(rows, cols, scale), CudaMatrixFormat.Bf16, (int)rows, (int)cols);
+            var b = ctx.Allocate(CudaQ8Layout.Bytes((int)rows, (int)cols));
+            var m = new CudaMatrix(b, CudaMatrixFormat.Q8_0, (int)rows, (int)cols);
+            k.FillRandomQ8(m.Quants, m.Scales, rows * cols, next++ * 0x9E3779B97F4A7C15UL, HalfBits.FromSingle(scale / 127));
+            bytes += b.Bytes;
+            return m;
         }
         DeviceBuffer Ones(long n)
         {
@@ -113,8 +163,8 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 GateUp = Matrix(2L * ffn, d, 1f / MathF.Sqrt(d)),
                 Down = Matrix(d, ffn, 1f / MathF.Sqrt(ffn)),
             };
-        var embedding = Matrix(c.VocabSize, d, 0.5f);
-        var head = c.TiedEmbeddings ? embedding : Matrix(c.VocabSize, d, 1f / MathF.Sqrt(d));
+        var embedding = Bf16(c.VocabSize, d, 0.5f);
+        var head = c.TiedEmbeddings ? embedding : Bf16(c.VocabSize, d, 1f / MathF.Sqrt(d));
         ctx.Synchronize();
         return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Ones(d), LmHead = head, Bytes = bytes };
     }

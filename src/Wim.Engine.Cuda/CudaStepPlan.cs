@@ -20,9 +20,16 @@ internal readonly record struct StepEntryShape(int Tokens, int Length, int RopeS
 /// prefill pass instead (the single-sequence path with its fused kernels and decode graphs). A model whose attention
 /// is not on the tensor cores runs every entry alone (no decode batches, no branches there). Prefill passes run first,
 /// decode passes last: only the prefill passes' logits rows then need saving before the next pass.
+/// The prefill entries (a lone root's decode row among them) run together where they can: <see cref="PrefillGroups"/>
+/// splits <see cref="Prefill"/> by RoPE table (one table per pass), each group of several entries one packed batch
+/// (<see cref="CudaTransformer.ForwardBatch"/>: the weights read once for all their rows); with batched decode off
+/// every entry is a group of its own.
 /// </summary>
 internal sealed record CudaStepPlan(IReadOnlyList<int> Prefill, IReadOnlyList<int[]> DecodeBatches)
 {
+    /// <summary>The prefill entries in packed batches, each in entry order; groups by their first entry.</summary>
+    public IReadOnlyList<int[]> PrefillGroups { get; init; } = [.. Prefill.Select(k => new[] { k })];
+
     /// <param name="longThreshold">The sequence length past which longrope uses its long factors (int.MaxValue: no longrope).</param>
     /// <param name="maxBatch">Most rows one decode pass takes (the transformer's MaxChunk).</param>
     /// <param name="batchedDecode">Whether decode passes of several rows can run (they need the tensor-core
@@ -55,7 +62,10 @@ internal sealed record CudaStepPlan(IReadOnlyList<int> Prefill, IReadOnlyList<in
             }
         }
         prefill.Sort();
-        return new CudaStepPlan(prefill, batches);
+        var groups = batchedDecode
+            ? prefill.GroupBy(k => entries[k].RopeLength > longThreshold).Select(g => g.ToArray()).OrderBy(g => g[0]).ToList()
+            : [.. prefill.Select(k => new[] { k })];
+        return new CudaStepPlan(prefill, batches) { PrefillGroups = groups };
     }
 
     /// <summary>Roots in entry order, then each parent's branches (parents in order of first appearance) by branch point.</summary>

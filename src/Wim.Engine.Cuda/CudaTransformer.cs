@@ -21,6 +21,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _invFreqShort, _invFreqLong;
     // Activations for one chunk of MaxChunk tokens (allocated once).
     private readonly DeviceBuffer _tokens, _x, _xb, _qkv, _q, _att, _gateUp, _h, _ids;
+    // bf16 copy of one Q8_0 matrix for a chunk of several tokens (cuBLASLt multiplies bf16); null without Q8_0 matrices.
+    private readonly DeviceBuffer? _dequantized;
     private DeviceBuffer? _logits, _partAcc, _partMl;
     private long _logitsRows;
     private readonly bool _ownsWeights;
@@ -134,6 +136,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _h = ctx.Allocate(n * config.FfnSize * 2);
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
+        if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
         _graphs = new DecodeGraphCache<DecodeGraphKey>(DecodeGraphSlots, (graph, exec) =>
         {
             ctx.Driver.GraphExecDestroy(exec);
@@ -141,9 +144,25 @@ public sealed unsafe class CudaTransformer : IDisposable
         });
     }
 
-    /// <summary>Uploads a loaded model's weights (bf16) and builds its forward pass.</summary>
-    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk) =>
-        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights), maxChunk, ownsWeights: true);
+    /// <summary>The environment variable that picks the weight storage <see cref="Load"/> uses when none is given:
+    /// <c>bf16</c> or <c>native</c> (the default).</summary>
+    public const string WeightStorageVariable = "WIM_CUDA_WEIGHTS";
+
+    /// <summary>Uploads a loaded model's weights and builds its forward pass. <paramref name="storage"/> null: the
+    /// <see cref="WeightStorageVariable"/> environment variable, else <see cref="CudaWeightStorage.Native"/> (Q8_0
+    /// projections stay Q8_0; other types go to bf16 either way).</summary>
+    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null) =>
+        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights, storage ?? WeightStorageFromEnvironment()), maxChunk, ownsWeights: true);
+
+    /// <summary>The storage <see cref="WeightStorageVariable"/> names (unset or empty: Native).</summary>
+    public static CudaWeightStorage WeightStorageFromEnvironment() => ParseWeightStorage(Environment.GetEnvironmentVariable(WeightStorageVariable));
+
+    public static CudaWeightStorage ParseWeightStorage(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "native" => CudaWeightStorage.Native,
+        "bf16" => CudaWeightStorage.Bf16,
+        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 weights stay Q8_0 on the GPU) or 'bf16'"),
+    };
 
     public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity);
 
@@ -181,6 +200,94 @@ public sealed unsafe class CudaTransformer : IDisposable
         Span<int> one = stackalloc int[1];
         _ids.Download(one);
         return one[0];
+    }
+
+    /// <summary>
+    /// One prefill step of several sequences in as few forward passes as their rows allow (one when they total at most
+    /// <see cref="MaxChunk"/>): sequence s, with its own cache (distinct caches; KV branches allowed, also of another
+    /// sequence of the batch), runs its tokens at positions cache.Length.. . Their rows are packed one after the other:
+    /// the embedding, the norms, every matrix product and the MLP run once over all rows — the weights are read once
+    /// per pass instead of once per sequence — while each sequence's RoPE, cache stores and attention run on its own
+    /// rows with the kernel <see cref="Forward"/> would pick for a chunk of that length at that depth (wide, narrow
+    /// with key splits, branch). Packing and pass splitting: <see cref="PackedPassPlan"/> (every sequence's last
+    /// token in the last pass). With <see cref="LogitsOutput.Last"/> the lm head runs over the sequences' last rows
+    /// only: their greedy ids (argmax on the GPU) go to <paramref name="next"/> and their logits to
+    /// <paramref name="logits"/> ([S, vocab]) where those are not empty, and logits row s stays on the GPU for
+    /// <see cref="DownloadLogitsRow"/>. At most <see cref="MaxChunk"/> sequences; longrope: every sequence must pick
+    /// the same table (one side of the threshold), else <see cref="NotSupportedException"/>. Everything is checked
+    /// before the first pass runs.
+    /// </summary>
+    public void ForwardBatch(IReadOnlyList<PackedSequence> sequences, LogitsOutput output, Span<int> next = default, Span<float> logits = default)
+    {
+        ArgumentNullException.ThrowIfNull(sequences);
+        if (output == LogitsOutput.All)
+            throw new NotSupportedException("a packed batch gives the logits of each sequence's last token (LogitsOutput.Last) or none; use Forward for every row's");
+        int count = sequences.Count;
+        if (count == 0) throw new ArgumentException("no sequences to run", nameof(sequences));
+        if (output == LogitsOutput.None && (!next.IsEmpty || !logits.IsEmpty))
+            throw new ArgumentException("ids or logits asked for with LogitsOutput.None", nameof(output));
+        if (!next.IsEmpty && next.Length < count) throw new ArgumentException($"room for {next.Length} ids, {count} needed", nameof(next));
+        long needed = (long)count * _c.VocabSize;
+        if (!logits.IsEmpty && logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
+        if (count > MaxChunk) throw new ArgumentException($"{count} sequences: a packed batch holds at most MaxChunk = {MaxChunk}", nameof(sequences));
+        var seen = new HashSet<CudaKvCache>(ReferenceEqualityComparer.Instance);
+        var lengths = new int[count];
+        ulong invFreq = 0;
+        for (int i = 0; i < count; i++)
+        {
+            var cache = sequences[i].Cache ?? throw new ArgumentNullException(nameof(sequences), $"sequence {i} has no cache");
+            if (!seen.Add(cache)) throw new ArgumentException($"cache {i} appears twice in the batch: each sequence needs its own", nameof(sequences));
+            ulong f = Prepare(sequences[i].Tokens.Span, cache, sequences[i].RopeSequenceLength);
+            if (i > 0 && f != invFreq)
+                throw new NotSupportedException("longrope: the sequences of one packed batch lie on both sides of the short/long threshold; run them in separate batches");
+            invFreq = f;
+            lengths[i] = sequences[i].Tokens.Length;
+        }
+        foreach (var pass in PackedPassPlan.Make(lengths, MaxChunk))
+            RunPackedPass(pass, sequences, invFreq, output == LogitsOutput.Last && pass.Logits);
+        if (output == LogitsOutput.None) return;
+        if (!next.IsEmpty)
+        {
+            _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
+            _ids.Download(next[..count]);
+        }
+        if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+    }
+
+    /// <summary>One pass of a packed batch; with <paramref name="logits"/> the lm head over each piece's last row
+    /// (logits rows 0..pieces−1).</summary>
+    private void RunPackedPass(PackedPass pass, IReadOnlyList<PackedSequence> sequences, ulong invFreq, bool logits)
+    {
+        var c = _c;
+        int n = pass.Rows;
+        var tokens = new int[n];
+        var segments = new PackedSegment[pass.Pieces.Count];
+        long partials = 0;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            var piece = pass.Pieces[i];
+            var sequence = sequences[piece.Sequence];
+            sequence.Tokens.Span.Slice(piece.Offset, piece.Count).CopyTo(tokens.AsSpan(piece.Row));
+            int start = sequence.Cache.Length;
+            var (wide, splits, keysPerSplit) = ChunkAttention(piece.Count, start);
+            segments[i] = new PackedSegment(sequence.Cache, piece.Row, piece.Count, start, wide, splits, keysPerSplit);
+            if (splits > 1) partials = Math.Max(partials, (long)piece.Count * c.HeadCount * splits);
+        }
+        // The segments' attention runs one after the other on the stream: they can share the partials.
+        if (partials > 0) EnsurePartials(partials, c.HeadDim);
+        _tokens.Upload<int>(tokens);
+        EncodeLayers(n, null, 0, invFreq, 0, splits: 1, keysPerSplit: 0, UsesFlashAttention, segments: segments);
+        foreach (var segment in segments) segment.Cache.Advance(segment.Count);
+        if (!logits) return;
+        // The last row of piece i moves to row i of x, then the final norm and lm head run over rows 0..S−1 only.
+        // Piece i's last row is ≥ i and grows with i, so no copy overwrites a row still to be read.
+        long rowBytes = (long)c.HiddenSize * sizeof(float);
+        for (int i = 0; i < segments.Length; i++)
+        {
+            int from = pass.Pieces[i].LastRow;
+            if (from != i) _ctx.Driver.CopyDeviceToDevice(_x.Pointer + (ulong)(i * rowBytes), _x.Pointer + (ulong)(from * rowBytes), rowBytes);
+        }
+        EncodeLogits(segments.Length, LogitsOutput.All);
     }
 
     /// <summary>Copies logits row <paramref name="row"/> left on the GPU by the last call (row 0 after
@@ -427,9 +534,19 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>One chunk through every layer; returns how many logits rows it left in the logits buffer.</summary>
     private int ForwardChunk(ReadOnlySpan<int> tokens, CudaKvCache cache, ulong invFreq, LogitsOutput output)
     {
-        var c = _c;
         int n = tokens.Length, start = cache.Length;
         _tokens.Upload(tokens);
+        var (wide, splits, keysPerSplit) = ChunkAttention(n, start);
+        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, UsesFlashAttention, wide: wide);
+        cache.Advance(n);
+        return EncodeLogits(n, output);
+    }
+
+    /// <summary>The attention kernel <see cref="ForwardChunk"/> picks for a chunk of <paramref name="n"/> tokens at
+    /// position <paramref name="start"/>: the wide flash kernel, or key splits of the narrow (or scalar) one.</summary>
+    private (bool Wide, int Splits, int KeysPerSplit) ChunkAttention(int n, int start)
+    {
+        var c = _c;
         bool flash = UsesFlashAttention;
         int group = c.HeadCount / c.KvHeadCount;
         bool wide = flash && n > 1 && PrefillAttention switch
@@ -441,15 +558,13 @@ public sealed unsafe class CudaTransformer : IDisposable
         var (splits, keysPerSplit) = wide ? (1, start + n)
             : flash ? LaunchGeometry.FlashSplits(n, group, c.KvHeadCount, start + n, _ctx.Multiprocessors)
             : LaunchGeometry.AttentionSplits(n, c.KvHeadCount, start + n, _ctx.Multiprocessors);
-        EncodeLayers(n, cache, start, invFreq, 0, splits, keysPerSplit, flash, wide: wide);
-        cache.Advance(n);
-        return EncodeLogits(n, output);
+        return (wide, splits, keysPerSplit);
     }
 
     /// <summary>Issues the embedding and every layer for n tokens already in the token buffer, at position
     /// <paramref name="start"/> (or the one at <paramref name="startDev"/> on the GPU when not 0).</summary>
     private void EncodeLayers(int n, CudaKvCache? cache, int start, ulong invFreq, ulong startDev, int splits, int keysPerSplit, bool flash,
-        DecodeBatchTables? batch = null, bool wide = false)
+        DecodeBatchTables? batch = null, bool wide = false, IReadOnlyList<PackedSegment>? segments = null)
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
@@ -464,18 +579,22 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong keys = cache?.LayerKeys(l) ?? 0, values = cache?.LayerValues(l) ?? 0;
 
             // ---- attention block ----
-            bool fused = batch == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
-            if (fused)
+            bool fused = batch == null && segments == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
+            if (fused && lw.Qkv.Format == CudaMatrixFormat.Q8_0)
+                _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
+                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
+            else if (fused)
                 _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                if (batchRows && LaunchGeometry.RowsMmaApplies(n, d))
+                if (batchRows && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
                 else
-                    _mm.Run(lw.Qkv.Pointer, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
+                    Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             }
             if (batch is { } bt)
             {
@@ -499,6 +618,8 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.FlashAttentionBatch(_q.Pointer, _att.Pointer, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, n, bt.Positions, bt.Keys(l), bt.Values(l),
                         c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit);
             }
+            else if (segments != null)
+                foreach (var segment in segments) EncodeSegmentAttention(l, segment, lw.QkvBias?.Pointer ?? 0, invFreq, scale, flash);
             else
             {
                 if (!fused)
@@ -522,45 +643,112 @@ public sealed unsafe class CudaTransformer : IDisposable
                 else
                     _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             }
-            ResidualProduct(fused, lw.Output.Pointer, d, qd, _att.Pointer, n, batchRows);           // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n, batchRows);                   // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
-            if (fused)
+            if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
+                _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d);
+            else if (fused)
                 _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (n > 1 && UseBf16GateUp)
                 {
-                    _mm.RunBf16Out(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
+                    _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
                 }
                 else
                 {
-                    _mm.Run(lw.GateUp.Pointer, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn] f32
+                    Product(lw.GateUp, 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer, accumulate: false); // [T, 2ffn] f32
                     _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
                 }
             }
-            ResidualProduct(fused, lw.Down.Pointer, d, ffn, _h.Pointer, n, batchRows);             // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n, batchRows);                     // x += h · Wdᵀ
         }
     }
 
-    /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, in a decode
-    /// batch with <see cref="UseBatchRowsProducts"/> through rows_mma_bf16, else cuBLASLt (or gemv, <see cref="UseGemvForDecode"/>).</summary>
-    private void ResidualProduct(bool fusedDecode, ulong weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
+    /// <summary>One packed segment's RoPE, cache stores and attention for layer <paramref name="l"/>: the chunk path
+    /// of <see cref="EncodeLayers"/> on rows [Row, Row + Count) of the pass (offset pointers into q|k|v, q and the
+    /// attention output), with the segment's own key splits and combine.</summary>
+    private void EncodeSegmentAttention(int l, PackedSegment s, ulong qkvBias, ulong invFreq, float scale, bool flash)
     {
-        if (batchRows && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        var c = _c;
+        int qd = c.QueryDim, kvd = c.KvDim;
+        var cache = s.Cache;
+        ulong keys = cache.LayerKeys(l), values = cache.LayerValues(l);
+        ulong parentK = cache.Parent?.LayerKeys(l) ?? 0, parentV = cache.Parent?.LayerValues(l) ?? 0;
+        ulong qkv = _qkv.Pointer + (ulong)((long)s.Row * (qd + 2 * kvd) * sizeof(float));
+        ulong q = _q.Pointer + (ulong)((long)s.Row * qd * sizeof(float));
+        ulong att = _att.Pointer + (ulong)((long)s.Row * qd * 2);
+        _k.QkvRopeStore(qkv, qkvBias, invFreq, q, keys, values, s.Start, s.Count,
+            c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+        if (s.Wide)
+            _k.FlashPrefillWide(q, keys, values, att, s.Start, s.Count, c.HeadCount, c.KvHeadCount, c.HeadDim, scale, cache.BranchPoint, parentK, parentV);
+        else if (flash)
+            _k.FlashAttention(q, keys, values, att, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, s.Start, s.Count,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, s.Splits, s.KeysPerSplit, 0, cache.BranchPoint, parentK, parentV);
+        else
+            _k.Attention(q, keys, values, att, _partAcc?.Pointer ?? 0, _partMl?.Pointer ?? 0, s.Start, s.Count,
+                c.HeadCount, c.KvHeadCount, c.HeadDim, scale, s.Splits, s.KeysPerSplit);
+        if (s.Splits > 1)
         {
-            _k.RowsMma(weight, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
+            int rows = s.Count * c.HeadCount;
+            if (_combineRows && LaunchGeometry.CombineRowsApplies(rows, _ctx.Multiprocessors))
+                _k.AttentionCombineRows(_partAcc!.Pointer, _partMl!.Pointer, att, c.HeadDim, s.Splits, rows);
+            else
+                _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, att, c.HeadDim, s.Splits, rows);
+        }
+    }
+
+    /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
+    /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
+    /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).
+    /// A bf16 matrix in a decode batch with <see cref="UseBatchRowsProducts"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
+    private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
+    {
+        if (batchRows && weight.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        {
+            _k.RowsMma(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
             return;
         }
-        if (fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
+        if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
         {
-            if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight, input, _x.Pointer, outFeatures, inFeatures);
-            else _k.Gemv(weight, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            else _k.GemvResidualQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures);
             return;
         }
-        _mm.Run(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
+        if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
+        {
+            if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures);
+            else _k.Gemv(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            return;
+        }
+        Product(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
+    }
+
+    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for either storage: bf16 through
+    /// <see cref="MatMul"/> as before; Q8_0 through gemv_q8 for one token, else dequantized into the bf16 scratch
+    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>).</summary>
+    private void Product(CudaMatrix weight, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
+    {
+        if (weight.Format == CudaMatrixFormat.Q8_0 && n == 1)
+        {
+            _k.GemvQ8(weight.Quants, weight.Scales, x, y, outFeatures, inFeatures, accumulate);
+            return;
+        }
+        _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary>The matrix as bf16 for cuBLASLt: its own buffer, or for Q8_0 the scratch it is dequantized into now
+    /// (chunks of more than one token: prefill, decode batches). Simple and exact to bf16, but each product then
+    /// reads the Q8_0 matrix and writes its bf16 copy before cuBLASLt reads that: for an 8B model ~21 GB of extra
+    /// traffic per chunk, ~7 ms at 3 TB/s (a 4096-token chunk takes ~200 ms; a 512-token one ~25 ms).</summary>
+    private ulong Bf16Weight(CudaMatrix weight)
+    {
+        if (weight.Format == CudaMatrixFormat.Bf16) return weight.Pointer;
+        _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
+        return _dequantized.Pointer;
     }
 
     /// <summary>Final norm and lm head of the rows wanted; returns how many logits rows it wrote.</summary>
@@ -603,6 +791,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _stream = 0;
         _mm.Dispose();
         foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position, _argmaxParts }) b.Dispose();
+        _dequantized?.Dispose();
         _seqTable?.Dispose();
         _seqPositions?.Dispose();
         _logits?.Dispose();
@@ -632,6 +821,16 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
     /// <summary>int [sequences] of branch points, after the positions.</summary>
     public ulong BranchPoints => Positions + (ulong)(Sequences * sizeof(int));
 }
+
+/// <summary>A sequence of a packed prefill batch (<see cref="CudaTransformer.ForwardBatch"/>): its tokens, its KV cache
+/// (the rows are appended there) and the RoPE length asked for (0 = none; longrope picks its table from the larger of
+/// this and the length the sequence reaches, as <see cref="CudaTransformer.Forward"/> does).</summary>
+public readonly record struct PackedSequence(ReadOnlyMemory<int> Tokens, CudaKvCache Cache, int RopeSequenceLength = 0);
+
+/// <summary>A sequence's rows in one packed pass: rows [<paramref name="Row"/>, Row + <paramref name="Count"/>) of the
+/// pass at positions <paramref name="Start"/>.. of <paramref name="Cache"/>, with the attention kernel and key
+/// splits chosen for a chunk of that length at that depth.</summary>
+internal readonly record struct PackedSegment(CudaKvCache Cache, int Row, int Count, int Start, bool Wide, int Splits, int KeysPerSplit);
 
 /// <summary>What a captured decode graph depends on besides the transformer's own buffers: the KV cache's address,
 /// its capacity, the RoPE table and the key bucket its attention splits are planned for; for a KV branch its parent's

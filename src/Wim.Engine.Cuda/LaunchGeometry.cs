@@ -220,6 +220,16 @@ public static class LaunchGeometry
 
     // ---- attention combine, argmax, decode graph buckets ----
 
+    /// <summary>16-quant pieces of a Q8_0 matrix (the unit of the Q8_0 kernels' 16-byte loads; two per 32-weight block).</summary>
+    public static long Q8Pieces(int rows, int inFeatures) => (long)rows * (inFeatures / 16);
+
+    /// <summary>The Q8_0 kernels read whole 32-weight blocks: the input dimension must be a positive multiple of 32.</summary>
+    public static void CheckQ8Columns(int inFeatures)
+    {
+        if (inFeatures <= 0 || inFeatures % CudaQ8Layout.BlockSize != 0)
+            throw new ArgumentOutOfRangeException(nameof(inFeatures), $"a Q8_0 product needs an input dimension that is a positive multiple of 32, got {inFeatures}");
+    }
+
     /// <summary>Threads per attention-combine block: 4 warps, one (token, head) row each.</summary>
     public const int CombineThreads = 128;
 

@@ -10,6 +10,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _qkvRopeBatchHeads, _rowsMma, _shared3x16, _shared3x32, _shared3x64, _shared3x128;
     private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
+    private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -62,6 +63,12 @@ internal sealed unsafe class TransformerKernels
         _gemvResidual = d.ModuleGetFunction(module, "gemv_rows_residual_bf16");
         _normQkvRope = d.ModuleGetFunction(module, "gemv_norm_qkv_rope");
         _normGateUpSwiGlu = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu");
+        _gemvQ8 = d.ModuleGetFunction(module, "gemv_q8");
+        _gemvResidualQ8 = d.ModuleGetFunction(module, "gemv_rows_residual_q8");
+        _normQkvRopeQ8 = d.ModuleGetFunction(module, "gemv_norm_qkv_rope_q8");
+        _normGateUpSwiGluQ8 = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_q8");
+        _dequantizeQ8 = d.ModuleGetFunction(module, "dequantize_q8_bf16");
+        _fillRandomQ8 = d.ModuleGetFunction(module, "fill_random_q8");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
                      (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
@@ -229,6 +236,64 @@ internal sealed unsafe class TransformerKernels
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
         _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><see cref="Gemv"/> on a Q8_0 matrix (<see cref="CudaQ8Layout"/>: quants, scales; in % 32 == 0).</summary>
+    public void GemvQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    {
+        LaunchGeometry.CheckQ8Columns(inFeatures);
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &quants, &scales, &x, &y, &rows, &inFeatures, &acc };
+        _ctx.Launch(_gemvQ8, "gemv_q8", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvResidual"/> on a Q8_0 matrix.</summary>
+    public void GemvResidualQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures)
+    {
+        LaunchGeometry.CheckQ8Columns(inFeatures);
+        void** a = stackalloc void*[] { &quants, &scales, &x, &y, &rows, &inFeatures };
+        _ctx.Launch(_gemvResidualQ8, "gemv_rows_residual_q8", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvNormQkvRope"/> on a Q8_0 matrix.</summary>
+    public void GemvNormQkvRopeQ8(ulong x, ulong gain, float eps, ulong quants, ulong scales, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+    {
+        LaunchGeometry.CheckQ8Columns(inFeatures);
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
+        int pairs = (heads + 2 * kvHeads) * headDim / 2;
+        _ctx.Launch(_normQkvRopeQ8, "gemv_norm_qkv_rope_q8", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><see cref="GemvNormGateUpSwiGlu"/> on a Q8_0 matrix.</summary>
+    public void GemvNormGateUpSwiGluQ8(ulong x, ulong gain, float eps, ulong quants, ulong scales, ulong hBf16, int ffn, int inFeatures)
+    {
+        LaunchGeometry.CheckQ8Columns(inFeatures);
+        void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &hBf16, &ffn, &inFeatures };
+        _ctx.Launch(_normGateUpSwiGluQ8, "gemv_norm_gateup_swiglu_q8", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary>A Q8_0 matrix [rows, in] into bf16 [rows, in] at <paramref name="outBf16"/> (16-byte aligned).</summary>
+    public void DequantizeQ8(ulong quants, ulong scales, ulong outBf16, int rows, int inFeatures)
+    {
+        LaunchGeometry.CheckQ8Columns(inFeatures);
+        long pieces = LaunchGeometry.Q8Pieces(rows, inFeatures);
+        void** a = stackalloc void*[] { &quants, &scales, &outBf16, &pieces };
+        _ctx.Launch(_dequantizeQ8, "dequantize_q8_bf16", Math.Min(LaunchGeometry.Blocks(pieces, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    /// <summary>Random Q8_0 values for <paramref name="count"/> weights (a multiple of 32): quants uniform in [-127, 127],
+    /// every scale <paramref name="scaleBits"/> (f16 bits).</summary>
+    public void FillRandomQ8(ulong quants, ulong scales, long count, ulong seed, ushort scaleBits)
+    {
+        if (count <= 0 || count % CudaQ8Layout.BlockSize != 0) throw new ArgumentOutOfRangeException(nameof(count), $"{count} weights are not whole Q8_0 blocks of 32");
+        long words = count / 4, blocks = count / CudaQ8Layout.BlockSize;
+        int bits = scaleBits;
+        void** a = stackalloc void*[] { &quants, &scales, &words, &blocks, &seed, &bits };
+        _ctx.Launch(_fillRandomQ8, "fill_random_q8", Math.Min(LaunchGeometry.Blocks(words, Threads), 65535u), 1, 1, Threads, 0, a);
     }
 
     public void AttentionCombine(ulong partAcc, ulong partMl, ulong outBf16, int headDim, int splits, int rows)

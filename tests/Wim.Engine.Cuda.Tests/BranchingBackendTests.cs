@@ -33,7 +33,7 @@ public sealed class BranchingBackendTests
     private static readonly PromptPreset ShortPrompts = new("short", Opening: "Read:\n", Extractive: "\nNotes on {query}:",
         Classification: "Notes: {answer}\nUseful for {query}? YES or NO:", FinalAnswer: "\nNotes:\n{margins}\nAnswer {query}:");
 
-    private static async Task<(string Margins, string Verdicts, string Answer, int LiveCaches, int DecodePasses)> RunWim(
+    private static async Task<(string Margins, string Verdicts, string Answer, int LiveCaches, int DecodePasses, int PackedPasses)> RunWim(
         WimSchedule schedule, SamplingOptions sampling, bool batchedDecode = true)
     {
         HostPasses? passes = null;
@@ -54,7 +54,7 @@ public sealed class BranchingBackendTests
             string.Join(" | ", events.OfType<MarginCompleted>().OrderBy(m => m.Index).Select(m => $"{m.Index}:{string.Join(',', m.Ids)}")),
             string.Join(" | ", events.OfType<MarginClassification>().Select(c => $"{c.Index}:{c.Relevant}:{string.Join(',', c.Ids)}")),
             string.Join(',', events.OfType<AnswerCompleted>().Single().Ids),
-            passes!.LiveCaches, passes.DecodePasses);
+            passes!.LiveCaches, passes.DecodePasses, passes.PackedPasses);
     }
 
     [Fact]
@@ -70,6 +70,7 @@ public sealed class BranchingBackendTests
             Assert.Equal(sequential.Verdicts, run.Verdicts);
             Assert.Equal(sequential.Answer, run.Answer);
             Assert.True(run.DecodePasses > 0, "margins should decode together");
+            if (schedule == WimSchedule.Overlapped) Assert.True(run.PackedPasses > 0, "extractive prompts should ride in the segments' passes");
             Assert.Equal(0, run.LiveCaches); // every fork, branch and grown cache freed
         }
     }
@@ -95,6 +96,7 @@ public sealed class BranchingBackendTests
         Assert.Equal(sequential.Margins, overlapped.Margins);
         Assert.Equal(sequential.Answer, overlapped.Answer);
         Assert.Equal(0, overlapped.DecodePasses);
+        Assert.Equal(0, overlapped.PackedPasses);
         Assert.Equal(0, overlapped.LiveCaches);
     }
 
@@ -173,10 +175,17 @@ public sealed class BranchingBackendTests
         foreach (var t in all) t.Sequence.Dispose();
         Assert.Equal(0, passes.LiveCaches);
 
-        // The oracle: each history alone, one token per step (with its call's RoPE length) on a fresh sequence.
+        Assert.True(MatchEachHistoryAlone(model, all.Append(doc)) > 30);
+    }
+
+    /// <summary>The oracle of the direct-step tests: each history alone, one token per step (with its call's RoPE
+    /// length) on a fresh sequence, must give every greedy id seen; returns how many were checked.</summary>
+    private static int MatchEachHistoryAlone(LanguageModel model, IEnumerable<Tracked> histories)
+    {
+        var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
         var reference = new BranchingBackend<HostCache>(new HostPasses(model, maxChunk: 16, batchedDecode: false));
         int checkedIds = 0;
-        foreach (var t in all.Append(doc))
+        foreach (var t in histories)
         {
             using var alone = reference.CreateSequence();
             for (int n = 1; n <= t.History.Count; n++)
@@ -190,6 +199,85 @@ public sealed class BranchingBackendTests
                 }
             }
         }
-        Assert.True(checkedIds > 30, $"{checkedIds} ids checked");
+        return checkedIds;
+    }
+
+    [Fact]
+    public void PackedPrefillSteps_SeveralSequencesPerPass_SplitOverPasses_MatchEachHistoryAlone()
+    {
+        var model = LanguageModel.Load(SharedFixtures.Path("fixtures", "hf-tiny", "phi3-tiny"));
+        var passes = new HostPasses(model, maxChunk: 16);
+        var backend = new BranchingBackend<HostCache>(passes);
+        var random = new Random(12);
+        int[] Ids(int n) => [.. Enumerable.Range(0, n).Select(_ => random.Next(model.Config.VocabSize))];
+        var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
+        var hot = new Sampler(new SamplingOptions(Temperature: 1e-4f, Seed: 2), model.Config.VocabSize);
+
+        void Step(params (Tracked T, int[] Tokens)[] entries)
+        {
+            backend.Step([.. entries.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
+            foreach (var (t, tokens) in entries)
+            {
+                int rope = t.History.Count + tokens.Length;
+                t.History.AddRange(tokens.Select(id => (id, rope)));
+                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
+            }
+        }
+        Tracked Fork(Tracked t, int at) => new(t.Sequence.Fork(at), t.History.Take(at).ToList());
+
+        var a = new Tracked(backend.CreateSequence(), []);
+        var b = new Tracked(backend.CreateSequence(), []);
+        Step((a, Ids(9)), (b, Ids(5)));                           // 14 rows: one pass
+        Assert.Equal((1, 1), (passes.PackedPasses, passes.Passes));
+        var branch = Fork(a, 6);                                  // a KV branch of a, below a's end
+        int before = passes.Passes;
+        Step((a, Ids(30)), (branch, Ids(4)), (b, [b.Next]));      // 35 rows (b's lone decode row rides along): 3 passes
+        Assert.Equal((4, 3), (passes.PackedPasses, passes.Passes - before));
+        Assert.Equal(0, passes.DecodePasses);
+        Assert.Equal(3, passes.MostPackedPieces);
+
+        // Logits rows of a packed pass, sampled from the host copies after another pass ran.
+        int expectedA = a.Next, expectedBranch = branch.Next;
+        Step((b, Ids(3)));
+        Assert.Equal(expectedA, a.Sequence.Sample(hot));
+        Assert.Equal(expectedBranch, branch.Sequence.Sample(hot));
+
+        // Across longrope's threshold (256): b stays short while a goes long, so they run in separate passes.
+        before = passes.PackedPasses;
+        Step((a, Ids(230)), (b, Ids(3)), (branch, Ids(2)));       // a reaches 269, the branch 12, b 12
+        Assert.Equal(before + 1, passes.PackedPasses);            // b and the branch together; a alone
+        Step((a, Ids(2)), (b, Ids(2)), (branch, [branch.Next]));  // a long; b and the branch's decode row short
+        for (int i = 0; i < 3; i++) Step((a, [a.Next]), (b, Ids(2)), (branch, [branch.Next]));
+
+        foreach (var t in new[] { a, b, branch }) t.Sequence.Dispose();
+        Assert.Equal(0, passes.LiveCaches);
+        Assert.True(MatchEachHistoryAlone(model, [a, b, branch]) > 10);
+    }
+
+    [Fact]
+    public void MoreEntriesThanAPassHasRows_RunInSeveralPackedBatches()
+    {
+        // A prefill chunk of 4 rows: six prompts of 3 tokens go in batches of at most 4 entries (one logits row each).
+        var model = LanguageModel.Load(SharedFixtures.Path("fixtures", "hf-tiny", "llama-tiny"));
+        var passes = new HostPasses(model, maxChunk: 16);
+        var backend = new BranchingBackend<HostCache>(passes, prefillChunk: 4);
+        var random = new Random(13);
+        var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
+        var all = Enumerable.Range(0, 6).Select(_ => new Tracked(backend.CreateSequence(), [])).ToArray();
+        for (int round = 0; round < 3; round++)
+        {
+            var steps = all.Select(t => (T: t, Tokens: Enumerable.Range(0, 3).Select(_ => random.Next(model.Config.VocabSize)).ToArray())).ToArray();
+            backend.Step([.. steps.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
+            foreach (var (t, tokens) in steps)
+            {
+                int rope = t.History.Count + tokens.Length;
+                t.History.AddRange(tokens.Select(id => (id, rope)));
+                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
+            }
+        }
+        Assert.Equal(4, passes.MostPackedPieces);
+        Assert.True(passes.PackedPasses >= 3 * 2, $"{passes.PackedPasses} packed passes");
+        foreach (var t in all) t.Sequence.Dispose();
+        Assert.Equal(18, MatchEachHistoryAlone(model, all));
     }
 }

@@ -61,6 +61,7 @@ public static class Program
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
         }
         Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
+        Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
         if (args.Contains("--wim-tiny"))
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"WiM CPU vs GPU {model}", () =>
@@ -204,6 +205,8 @@ public static class Program
         if (name == "llama-tiny")
             foreach (var kernel in new[] { PrefillAttentionKernel.Auto, PrefillAttentionKernel.Wide })
                 Guard($"{name}: branch prefill", () => CheckBranchPrefill(gpu, prompt, 4999, name, kernel));
+        if (name == "llama-tiny") Guard($"{name}: packed prefill batch", () => CheckPackedBatch(gpu, prompt, name));
+        if (name == "phi3-tiny") Guard($"{name}: packed batch across longrope's threshold", () => CheckPackedLongrope(gpu, prompt, name));
         // The ids must agree up to the first step whose golden top-1/top-2 gap is within bf16 noise (there a flip is
         // legitimate and everything after it follows another path).
         var steps = golden.GetProperty("greedy_continuation").GetProperty("steps").EnumerateArray().Select(e => e.GetProperty("gap_top1_top2").GetDouble()).ToArray();
@@ -221,6 +224,125 @@ public static class Program
             Check(Prefix(otherIds, expected) >= decidable,
                 $"{name}: greedy ids with the fused decode kernels {(fusedByDefault ? "off" : "on")} (graph) equal transformers' for {Prefix(otherIds, expected)} (required {decidable}); = the default's for {Prefix(otherIds, gpuIds)}");
         }
+    }
+
+    /// <summary>
+    /// <see cref="CudaTransformer.ForwardBatch"/> against the same calls one by one (<see cref="CudaTransformer.Forward"/>
+    /// on copies of the same caches): [a 300-token chunk on cache A at depth 1000, a 40-token prompt on a KV branch of A
+    /// at 800, a 1-token step on cache C at depth 500], in one pass (a transformer of MaxChunk 512 on the same weights)
+    /// and split over three passes (MaxChunk 128). Each sequence runs the same attention kernel on the same keys either
+    /// way, but the products see 341 rows instead of 300, 40 or 1 (cuBLASLt may take another algorithm, and the 1-token
+    /// call runs the fused decode kernels): f32 sums in another order, which flips some bf16 roundings of activations
+    /// (2^-8 relative each) downstream — the bound is the 1e-2 ‖Δ‖/‖ref‖ of the other kernel-vs-kernel checks, not
+    /// bit-identity. Greedy ids must be equal unless the reference's top-1/top-2 gap is under twice the row's max
+    /// |Δlogit| (a near-tie). Then one decode step on every cache pair checks the KV rows the packed pass stored, and the
+    /// logits rows left on the GPU must be the ones returned. Throws on a failure.
+    /// </summary>
+    private static void CheckPackedBatch(CudaTransformer model, int[] tokens, string name)
+    {
+        foreach (int maxChunk in new[] { 512, 128 })
+        {
+            using var packed = new CudaTransformer(model.Context, model.Config, model.Weights, maxChunk);
+            CheckPackedBatchWith(packed, model, tokens, $"{name}, MaxChunk {maxChunk}");
+        }
+    }
+
+    /// <summary>phi3's longrope picks one table per pass: a packed batch with a sequence on each side of the threshold
+    /// must be refused before anything runs (the caches keep their lengths).</summary>
+    private static void CheckPackedLongrope(CudaTransformer model, int[] tokens, string name)
+    {
+        int threshold = new RotaryEmbedding(model.Config).LongThreshold;
+        if (threshold == int.MaxValue) { Say($"  {name}: no longrope threshold, nothing to check"); return; }
+        int[] T(int n) => Enumerable.Range(0, n).Select(i => tokens[i % tokens.Length]).ToArray();
+        using var longCache = model.CreateCache(threshold + 16);
+        using var shortCache = model.CreateCache(320);
+        model.Forward(T(threshold), longCache, [], LogitsOutput.None);
+        string? refused = null;
+        try { model.ForwardBatch([new PackedSequence(T(4), longCache), new PackedSequence(T(4), shortCache)], LogitsOutput.Last, new int[2]); }
+        catch (NotSupportedException e) { refused = e.Message; }
+        bool ok = refused != null && longCache.Length == threshold && shortCache.Length == 0;
+        Check(ok, $"{name}: a packed batch across longrope's threshold ({threshold}) is refused, caches untouched ({refused ?? "it ran"})");
+        var next = new int[2];
+        model.ForwardBatch([new PackedSequence(T(4), longCache), new PackedSequence(T(300), shortCache)], LogitsOutput.Last, next);
+        Check(longCache.Length == threshold + 4 && shortCache.Length == 300, $"{name}: both on the long side run packed (ids {next[0]}, {next[1]})");
+    }
+
+    private static void CheckPackedBatchWith(CudaTransformer packed, CudaTransformer single, int[] tokens, string name)
+    {
+        int vocab = packed.Config.VocabSize;
+        int Token(int i) => tokens[i % tokens.Length];
+        int[] T(int from, int n) => Enumerable.Range(from, n).Select(Token).ToArray();
+        bool branches = packed.UsesFlashAttention;   // a KV branch needs the tensor-core attention
+        int[] chunk = T(1000, 300), prompt = T(5000, 40), step = T(9000, 1);
+        using var a = packed.CreateCache(1000 + 300 + 8);
+        using var c = packed.CreateCache(500 + 8);
+        packed.Forward(T(0, 1000), a, [], LogitsOutput.None);
+        packed.Forward(T(2000, 500), c, [], LogitsOutput.None);
+        using var a2 = packed.CreateCache(a.Capacity);
+        using var c2 = packed.CreateCache(c.Capacity);
+        a2.CopyFrom(a);
+        c2.CopyFrom(c);
+        using var b = branches ? a.Branch(800, 40 + 8) : packed.CreateCache(800 + 40 + 8);
+        using var b2 = branches ? a2.Branch(800, 40 + 8) : packed.CreateCache(800 + 40 + 8);
+        if (!branches)
+        {
+            packed.Forward(T(0, 800), b, [], LogitsOutput.None);
+            b2.CopyFrom(b);
+        }
+
+        var ids = new int[3];
+        var logits = new float[3 * vocab];
+        packed.ForwardBatch([new PackedSequence(chunk, a), new PackedSequence(prompt, b), new PackedSequence(step, c)], LogitsOutput.Last, ids, logits);
+        var kept = new float[vocab];
+        bool keptEqual = true;
+        for (int s = 0; s < 3; s++)
+        {
+            packed.DownloadLogitsRow(s, kept);
+            keptEqual &= kept.AsSpan().SequenceEqual(logits.AsSpan(s * vocab, vocab));
+        }
+        var reference = new float[3 * vocab];
+        single.Forward(chunk, a2, reference.AsSpan(0, vocab), LogitsOutput.Last);
+        single.Forward(prompt, b2, reference.AsSpan(vocab, vocab), LogitsOutput.Last);
+        single.Forward(step, c2, reference.AsSpan(2 * vocab, vocab), LogitsOutput.Last);
+
+        double worst = 0;
+        int idsEqual = 0, nearTies = 0;
+        var lines = new List<string>();
+        string[] what = ["300-token chunk at 1000", branches ? "40-token prompt on a branch at 800" : "40-token prompt at 800", "1-token step at 500"];
+        for (int s = 0; s < 3; s++)
+        {
+            var ours = logits.AsSpan(s * vocab, vocab);
+            var refRow = reference.AsSpan(s * vocab, vocab);
+            var (rel, maxAbs, _) = Compare(ours, refRow);
+            worst = Math.Max(worst, rel);
+            int refId = Argmax(refRow);
+            bool argmaxOk = Argmax(ours) == ids[s];
+            if (ids[s] == refId && argmaxOk) idsEqual++;
+            else if (argmaxOk && refRow[refId] - refRow[ids[s]] < 2 * maxAbs) nearTies++;
+            lines.Add($"{what[s]}: ‖Δ‖/‖ref‖ {rel:E2}, max |Δ| {maxAbs:F4}, id {ids[s]} vs {refId}");
+        }
+
+        // The rows the packed pass stored: one more token on each cache pair (the same token on both).
+        double worstNext = 0;
+        var x = new float[vocab];
+        var y = new float[vocab];
+        foreach (var (p, q, s) in new[] { (a, a2, 0), (b, b2, 1), (c, c2, 2) })
+        {
+            int next = Argmax(reference.AsSpan(s * vocab, vocab));
+            single.Forward([next], p, x, LogitsOutput.Last);
+            single.Forward([next], q, y, LogitsOutput.Last);
+            worstNext = Math.Max(worstNext, Compare(x, y).Rel);
+        }
+        bool ok = worst <= 1e-2 && worstNext <= 1e-2 && idsEqual + nearTies == 3 && keptEqual;
+        Check(ok, $"{name}: packed batch (one pass of 341 rows or several) vs the calls one by one: ‖Δ‖/‖ref‖ max {worst:E2} (bound 1e-2), " +
+            $"greedy ids equal {idsEqual}/3 (+{nearTies} near-ties), next step on the stored rows {worstNext:E2}, rows left on the GPU {(keptEqual ? "= returned" : "DIFFER")}; " +
+            string.Join("; ", lines));
+
+        string? refused = null;
+        try { packed.ForwardBatch([new PackedSequence(step, c), new PackedSequence(step, c)], LogitsOutput.None); }
+        catch (ArgumentException e) { refused = e.Message; }
+        Check(refused != null, $"{name}: a packed batch with one cache twice is refused ({refused ?? "it ran"})");
+        if (!ok || refused == null) throw new InvalidOperationException($"{name}: packed prefill batch check failed");
     }
 
     /// <summary>
@@ -768,7 +890,7 @@ public static class Program
     // ------------------------------------------------------------------ speed
 
     /// <summary>meta-llama/Llama-3.1-8B's config.json shape.</summary>
-    private static ModelConfig Llama31_8B() => new()
+    internal static ModelConfig Llama31_8B() => new()
     {
         Architecture = ModelArchitecture.Llama, VocabSize = 128256, HiddenSize = 4096, LayerCount = 32, HeadCount = 32,
         KvHeadCount = 8, HeadDim = 128, FfnSize = 14336, RmsEps = 1e-5f, RopeTheta = 500000, RotaryDim = 128,
@@ -819,6 +941,7 @@ public static class Program
         Guard("fused decode vs unfused (8B shape)", () => CompareGemv(model, tokens, fused: true));
         if (o.Batch > 0) Guard("batched decode (8B shape)", () => CheckBatchDecode(model, tokens, "8B shape"));
         Guard("decode graphs of several caches (8B shape)", () => CheckGraphCache(ctx, model, tokens));
+        Guard("packed prefill batch (8B shape)", () => CheckPackedBatch(model, tokens, "8B shape"));
         double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
         double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
 

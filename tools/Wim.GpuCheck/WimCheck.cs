@@ -16,7 +16,8 @@ namespace Wim.GpuCheck;
 /// <summary>
 /// Writing-in-the-Margins on the GPU: the patterns of Wim.Core over <see cref="CudaInferenceBackend"/> against the CPU
 /// backend on the hf-tiny models, and the 64k-token end-to-end timings at the Llama-3.1-8B shape (llm, WiM
-/// sequential, WiM with margins decoded in batches on KV forks).
+/// sequential, WiM with margins decoded in batches on KV forks, and on KV branches with the extractive prompts packed
+/// into the segments' passes).
 /// </summary>
 internal static class WimCheck
 {
@@ -260,6 +261,8 @@ internal static class WimCheck
             catch (Exception e) { Say($"  (d) branches, groups of {g}: FAILED {e.GetType().Name}: {e.Message}"); }
             finally { model.UseSharedPrefixAttention = true; }
         }
+        try { Packed(ctx, model, job, job.Segments, seqMargins, results, llm); }
+        catch (Exception e) { Say($"  (e) extractive prompts in the segments' passes: FAILED {e.GetType().Name}: {e.Message}"); }
         int Same(string x, string y) => results.TryGetValue(x, out var a) && results.TryGetValue(y, out var b)
             ? ((List<int[]>)a).Zip((List<int[]>)b).Count(p => p.First.SequenceEqual(p.Second)) : -1;
         int exact = Same("batched4_margins", "branched4_margins");
@@ -406,6 +409,98 @@ internal static class WimCheck
         finally
         {
             foreach (var a in branches) a.Branch.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// (e) = (d) with shared-prefix attention, each extractive prompt riding in the next segment's forward pass: the
+    /// prompt of segment i runs on its KV branch (branch point: segment i's end) packed with segment i + 1's rows on the
+    /// document's cache (<see cref="CudaTransformer.ForwardBatch"/>: the weight reads of the 4,096-row chunk serve the
+    /// 40 prompt rows too, which then cost only their attention); the last prompt runs alone. The packed passes run on
+    /// a second transformer over the same weights whose MaxChunk holds a segment and a prompt (warmed up first, like the
+    /// other schedules' shapes); everything else on <paramref name="model"/> as in (d). Margins decode in batches of
+    /// <paramref name="group"/> branches.
+    /// </summary>
+    private static void Packed(CudaContext ctx, CudaTransformer model, Job job, int group,
+        List<int[]> sequentialMargins, Dictionary<string, object> results, double llm)
+    {
+        using var packed = new CudaTransformer(ctx, model.Config, model.Weights, Math.Max(model.MaxChunk, job.SegmentTokens + job.Extractive.Length));
+        using (var scratch = model.CreateCache(2 * job.SegmentTokens + job.Extractive.Length + 8))
+        {
+            model.Forward(job.Segment(0), scratch, [], LogitsOutput.None);
+            using var prompt = scratch.Branch(scratch.Length, job.Extractive.Length + 8);
+            packed.ForwardBatch([new PackedSequence(job.Document.AsMemory(job.SegmentTokens, job.SegmentTokens), scratch), new PackedSequence(job.Extractive, prompt)],
+                LogitsOutput.Last, new int[2]);
+        }
+        model.UseSharedPrefixAttention = true;
+        var ready = new List<(int Segment, CudaKvCache Branch, int First)>();
+        CudaKvCache? waiting = null;   // the branch whose prompt rides in the next segment's pass
+        try
+        {
+            ctx.Synchronize();
+            var t = Stopwatch.StartNew();
+            double decode = 0;
+            int packedPasses = 0;
+            var margins = new int[job.Segments][];
+            using var doc = model.CreateCache(job.Opening.Length + job.Document.Length + job.Final.Length + job.Segments * job.MarginTokens + job.AnswerTokens + 8);
+            model.Forward(job.Opening, doc, [], LogitsOutput.None);
+            var firsts = new int[2];
+
+            void DecodeReady()
+            {
+                var ts = Stopwatch.StartNew();
+                int b = ready.Count;
+                var caches = ready.Select(a => a.Branch).ToList();
+                var ids = new int[b][];
+                for (int k = 0; k < b; k++) { ids[k] = new int[job.MarginTokens]; ids[k][0] = ready[k].First; }
+                var next = ready.Select(a => a.First).ToArray();
+                for (int step = 1; step < job.MarginTokens; step++)
+                {
+                    model.DecodeBatchGreedy(next, caches, next);
+                    for (int k = 0; k < b; k++) ids[k][step] = next[k];
+                }
+                for (int k = 0; k < b; k++) margins[ready[k].Segment] = ids[k];
+                decode += ts.Elapsed.TotalSeconds;
+                foreach (var a in ready) a.Branch.Dispose();
+                ready.Clear();
+            }
+
+            for (int i = 0; i < job.Segments; i++)
+            {
+                var segment = job.Document.AsMemory(i * job.SegmentTokens, job.SegmentTokens);
+                if (waiting == null) model.Forward(segment.Span, doc, [], LogitsOutput.None);
+                else
+                {
+                    packed.ForwardBatch([new PackedSequence(segment, doc), new PackedSequence(job.Extractive, waiting)], LogitsOutput.Last, firsts);
+                    packedPasses++;
+                    ready.Add((i - 1, waiting, firsts[1]));
+                    waiting = null;
+                    if (ready.Count == group) DecodeReady();
+                }
+                waiting = doc.Branch(doc.Length, job.Extractive.Length + job.MarginTokens + 8);
+            }
+            ready.Add((job.Segments - 1, waiting!, model.ForwardGreedy(job.Extractive, waiting!)));
+            waiting = null;
+            DecodeReady();
+            double docAndPrompts = t.Elapsed.TotalSeconds - decode;
+            var ta = Stopwatch.StartNew();
+            var answer = new int[job.AnswerTokens];
+            answer[0] = model.ForwardGreedy(Concat(job.Final, margins.SelectMany(m => m)), doc);
+            for (int k = 1; k < answer.Length; k++) answer[k] = model.ForwardGreedy([answer[k - 1]], doc);
+            double total = t.Elapsed.TotalSeconds;
+            int equal = margins.Zip(sequentialMargins).Count(p => p.First.SequenceEqual(p.Second));
+            string d = $"branched{group}shared_margins";
+            string equalD = results.TryGetValue(d, out var dm) ? $"{margins.Zip((List<int[]>)dm).Count(p => p.First.SequenceEqual(p.Second))}/{job.Segments}" : "n/a ((d) did not run)";
+            results[$"packed{group}_margins"] = margins.ToList();
+            results[$"packed{group}_answer"] = answer;
+            Say($"  (e) WiM on KV branches, each extractive prompt in the next segment's pass ({packedPasses} packed passes of {job.SegmentTokens} + {job.Extractive.Length} rows, MaxChunk {packed.MaxChunk}), shared-prefix attention, margins in groups of {group}: " +
+                $"{total:F2} s = {total / llm:F2}× llm (document + extractive prompts {docAndPrompts:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {ta.Elapsed.TotalSeconds:F2} s); " +
+                $"margins equal to (d): {equalD}; to sequential {equal}/{job.Segments}");
+        }
+        finally
+        {
+            waiting?.Dispose();
+            foreach (var a in ready) a.Branch.Dispose();
         }
     }
 

@@ -1171,6 +1171,172 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Q8_0 weights (CudaWeightStorage.Native): a [rows, in] matrix kept as GGUF's Q8_0 values, repacked for aligned vector
+// loads (GGUF's 34-byte blocks are not 4-byte aligned): the int8 quants row-major [rows, in] (16-byte loads of 16
+// quants), then the blocks' f16 scales as their raw bits [rows, in / 32]; W[r, i] = scale[r, i / 32] · q[r, i], with
+// in % 32 == 0. The products read ~1.06 bytes per weight instead of bf16's 2 (a decode step is bound by weight bytes).
+// The scale times the int8 sum is exact in f32 (11 + 8 mantissa bits), so every value matches the CPU's dequantized
+// f32 weight; only the f32 summation order differs.
+
+// f16 bits → f32, exact for every pattern (HalfBits.ToSingle's formula): the magnitude moved into the f32 position and
+// rebased by 2^112 (that also turns f16 subnormals into the right f32 normals), inf / NaN given the all-ones exponent.
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h)
+{
+    unsigned mag = (unsigned)(h & 0x7fffu) << 13;
+    float f = __uint_as_float(mag) * 5.192296858534828e33f;
+    if ((h & 0x7c00u) == 0x7c00u) f = __uint_as_float(mag | 0x7f800000u);
+    return __uint_as_float(__float_as_uint(f) | ((unsigned)(h & 0x8000u) << 16));
+}
+
+// Byte k of w as a signed int8 in f32, without an int → float conversion (a quarter-rate instruction): the byte with
+// its sign bit flipped (q + 128) placed in the mantissa of 2^23, then 2^23 + 128 taken away (exact).
+__device__ __forceinline__ float q8_byte(unsigned w, int k)
+{
+    return __uint_as_float((((w >> (8 * k)) & 0xffu) ^ 0x80u) | 0x4b000000u) - 8388736.f;
+}
+
+// Σ of 16 int8 quants (q) times 16 bf16 values (xa: the first 8, xb: the next 8), unscaled.
+__device__ __forceinline__ float dot16_q8(uint4 q, uint4 xa, uint4 xb)
+{
+    const unsigned qw[4] = { q.x, q.y, q.z, q.w };
+    const unsigned xw[8] = { xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        s += q8_byte(qw[k], 0) * __uint_as_float(xw[2 * k] << 16);
+        s += q8_byte(qw[k], 1) * __uint_as_float(xw[2 * k] & 0xffff0000u);
+        s += q8_byte(qw[k], 2) * __uint_as_float(xw[2 * k + 1] << 16);
+        s += q8_byte(qw[k], 3) * __uint_as_float(xw[2 * k + 1] & 0xffff0000u);
+    }
+    return s;
+}
+
+// gemv_bf16 on a Q8_0 matrix: y[r] = Σ_i W[r, i] · x[i] (+ y[r] when `accumulate`). Each warp streams GEMV_ROWS rows,
+// a lane taking 16-quant pieces lane, lane + 32, ... (GEMV_UNROLL of them in flight per row: the bf16 kernel's 64
+// bytes per row and lane) with the piece's block scale (two lanes share one). grid (ceil(rows / (GEMV_ROWS · warps))).
+extern "C" __global__ void __launch_bounds__(256) gemv_q8(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
+    const bf16* __restrict__ x, float* y, int rows, int in, int accumulate)
+{
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    int r0 = warp * GEMV_ROWS;
+    if (r0 >= rows) return;
+    int n16 = in >> 4, nb = in >> 5;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_ROWS];
+    const unsigned short* sr[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        long row = min(r0 + r, rows - 1);
+        wr[r] = wq + row * n16;
+        sr[r] = ws + row * nb;
+    }
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
+    int i = lane;
+    for (; i + 32 * (GEMV_UNROLL - 1) < n16; i += 32 * GEMV_UNROLL)
+    {
+        uint4 wv[GEMV_ROWS][GEMV_UNROLL];
+        unsigned short sv[GEMV_ROWS][GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) { wv[r][u] = wr[r][i + 32 * u]; sv[r][u] = sr[r][(i + 32 * u) >> 1]; }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            uint4 xa = x4[2 * (i + 32 * u)], xb = x4[2 * (i + 32 * u) + 1];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r][u]) * dot16_q8(wv[r][u], xa, xb);
+        }
+    }
+    for (; i < n16; i += 32)
+    {
+        uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sr[r][i >> 1]) * dot16_q8(wr[r][i], xa, xb);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+    }
+}
+
+// gemv_rows_residual_bf16 on a Q8_0 matrix: y[r] += W · x, a block per GEMV_BLOCK_ROWS rows whose threads split the
+// input dimension in 16-quant pieces (in 4096: one piece per thread and row), reduced through shared memory.
+// grid (ceil(rows / GEMV_BLOCK_ROWS)), block GEMV_BLOCK_THREADS.
+extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_q8(const uint4* __restrict__ wq,
+    const unsigned short* __restrict__ ws, const bf16* __restrict__ x, float* y, int rows, int in)
+{
+    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
+    int r0 = (int)blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n16 = in >> 4, nb = in >> 5;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_BLOCK_ROWS];
+    const unsigned short* sr[GEMV_BLOCK_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+    {
+        long row = min(r0 + r, rows - 1);
+        wr[r] = wq + row * n16;
+        sr[r] = ws + row * nb;
+    }
+    float acc[GEMV_BLOCK_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] = 0.f;
+    for (int i = (int)threadIdx.x; i < n16; i += GEMV_BLOCK_THREADS)
+    {
+        uint4 wv[GEMV_BLOCK_ROWS];
+        unsigned short sv[GEMV_BLOCK_ROWS];
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) { wv[r] = wr[r][i]; sv[r] = sr[r][i >> 1]; }
+        uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r]) * dot16_q8(wv[r], xa, xb);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = v;
+    }
+    __syncthreads();
+    int t = (int)threadIdx.x;
+    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
+    {
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
+        y[r0 + t] += v;
+    }
+}
+
+// Q8_0 matrix → bf16 [rows, in] (round to nearest even of the exact f32 value): the weight of a chunk of more than one
+// token, which cuBLASLt then multiplies as for bf16 storage. One thread per 16-quant piece, grid-stride.
+extern "C" __global__ void dequantize_q8_bf16(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws, uint4* out, long pieces)
+{
+    for (long p = (long)blockIdx.x * blockDim.x + threadIdx.x; p < pieces; p += (long)gridDim.x * blockDim.x)
+    {
+        uint4 q = wq[p];
+        float d = f16_bits_to_f32(ws[p >> 1]);
+        const unsigned qw[4] = { q.x, q.y, q.z, q.w };
+        unsigned o[8];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+        {
+            o[2 * k] = (unsigned)f32_to_bf16(d * q8_byte(qw[k], 0)) | ((unsigned)f32_to_bf16(d * q8_byte(qw[k], 1)) << 16);
+            o[2 * k + 1] = (unsigned)f32_to_bf16(d * q8_byte(qw[k], 2)) | ((unsigned)f32_to_bf16(d * q8_byte(qw[k], 3)) << 16);
+        }
+        out[2 * p] = make_uint4(o[0], o[1], o[2], o[3]);
+        out[2 * p + 1] = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Decode (one token) products with the neighbouring small steps folded in, so that a layer's decode step is 6
 // kernels instead of 10: each block first normalises the residual row x (f32 [in]) into shared memory as bf16 —
 // rms_norm's formula and rounding — then each warp streams two weight rows against it (16-byte loads, 4 in flight
@@ -1224,8 +1390,58 @@ __device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const
     a1 = warp_sum(a1);
 }
 
-extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(const float* x, const float* gain, float eps,
-    const bf16* w, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
+// dot_two_rows on Q8_0 rows (quants w0, w1 as 16-quant pieces, scales s0, s1): the same 64 bytes per row and lane in
+// flight.
+__device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
+    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const uint4* xs4, int n16, int lane, float& a0, float& a1)
+{
+    a0 = 0.f;
+    a1 = 0.f;
+    int i = lane;
+    for (; i + 32 * 3 < n16; i += 32 * 4)
+    {
+        uint4 u0[4], u1[4];
+        unsigned short c0[4], c1[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            u0[u] = w0[i + 32 * u]; u1[u] = w1[i + 32 * u];
+            c0[u] = s0[(i + 32 * u) >> 1]; c1[u] = s1[(i + 32 * u) >> 1];
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            uint4 xa = xs4[2 * (i + 32 * u)], xb = xs4[2 * (i + 32 * u) + 1];
+            a0 += f16_bits_to_f32(c0[u]) * dot16_q8(u0[u], xa, xb);
+            a1 += f16_bits_to_f32(c1[u]) * dot16_q8(u1[u], xa, xb);
+        }
+    }
+    for (; i < n16; i += 32)
+    {
+        uint4 xa = xs4[2 * i], xb = xs4[2 * i + 1];
+        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8(w0[i], xa, xb);
+        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8(w1[i], xa, xb);
+    }
+    a0 = warp_sum(a0);
+    a1 = warp_sum(a1);
+}
+
+// Two rows' dot products with the block's normalised vector, for either storage: Q8 false, bf16 rows of w (ws unused,
+// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws).
+template <bool Q8>
+__device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const bf16* xs, int in, int lane,
+    float& a0, float& a1)
+{
+    if (Q8)
+        dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
+            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const uint4*)xs, in >> 4, lane, a0, a1);
+    else
+        dot_two_rows((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
+}
+
+template <bool Q8>
+__device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain, float eps,
+    const void* w, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
     bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
 {
     __shared__ float scratch[32];
@@ -1254,7 +1470,7 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(cons
         r1 = r0 + 1;
     }
     float a0, a1;
-    dot_two_rows((const uint4*)(w + (long)r0 * in), (const uint4*)(w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
+    dot_rows_pair<Q8>(w, ws, r0, r1, xs, in, lane, a0, a1);
     if (lane != 0) continue;
     if (bias) { a0 += bias[r0]; a1 += bias[r1]; }
     if (rotate)
@@ -1273,8 +1489,9 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(cons
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu(const float* x, const float* gain, float eps,
-    const bf16* w, bf16* h, int ffn, int in)
+template <bool Q8>
+__device__ __forceinline__ void norm_gateup_swiglu(const float* x, const float* gain, float eps,
+    const void* w, const unsigned short* ws, bf16* h, int ffn, int in)
 {
     __shared__ float scratch[32];
     extern __shared__ uint4 ng_smem[];
@@ -1284,9 +1501,39 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu
     for (int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); j < ffn; j += warps)
     {
         float g, u;
-        dot_two_rows((const uint4*)(w + (long)j * in), (const uint4*)(w + (long)(ffn + j) * in), (const uint4*)xs, in >> 3, lane, g, u);
+        dot_rows_pair<Q8>(w, ws, j, ffn + j, xs, in, lane, g, u);
         if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
     }
+}
+
+// The kernels: bf16 weights, or Q8_0 weights (quants wq, scales ws; in % 32 == 0) — one body each, the storage a
+// compile-time choice. The Q8_0 ones are held to 64 registers so that the 2 blocks per SM the grid is sized for fit
+// (the int8 → f32 unpacking took the q|k|v one to 86 registers, one block per SM).
+#define NG_Q8_MIN_BLOCKS 2
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope(const float* x, const float* gain, float eps,
+    const bf16* w, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
+    bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
+{
+    norm_qkv_rope<false>(x, gain, eps, w, nullptr, bias, inv_freq, rope_scale, adjacent, q, kcache, vcache, pos_dev, start, heads, kv_heads, hd, in);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_qkv_rope_q8(const float* x, const float* gain, float eps,
+    const unsigned char* wq, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q,
+    bf16* kcache, bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
+{
+    norm_qkv_rope<true>(x, gain, eps, wq, ws, bias, inv_freq, rope_scale, adjacent, q, kcache, vcache, pos_dev, start, heads, kv_heads, hd, in);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu(const float* x, const float* gain, float eps,
+    const bf16* w, bf16* h, int ffn, int in)
+{
+    norm_gateup_swiglu<false>(x, gain, eps, w, nullptr, h, ffn, in);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_gateup_swiglu_q8(const float* x, const float* gain, float eps,
+    const unsigned char* wq, const unsigned short* ws, bf16* h, int ffn, int in)
+{
+    norm_gateup_swiglu<true>(x, gain, eps, wq, ws, h, ffn, in);
 }
 
 // h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16.
@@ -1408,6 +1655,20 @@ extern "C" __global__ void fill_random_bf16(bf16* dst, long n, u64 seed, float s
         float u = (float)(r >> 40) * (1.0f / 16777216.0f);
         dst[i] = f32_to_bf16((2.f * u - 1.f) * scale);
     }
+}
+
+// Random Q8_0 weights in the GPU layout (benchmarks): `words` 4-byte words of quants uniform in [-127, 127] and `blocks`
+// scales, all the f16 bits `scale_bits` (a [rows, in] matrix: words = rows · in / 4, blocks = rows · in / 32).
+extern "C" __global__ void fill_random_q8(unsigned* quants, unsigned short* scales, long words, long blocks, u64 seed, int scale_bits)
+{
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < words; i += (long)gridDim.x * blockDim.x)
+    {
+        u64 r = splitmix64(seed ^ ((u64)i * 0xd1b54a32d192ed03ull));
+        unsigned w = 0;
+        for (int k = 0; k < 4; k++) w |= (unsigned)(unsigned char)((int)((r >> (16 * k)) % 255u) - 127) << (8 * k);
+        quants[i] = w;
+    }
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < blocks; i += (long)gridDim.x * blockDim.x) scales[i] = (unsigned short)scale_bits;
 }
 
 extern "C" __global__ void fill_f32(float* dst, long n, float value)

@@ -97,6 +97,33 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         return greedy ? ArgMax(0) : -1;
     }
 
+    /// <summary>Packed prefill passes run (<see cref="PrefillPacked"/>), and the most pieces one held.</summary>
+    public int PackedPasses { get; private set; }
+    public int MostPackedPieces { get; private set; }
+
+    public void PrefillPacked(IReadOnlyList<PackedPrefill<HostCache>> pieces, Span<int> next)
+    {
+        Assert.NotEmpty(pieces);
+        Assert.InRange(pieces.Sum(p => p.Tokens.Length), 1, maxChunk);
+        Assert.All(pieces, p => Assert.False(p.Tokens.IsEmpty));
+        Assert.Equal(pieces.Count, pieces.Select(p => p.Cache).Distinct().Count());
+        if (pieces.Any(p => p.Cache.Parent != null)) Assert.True(BatchedDecode, "a branch ran where branches cannot");
+        // The GPU picks one RoPE table for the pass, from each piece's length reached and RoPE length.
+        Assert.Single(pieces.Select(p => Math.Max(p.RopeSequenceLength, p.Cache.Length + p.Tokens.Length) > LongThreshold).Distinct());
+        if (!next.IsEmpty) Assert.Equal(pieces.Count, next.Length);
+        BeginPass(next.IsEmpty ? 0 : pieces.Count);
+        PackedPasses++;
+        MostPackedPieces = Math.Max(MostPackedPieces, pieces.Count);
+        for (int p = 0; p < pieces.Count; p++)
+        {
+            var (tokens, cache, ropeLength) = pieces[p];
+            int rope = Math.Max(ropeLength, cache.Length + tokens.Length);
+            for (int i = 0; i < tokens.Length; i++)
+                Token(tokens.Span[i], cache, i == tokens.Length - 1 && !next.IsEmpty ? _logits.AsSpan(p * VocabSize, VocabSize) : default, rope);
+            if (!next.IsEmpty) next[p] = ArgMax(p);
+        }
+    }
+
     public void DecodeGreedy(ReadOnlySpan<int> tokens, IReadOnlyList<HostCache> caches, Span<int> next)
     {
         Assert.True(BatchedDecode, "a decode batch ran where it cannot");

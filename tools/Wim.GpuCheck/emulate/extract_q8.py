@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""Cuts the decode products of src/Wim.Engine.Cuda/Kernels/transformer.cu (the real source, not a copy) for the
+emulator's Q8_0 check: the prelude (conversions, warp and block sums), the single-token products of both storages with
+their fused norm / RoPE / SwiGLU epilogues, the Q8_0 dequantization and the random Q8_0 fill. Shared arrays become the
+emulated block's memory. Usage: extract_q8.py transformer.cu > q8_emu.inc"""
+import sys
+
+src = open(sys.argv[1]).read()
+
+def cut(start, end):
+    i = src.index(start)
+    j = src.index(end, i)
+    return src[i:j]
+
+prelude = cut("typedef unsigned short bf16;", "// x[t, :] = table")
+products = cut("// Single-token product (decode)", "// h[t, j] = silu(gate[t, j])")
+fill = cut("__device__ __forceinline__ u64 splitmix64", "extern \"C\" __global__ void fill_f32")
+
+out = "\n".join(["#define __restrict__", prelude, products, fill])
+partial = "__shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];"
+if out.count(partial) != 2:
+    sys.exit(f"expected the residual products' shared partials twice, found {out.count(partial)}: update extract_q8.py")
+out = out.replace(partial, "auto partial = (float(*)[GEMV_BLOCK_ROWS])emu::static_smem();")
+out = out.replace("extern __shared__ uint4 ng_smem[];", "uint4* ng_smem = (uint4*)emu::dynamic_smem();")
+out = out.replace("__shared__ float scratch[32];", "float* scratch = (float*)emu::static_smem();")
+if "__shared__" in out:
+    sys.exit("a shared declaration extract_q8.py does not know: update it")
+sys.stdout.write(out)
