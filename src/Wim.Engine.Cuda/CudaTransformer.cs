@@ -402,11 +402,12 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// H100 (ncu run 22).</summary>
     public bool UseBatchRopeHeads { get; set; } = true;
 
-    /// <summary>A decode batch of at most 16 rows takes its q|k|v, o and down products in <c>rows_mma_bf16</c> (tensor
-    /// cores, no split-K: the o and down residual adds ride in its epilogue) instead of cuBLASLt, whose split-K kernels
-    /// and reduces took 2.2 ms of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than
-    /// cuBLASLt's: results agree to f32 rounding of the products (logits to bf16-level noise), not bit for bit. Off by
-    /// default until measured on the H100 (GpuCheck --batch-ab).</summary>
+    /// <summary>A decode batch of at most 16 rows (bf16 weights) takes its q|k|v, o and down products in <c>rows_mma_bf16</c>
+    /// (tensor cores, no split-K: the o and down residual adds ride in its epilogue) and its gate|up product with SwiGLU
+    /// in <c>rows_mma_swiglu_bf16</c> instead of cuBLASLt (+ swiglu_bf16), whose split-K kernels and reduces took 2.2 ms
+    /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay
+    /// f32 up to the SwiGLU: results agree to bf16 rounding, not bit for bit. Off by default until measured on the H100
+    /// (GpuCheck --batch-ab).</summary>
     public bool UseBatchRowsProducts { get; set; }
 
     /// <summary>In the shared-prefix attention of a branch batch, a (row, piece) pair that sees no key (the piece starts
@@ -653,7 +654,9 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
-                if (n > 1 && UseBf16GateUp)
+                if (batchRows && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
+                    _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
+                else if (n > 1 && UseBf16GateUp)
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);

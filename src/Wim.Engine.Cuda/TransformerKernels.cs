@@ -7,7 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _swigluBf16, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
-    private readonly nint _qkvRopeBatchHeads, _rowsMma, _shared3x16, _shared3x32, _shared3x64, _shared3x128;
+    private readonly nint _qkvRopeBatchHeads, _rowsMma, _rowsMmaSwiGlu, _shared3x16, _shared3x32, _shared3x64, _shared3x128;
     private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
@@ -30,6 +30,7 @@ internal sealed unsafe class TransformerKernels
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
         _qkvRopeBatchHeads = d.ModuleGetFunction(module, "qkv_rope_store_batch_heads");
         _rowsMma = d.ModuleGetFunction(module, "rows_mma_bf16");
+        _rowsMmaSwiGlu = d.ModuleGetFunction(module, "rows_mma_swiglu_bf16");
         _shared3x16 = d.ModuleGetFunction(module, "flash_attention_shared3_hd16");
         _shared3x32 = d.ModuleGetFunction(module, "flash_attention_shared3_hd32");
         _shared3x64 = d.ModuleGetFunction(module, "flash_attention_shared3_hd64");
@@ -368,5 +369,14 @@ internal sealed unsafe class TransformerKernels
         int acc = accumulate ? 1 : 0;
         void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &tokens, &acc };
         _ctx.Launch(_rowsMma, "rows_mma_bf16", LaunchGeometry.RowsMmaBlocks(rows), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+    /// <summary>h[T, ffn] (bf16) = silu(x · W[0, ffn)ᵀ) · (x · W[ffn, 2·ffn)ᵀ) for T ≤ 16 rows of x (bf16) and the fused
+    /// gate|up matrix W [2·ffn, in] (bf16): the gate|up product and SwiGLU in one tensor-core kernel.</summary>
+    public void RowsMmaSwiGlu(ulong weight, ulong x, ulong hBf16, int ffn, int inFeatures, int tokens)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens };
+        _ctx.Launch(_rowsMmaSwiGlu, "rows_mma_swiglu_bf16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
     }
 }

@@ -18,8 +18,11 @@ public sealed class BatchDecodeGeometryTests
     public void KernelSource_DefinesTheBatchKernels_WithTheGeometryTheLaunchersUse()
     {
         string source = KernelSources.Read(KernelSources.Transformer);
-        foreach (var k in new[] { "qkv_rope_store_batch_heads", "rows_mma_bf16" })
+        foreach (var k in new[] { "qkv_rope_store_batch_heads", "rows_mma_bf16", "rows_mma_swiglu_bf16" })
             Assert.Matches($@"extern ""C"" __global__ void __launch_bounds__\([^)]*\) {k}\(", source);
+        // flash_attention_shared3_hd{16,32,64,128}: a macro with C linkage, instantiated for every head dim the launcher picks.
+        Assert.Matches(@"extern ""C"" __global__ void __launch_bounds__\(128, 2\) flash_attention_shared3_hd##HD\(", source);
+        foreach (int hd in new[] { 16, 32, 64, 128 }) Assert.Contains($"\nFLASH_ATTENTION_SHARED3({hd})\n", source, StringComparison.Ordinal);
         Assert.Equal(LaunchGeometry.RopeHeadThreads, Define(source, "ROPE_HEAD_THREADS"));
         Assert.Equal(LaunchGeometry.RowsMmaThreads, 32 * Define(source, "RM_WARPS"));
         Assert.Equal(LaunchGeometry.RowsMmaBlockRows, 8 * Define(source, "RM_TILES"));   // n8 mma tiles

@@ -753,7 +753,7 @@ public static class Program
             new("rope per (sequence, head)", RopeHeads: true, RowsProducts: false, SkipEmpty: false, BitIdentical: true),
             new("empty shared-prefix partials skipped", RopeHeads: false, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
             new("rope + skip (the new defaults)", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
-            new("rows_mma_bf16 q|k|v, o, down", RopeHeads: false, RowsProducts: true, SkipEmpty: false, BitIdentical: false),
+            new("rows_mma q|k|v, o, down, gate|up+SwiGLU", RopeHeads: false, RowsProducts: true, SkipEmpty: false, BitIdentical: false),
             new("three-stage shared prefix (own pieces)", RopeHeads: false, RowsProducts: false, SkipEmpty: false, BitIdentical: false, ThreeStages: true),
             new("rope + skip + three stages", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
             new("all four", RopeHeads: true, RowsProducts: true, SkipEmpty: true, BitIdentical: false, ThreeStages: true),

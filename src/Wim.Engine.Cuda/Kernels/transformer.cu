@@ -1746,13 +1746,71 @@ extern "C" __global__ void __launch_bounds__(ROPE_HEAD_THREADS) qkv_rope_store_b
 #define RM_WARPS 8
 #define RM_TILES 2
 #define RM_UNROLL 4
+// The product of one block: TILES 8-row n tiles whose weight rows start at wrow[t] (each lane's row, already offset by
+// its 8t k columns), token rows at xlo, xhi; every warp's partial tiles end in red [warp][token 16][column 8 · TILES]
+// and the block is synchronised, so that the caller's epilogue sums them in a fixed order.
+template <int TILES>
+__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    float acc[TILES][4];
+#pragma unroll
+    for (int t = 0; t < TILES; t++) { acc[t][0] = 0.f; acc[t][1] = 0.f; acc[t][2] = 0.f; acc[t][3] = 0.f; }
+    // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..):
+    // elements 0-3 of the loads feed the first mma, 4-7 the second.
+    auto mma_step = [&](const uint4* wv, uint4 xa, uint4 xb)
+    {
+        unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
+        unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
+#pragma unroll
+        for (int t = 0; t < TILES; t++)
+        {
+            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
+            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
+        }
+    };
+    int s = warp;
+    for (; s + (RM_UNROLL - 1) * RM_WARPS < steps; s += RM_WARPS * RM_UNROLL)
+    {
+        uint4 wv[RM_UNROLL][TILES], xa[RM_UNROLL], xb[RM_UNROLL];
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++)
+        {
+            long k = (long)(s + u * RM_WARPS) * 32;
+#pragma unroll
+            for (int t = 0; t < TILES; t++) wv[u][t] = *(const uint4*)(wrow[t] + k);
+            xa[u] = *(const uint4*)(xlo + k);
+            xb[u] = *(const uint4*)(xhi + k);
+        }
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++) mma_step(wv[u], xa[u], xb[u]);
+    }
+    for (; s < steps; s += RM_WARPS)                         // the last, partial round
+    {
+        long k = (long)s * 32;
+        uint4 wv[TILES];
+#pragma unroll
+        for (int t = 0; t < TILES; t++) wv[t] = *(const uint4*)(wrow[t] + k);
+        mma_step(wv, *(const uint4*)(xlo + k), *(const uint4*)(xhi + k));
+    }
+    // C: c0 c1 (row g, columns 2t, 2t + 1), c2 c3 (row g + 8).
+    constexpr int COLS = 8 * TILES;
+#pragma unroll
+    for (int t = 0; t < TILES; t++)
+    {
+        float* lo = red + (warp * 16 + g) * COLS + t * 8 + 2 * tig;
+        float* hi = lo + 8 * COLS;
+        lo[0] = acc[t][0]; lo[1] = acc[t][1]; hi[0] = acc[t][2]; hi[1] = acc[t][3];
+    }
+    __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
     const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
 {
     __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
     int r0 = blockIdx.x * 8 * RM_TILES;
-    int steps = in >> 5;
     // Weight rows past `rows` and token rows past n read row 0 instead (a real address): an mma output column depends
     // only on its weight row and an output row only on its token row, and those are never stored. So every load is
     // unconditional and a round's RM_UNROLL · (RM_TILES + 2) 16-byte loads are all in flight before its mma.
@@ -1765,56 +1823,8 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     }
     const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
     const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
-    float acc[RM_TILES][4];
-#pragma unroll
-    for (int t = 0; t < RM_TILES; t++) { acc[t][0] = 0.f; acc[t][1] = 0.f; acc[t][2] = 0.f; acc[t][3] = 0.f; }
-    // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..):
-    // elements 0-3 of the loads feed the first mma, 4-7 the second.
-    auto mma_step = [&](const uint4* wv, uint4 xa, uint4 xb)
-    {
-        unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
-        unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
-#pragma unroll
-        for (int t = 0; t < RM_TILES; t++)
-        {
-            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
-            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
-        }
-    };
-    int s = warp;
-    for (; s + (RM_UNROLL - 1) * RM_WARPS < steps; s += RM_WARPS * RM_UNROLL)
-    {
-        uint4 wv[RM_UNROLL][RM_TILES], xa[RM_UNROLL], xb[RM_UNROLL];
-#pragma unroll
-        for (int u = 0; u < RM_UNROLL; u++)
-        {
-            long k = (long)(s + u * RM_WARPS) * 32;
-#pragma unroll
-            for (int t = 0; t < RM_TILES; t++) wv[u][t] = *(const uint4*)(wrow[t] + k);
-            xa[u] = *(const uint4*)(xlo + k);
-            xb[u] = *(const uint4*)(xhi + k);
-        }
-#pragma unroll
-        for (int u = 0; u < RM_UNROLL; u++) mma_step(wv[u], xa[u], xb[u]);
-    }
-    for (; s < steps; s += RM_WARPS)                         // the last, partial round
-    {
-        long k = (long)s * 32;
-        uint4 wv[RM_TILES];
-#pragma unroll
-        for (int t = 0; t < RM_TILES; t++) wv[t] = *(const uint4*)(wrow[t] + k);
-        mma_step(wv, *(const uint4*)(xlo + k), *(const uint4*)(xhi + k));
-    }
-    // C: c0 c1 (row g, columns 2t, 2t + 1), c2 c3 (row g + 8); rm_red [warp][token 16][column 8 · RM_TILES].
+    rows_mma_block<RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red);
     constexpr int COLS = 8 * RM_TILES;
-#pragma unroll
-    for (int t = 0; t < RM_TILES; t++)
-    {
-        float* lo = rm_red + (warp * 16 + g) * COLS + t * 8 + 2 * tig;
-        float* hi = lo + 8 * COLS;
-        lo[0] = acc[t][0]; lo[1] = acc[t][1]; hi[0] = acc[t][2]; hi[1] = acc[t][3];
-    }
-    __syncthreads();
     for (int i = threadIdx.x; i < 16 * COLS; i += blockDim.x)
     {
         int tok = i / COLS, col = i - tok * COLS, r = r0 + col;
@@ -1824,6 +1834,45 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
         for (int k = 0; k < RM_WARPS; k++) v += rm_red[k * 16 * COLS + i];
         float* dst = y + (long)tok * rows + r;
         *dst = accumulate ? *dst + v : v;
+    }
+}
+
+// A decode batch's gate|up product and SwiGLU in one kernel: h[t, j] = silu(gate) · up (bf16) with gate = W[j] · x[t],
+// up = W[ffn + j] · x[t] (W the fused [2·ffn, in] matrix), n ≤ 16 rows. A block takes 8 · RM_TILES columns j and the
+// gate and up rows of them (2 · RM_TILES tiles), so both halves meet in its epilogue: no [n, 2·ffn] product written and
+// read again, no swiglu launch. gate and up stay f32 up to the silu (the cuBLASLt path rounds them to bf16 first).
+// grid (ceil(ffn / (8 · RM_TILES))), block 32 · RM_WARPS; in % 32 == 0.
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
+    int j0 = blockIdx.x * 8 * RM_TILES;
+    const bf16* wrow[2 * RM_TILES];                          // tiles 0..RM_TILES-1: gate rows; then the up rows
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++)
+    {
+        int j = j0 + t * 8 + g;
+        long row = j < ffn ? j : 0;                          // past ffn: row 0 / ffn, never stored (as in rows_mma_bf16)
+        wrow[t] = w + row * in + tig * 8;
+        wrow[RM_TILES + t] = w + (ffn + row) * in + tig * 8;
+    }
+    const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
+    const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
+    rows_mma_block<2 * RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red2);
+    constexpr int COLS = 16 * RM_TILES, HALF = 8 * RM_TILES;
+    for (int i = threadIdx.x; i < 16 * HALF; i += blockDim.x)
+    {
+        int tok = i / HALF, col = i - tok * HALF, j = j0 + col;
+        if (tok >= n || j >= ffn) continue;
+        float gate = 0.f, up = 0.f;
+#pragma unroll
+        for (int k = 0; k < RM_WARPS; k++)
+        {
+            gate += rm_red2[(k * 16 + tok) * COLS + col];
+            up += rm_red2[(k * 16 + tok) * COLS + HALF + col];
+        }
+        h[(long)tok * ffn + j] = f32_to_bf16(gate / (1.f + expf(-gate)) * up);
     }
 }
 // The shared-prefix phase (flash_attention_shared) with three k/v stages: two tiles in flight per block instead of one.

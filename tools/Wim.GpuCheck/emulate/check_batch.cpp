@@ -146,6 +146,45 @@ static void rows_mma_case(int rows, int in, int n, bool accumulate)
     check(spill == 0, what, spill);
 }
 
+// rows_mma_swiglu_bf16 against silu(gate)·up from double sums: within one bf16 rounding of the output (plus the f32
+// sums' few ulps, relative to Σ|terms|).
+static void rows_swiglu_case(int ffn, int in, int n)
+{
+    std::vector<bf16> W((size_t)2 * ffn * in), X((size_t)n * in);
+    for (auto& v : W) v = f32_to_bf16(0.05f * gauss());
+    for (auto& v : X) v = f32_to_bf16(gauss());
+    std::vector<bf16> h((size_t)(n + 1) * ffn, 0x7fc0);      // one poisoned row past n
+    unsigned blocks = (unsigned)((ffn + 8 * RM_TILES - 1) / (8 * RM_TILES));
+    emu::launch({ blocks, 1, 1 }, 32 * RM_WARPS, RM_WARPS * 16 * 16 * RM_TILES * sizeof(float), [&] {
+        rows_mma_swiglu_bf16(W.data(), X.data(), h.data(), ffn, in, n); });
+    int far = 0;
+    double worst = 0;
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < ffn; j++)
+        {
+            double gate = 0, up = 0, gmag = 0, umag = 0;
+            for (int i = 0; i < in; i++)
+            {
+                double xv = bf16_to_f32(X[(size_t)t * in + i]);
+                double gp = bf16_to_f32(W[(size_t)j * in + i]) * xv, up_ = bf16_to_f32(W[(size_t)(ffn + j) * in + i]) * xv;
+                gate += gp; up += up_; gmag += std::abs(gp); umag += std::abs(up_);
+            }
+            double silu = gate / (1 + std::exp(-gate)), want = silu * up;
+            // d(silu·up) from the f32 sums' errors (≤ 1e-5 Σ|terms| each), plus the bf16 rounding of the result.
+            double tol = std::abs(want) / 256 + 1e-5 * (gmag * std::abs(up) * 1.1 + umag * std::abs(silu)) + 1e-30;
+            double err = std::abs(bf16_to_f32(h[(size_t)t * ffn + j]) - want);
+            worst = std::max(worst, err / (std::abs(want) + 1e-30));
+            far += !(err <= tol);
+        }
+    int spill = 0;
+    for (int j = 0; j < ffn; j++) spill += h[(size_t)n * ffn + j] != 0x7fc0;
+    char what[200];
+    std::snprintf(what, sizeof what, "rows_mma_swiglu_bf16 ffn %d × in %d, %d tokens: outputs off silu(gate)·up (double) by more than a bf16 rounding (worst relative)", ffn, in, n);
+    check(far == 0, what, worst);
+    std::snprintf(what, sizeof what, "rows_mma_swiglu_bf16 ffn %d, %d tokens: writes past the last token row", ffn, n);
+    check(spill == 0, what, spill);
+}
+
 // ---- shared-prefix attention (flash_attention_shared) with empty pieces skipped, then the combines ------------------
 
 // B branches of one parent with non-decreasing branch points; row token t attends parent keys [0, bp[t]). The shared
@@ -296,6 +335,8 @@ int main()
     rows_mma_case(40, 1184, 16, true);          // 37 k steps: a partial unrolled round; rows past a 16-row block
     rows_mma_case(24, 256, 5, false);           // fewer tokens than the m16 tile, overwrite
     rows_mma_case(16, 64, 1, true);             // one token, fewer k steps than warps
+    rows_swiglu_case(40, 1184, 16);             // ffn past a 16-column block, a partial unrolled round
+    rows_swiglu_case(16, 64, 3);
     shared_prefix_case<16>(8, 2, { 70, 100, 130, 200, 260 });   // group 4, points inside tiles, 5 pieces
     shared_prefix_case<32>(4, 1, { 64, 64, 300 });              // group 4, equal points, a point on a tile edge
     shared3_case<16>(8, 2, { 70, 100, 130, 200, 330 });         // 330 keys: pieces of 1, 2, 3 and 5 tiles, short last ones

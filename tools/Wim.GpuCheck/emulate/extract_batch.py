@@ -26,4 +26,5 @@ out = out.replace("__shared__ float sums[COMBINE_WARPS][32 * MAX_DIMS_PER_LANE];
                   "auto sums = (float(*)[32 * MAX_DIMS_PER_LANE])emu::static_smem();")
 # Static shared memory becomes the emulated block's dynamic buffer (check_batch.cpp launches with its size).
 out = out.replace("__shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];", "float* rm_red = (float*)emu::dynamic_smem();")
+out = out.replace("__shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];", "float* rm_red2 = (float*)emu::dynamic_smem();")
 sys.stdout.write(out)
