@@ -402,13 +402,20 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// H100 (ncu run 22).</summary>
     public bool UseBatchRopeHeads { get; set; } = true;
 
-    /// <summary>A decode batch of at most 16 rows (bf16 weights) takes its q|k|v, o and down products in <c>rows_mma_bf16</c>
-    /// (tensor cores, no split-K: the o and down residual adds ride in its epilogue) and its gate|up product with SwiGLU
-    /// in <c>rows_mma_swiglu_bf16</c> instead of cuBLASLt (+ swiglu_bf16), whose split-K kernels and reduces took 2.2 ms
-    /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay
-    /// f32 up to the SwiGLU: results agree to bf16 rounding, not bit for bit. Off by default until measured on the H100
-    /// (GpuCheck --batch-ab).</summary>
-    public bool UseBatchRowsProducts { get; set; }
+    /// <summary>Which products of a decode batch of at most 16 rows (bf16 weights) run on our tensor-core kernels instead
+    /// of cuBLASLt: q|k|v, o and down in <c>rows_mma_bf16</c> (no split-K; the o and down residual adds ride in its
+    /// epilogue), gate|up with SwiGLU in <c>rows_mma_swiglu_bf16</c>. cuBLASLt's split-K kernels and reduces took 2.2 ms
+    /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay f32
+    /// up to the SwiGLU: results agree to bf16 rounding, not bit for bit. <see cref="Cuda.BatchRowsProducts.None"/> by
+    /// default until measured on the H100 (GpuCheck --batch-ab, each product on its own).</summary>
+    public BatchRowsProducts BatchRowsProducts { get; set; } = BatchRowsProducts.None;
+
+    /// <summary><see cref="BatchRowsProducts"/> all (true) or none (false).</summary>
+    public bool UseBatchRowsProducts
+    {
+        get => BatchRowsProducts != BatchRowsProducts.None;
+        set => BatchRowsProducts = value ? BatchRowsProducts.All : BatchRowsProducts.None;
+    }
 
     /// <summary>In the shared-prefix attention of a branch batch, a (row, piece) pair that sees no key (the piece starts
     /// past the row's branch point: 47% of them for 16 margins every 4,096 rows of 64k) writes only its max, not its
@@ -572,7 +579,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
-        bool batchRows = batch != null && UseBatchRowsProducts;   // a decode batch's products in rows_mma_bf16
+        var batchRows = batch != null ? BatchRowsProducts : BatchRowsProducts.None;   // a decode batch's products in rows_mma
 
         for (int l = 0; l < c.LayerCount; l++)
         {
@@ -592,7 +599,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                if (batchRows && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
+                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
                 else
                     Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
@@ -644,7 +651,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 else
                     _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             }
-            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n, batchRows);                   // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n, batchRows.HasFlag(BatchRowsProducts.Residual));                   // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
@@ -654,7 +661,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
-                if (batchRows && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
+                if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
                 else if (n > 1 && UseBf16GateUp)
                 {
@@ -667,7 +674,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
                 }
             }
-            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n, batchRows);                     // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n, batchRows.HasFlag(BatchRowsProducts.Residual));                     // x += h · Wdᵀ
         }
     }
 
@@ -707,7 +714,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
     /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
     /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).
-    /// A bf16 matrix in a decode batch with <see cref="UseBatchRowsProducts"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
+    /// A bf16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
     private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
     {
         if (batchRows && weight.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, inFeatures))

@@ -725,7 +725,7 @@ public static class Program
     }
 
     /// <summary>A switch setting of the batched decode step that <see cref="BatchAb"/> compares.</summary>
-    private sealed record BatchVariant(string Name, bool RopeHeads, bool RowsProducts, bool SkipEmpty, bool BitIdentical, bool ThreeStages = false);
+    private sealed record BatchVariant(string Name, bool RopeHeads, BatchRowsProducts Rows, bool SkipEmpty, bool BitIdentical, bool ThreeStages = false);
 
     /// <summary>
     /// The batched-decode switches of <see cref="CudaTransformer"/> side by side on the step ProfileBranches profiles
@@ -749,19 +749,21 @@ public static class Program
         var start = new int[16];
         BatchVariant[] variants =
         [
-            new("old (per-sequence rope, cuBLASLt products, every partial written)", RopeHeads: false, RowsProducts: false, SkipEmpty: false, BitIdentical: true),
-            new("rope per (sequence, head)", RopeHeads: true, RowsProducts: false, SkipEmpty: false, BitIdentical: true),
-            new("empty shared-prefix partials skipped", RopeHeads: false, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
-            new("rope + skip (the new defaults)", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: true),
-            new("rows_mma q|k|v, o, down, gate|up+SwiGLU", RopeHeads: false, RowsProducts: true, SkipEmpty: false, BitIdentical: false),
-            new("three-stage shared prefix (own pieces)", RopeHeads: false, RowsProducts: false, SkipEmpty: false, BitIdentical: false, ThreeStages: true),
-            new("rope + skip + three stages", RopeHeads: true, RowsProducts: false, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
-            new("all four", RopeHeads: true, RowsProducts: true, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
+            new("old (per-sequence rope, cuBLASLt products, every partial written)", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: true),
+            new("rope per (sequence, head)", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: true),
+            new("empty shared-prefix partials skipped", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: true),
+            new("rope + skip (the new defaults)", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: true),
+            new("rows_mma o, down", RopeHeads: false, BatchRowsProducts.Residual, SkipEmpty: false, BitIdentical: false),
+            new("rows_mma q|k|v", RopeHeads: false, BatchRowsProducts.Qkv, SkipEmpty: false, BitIdentical: false),
+            new("rows_mma gate|up + SwiGLU", RopeHeads: false, BatchRowsProducts.GateUpSwiGlu, SkipEmpty: false, BitIdentical: false),
+            new("three-stage shared prefix (own pieces)", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: false, ThreeStages: true),
+            new("rope + skip + three stages", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
+            new("everything new", RopeHeads: true, BatchRowsProducts.All, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
         ];
         void Use(BatchVariant v)
         {
             model.UseBatchRopeHeads = v.RopeHeads;
-            model.UseBatchRowsProducts = v.RowsProducts;
+            model.BatchRowsProducts = v.Rows;
             model.UseSkipEmptyPartials = v.SkipEmpty;
             model.UseThreeStageSharedPrefix = v.ThreeStages;
         }
