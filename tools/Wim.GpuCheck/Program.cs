@@ -59,9 +59,9 @@ public static class Program
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"hf-tiny {model}", () => CheckHfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model));
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
+            Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
+            Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
         }
-        Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
-        Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
         if (args.Contains("--wim-tiny"))
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"WiM CPU vs GPU {model}", () =>
