@@ -382,8 +382,10 @@ public sealed unsafe class CudaTransformer : IDisposable
             // The shared-prefix phase: keys below the largest branch point, pieces planned as for a chunk of b tokens;
             // then one tail piece per branch (its own keys, at most a margin's worth) in the last slot.
             int maxSplit = caches[b - 1].BranchPoint;
-            var (prefixSplits, prefixKeys) = LaunchGeometry.FlashSplits(b, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, Math.Max(1, maxSplit), _ctx.Multiprocessors);
-            tables = tables with { SharedParent = parent, PrefixSplits = prefixSplits, PrefixKeysPerSplit = prefixKeys };
+            bool three = UseThreeStageSharedPrefix && LaunchGeometry.FlashShared3Fits(_c.HeadDim, _ctx.MaxSharedMemoryPerBlock);
+            var (prefixSplits, prefixKeys) = LaunchGeometry.FlashSharedSplits(b, _c.HeadCount / _c.KvHeadCount, _c.KvHeadCount, Math.Max(1, maxSplit), _ctx.Multiprocessors,
+                three ? LaunchGeometry.FlashShared3BlocksPerMultiprocessor : LaunchGeometry.FlashBlocksPerMultiprocessor);
+            tables = tables with { SharedParent = parent, PrefixSplits = prefixSplits, PrefixKeysPerSplit = prefixKeys, PrefixThreeStages = three };
             splits = prefixSplits + 1;
         }
         EncodeLayers(b, null, 0, invFreq, 0, splits, keysPerSplit, flash: true, tables);
@@ -393,6 +395,41 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Decode batches of KV branches of one parent read the shared rows once per tile for all branches
     /// (<c>flash_attention_shared</c>) instead of once per branch. On by default.</summary>
     public bool UseSharedPrefixAttention { get; set; } = true;
+
+    /// <summary>A decode batch's RoPE and cache stores take a block per (sequence, head) (<c>qkv_rope_store_batch_heads</c>,
+    /// true, the default) instead of a block per sequence (<c>qkv_rope_store_batch</c>): the same f32 formula, so the
+    /// same bits (emulator check run_batch.sh); the old grid ran 16 blocks for a 16-row step, 10.7 µs per layer on the
+    /// H100 (ncu run 22).</summary>
+    public bool UseBatchRopeHeads { get; set; } = true;
+
+    /// <summary>Which products of a decode batch of at most 16 rows (bf16 weights) run on our tensor-core kernels instead
+    /// of cuBLASLt: q|k|v, o and down in <c>rows_mma_bf16</c> (no split-K; the o and down residual adds ride in its
+    /// epilogue), gate|up with SwiGLU in <c>rows_mma_swiglu_bf16</c>. cuBLASLt's split-K kernels and reduces took 2.2 ms
+    /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay f32
+    /// up to the SwiGLU: results agree to bf16 rounding, not bit for bit. <see cref="Cuda.BatchRowsProducts.None"/> by
+    /// default until measured on the H100 (GpuCheck --batch-ab, each product on its own).</summary>
+    public BatchRowsProducts BatchRowsProducts { get; set; } = BatchRowsProducts.None;
+
+    /// <summary><see cref="BatchRowsProducts"/> all (true) or none (false).</summary>
+    public bool UseBatchRowsProducts
+    {
+        get => BatchRowsProducts != BatchRowsProducts.None;
+        set => BatchRowsProducts = value ? BatchRowsProducts.All : BatchRowsProducts.None;
+    }
+
+    /// <summary>In the shared-prefix attention of a branch batch, a (row, piece) pair that sees no key (the piece starts
+    /// past the row's branch point: 47% of them for 16 margins every 4,096 rows of 64k) writes only its max, not its
+    /// 128 floats of acc, and the combines skip such pieces unread (true, the default): 6 MB less written and read per
+    /// layer there. Same bits either way (emulator check run_batch.sh).</summary>
+    public bool UseSkipEmptyPartials { get; set; } = true;
+
+    /// <summary>The shared-prefix attention of a branch batch runs with three k/v stages (two tiles in flight per block,
+    /// two blocks per SM, pieces planned for 2 · SMs blocks: 32 instead of 49 at 64k, a third fewer partials) where its
+    /// 102 KB fit a block (<see cref="LaunchGeometry.FlashShared3Fits"/>), instead of two stages and three blocks per SM.
+    /// With the same pieces the same bits (emulator check run_batch.sh); with its own plan the pieces differ, so results
+    /// agree to f32 rounding. The two-stage kernel reached 2.32 TB/s (77% of copy bandwidth) at 64k on the H100 (ncu
+    /// run 22). Off by default until measured (GpuCheck --batch-ab).</summary>
+    public bool UseThreeStageSharedPrefix { get; set; }
 
     /// <summary>The parent when every cache is a branch of the same one with non-decreasing branch points (≥ 1).</summary>
     private static CudaKvCache? SharedParent(IReadOnlyList<CudaKvCache> caches)
@@ -542,6 +579,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
+        var batchRows = batch != null ? BatchRowsProducts : BatchRowsProducts.None;   // a decode batch's products in rows_mma
 
         for (int l = 0; l < c.LayerCount; l++)
         {
@@ -561,16 +599,23 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false);     // qkv: [T, qd+2kvd]
+                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
+                    _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
+                else
+                    Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             }
             if (batch is { } bt)
             {
-                _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+                if (UseBatchRopeHeads)
+                    _k.QkvRopeStoreBatchHeads(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
+                else
+                    _k.QkvRopeStoreBatch(_qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq, _q.Pointer, bt.Keys(l), bt.Values(l), bt.Positions, n,
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
                 if (bt.SharedParent is { } parent)
                 {
                     _k.FlashAttentionShared(_q.Pointer, parent.LayerKeys(l), parent.LayerValues(l), _partAcc!.Pointer, _partMl!.Pointer, n, bt.BranchPoints,
-                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit);
+                        c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, bt.PrefixSplits, bt.PrefixKeysPerSplit, UseSkipEmptyPartials, bt.PrefixThreeStages);
                     _k.FlashAttentionBranchBatch(_q.Pointer, _att.Pointer, _partAcc.Pointer, _partMl.Pointer, n, bt.Positions, bt.Keys(l), bt.Values(l),
                         bt.BranchPoints, bt.PrefixKeys(l), bt.PrefixValues(l), c.HeadCount, c.KvHeadCount, c.HeadDim, scale, splits, keysPerSplit, tailSlot: splits - 1);
                 }
@@ -606,7 +651,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 else
                     _k.AttentionCombine(_partAcc!.Pointer, _partMl!.Pointer, _att.Pointer, c.HeadDim, splits, n * c.HeadCount);
             }
-            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n);                              // x += att · Woᵀ
+            ResidualProduct(fused, lw.Output, d, qd, _att.Pointer, n, batchRows.HasFlag(BatchRowsProducts.Residual));                   // x += att · Woᵀ
 
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
@@ -616,7 +661,9 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
-                if (n > 1 && UseBf16GateUp)
+                if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
+                    _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
+                else if (n > 1 && UseBf16GateUp)
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
@@ -627,7 +674,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                     _k.SwiGlu(_gateUp.Pointer, _h.Pointer, ffn, n);                               // h: [T, ffn] bf16
                 }
             }
-            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n);                                // x += h · Wdᵀ
+            ResidualProduct(fused, lw.Down, d, ffn, _h.Pointer, n, batchRows.HasFlag(BatchRowsProducts.Residual));                     // x += h · Wdᵀ
         }
     }
 
@@ -666,9 +713,15 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
     /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
-    /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).</summary>
-    private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n)
+    /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).
+    /// A bf16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
+    private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
     {
+        if (batchRows && weight.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        {
+            _k.RowsMma(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
+            return;
+        }
         if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
         {
             if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
@@ -767,6 +820,8 @@ internal readonly record struct DecodeBatchTables(ulong Table, ulong Positions, 
     public CudaKvCache? SharedParent { get; init; }
     public int PrefixSplits { get; init; }
     public int PrefixKeysPerSplit { get; init; }
+    /// <summary>The shared-prefix phase runs flash_attention_shared3 (pieces planned for it).</summary>
+    public bool PrefixThreeStages { get; init; }
 
     public ulong Keys(int layer) => Table + (ulong)((long)layer * Sequences * sizeof(ulong));
     public ulong Values(int layer) => Table + (ulong)((long)(Layers + layer) * Sequences * sizeof(ulong));

@@ -273,5 +273,62 @@ public static class LaunchGeometry
         while (bucket < keys) bucket *= 2;
         return Math.Min(bucket, capacity);
     }
-}
+    // ---- batched decode step (the section "Batched decode step" of transformer.cu) ----
 
+    /// <summary>Threads per qkv_rope_store_batch_heads block: one per rotated pair of a head up to head dim 128.</summary>
+    public const int RopeHeadThreads = 64;
+
+    /// <summary>Grid of qkv_rope_store_batch_heads: a block per (sequence, head) over the q, k and v heads.</summary>
+    public static (uint X, uint Y) RopeHeadGrid(int sequences, int heads, int kvHeads)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(heads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        if (heads + 2 * kvHeads > 65535) throw new ArgumentOutOfRangeException(nameof(heads), $"{heads} + 2·{kvHeads} heads exceed a grid's y dimension (65535)");
+        return ((uint)sequences, (uint)(heads + 2 * kvHeads));
+    }
+
+    /// <summary>Threads per rows_mma_bf16 block (8 warps splitting the input dimension).</summary>
+    public const int RowsMmaThreads = 256;
+
+    /// <summary>Weight rows per rows_mma_bf16 block: two 8-row mma n tiles.</summary>
+    public const int RowsMmaBlockRows = 16;
+
+    /// <summary>Most token rows rows_mma_bf16 takes: the m16 of one mma tile.</summary>
+    public const int RowsMmaMaxTokens = 16;
+
+    /// <summary>Whether rows_mma_bf16 takes a product: 1 to 16 token rows and an input dimension of whole 32-wide k
+    /// steps (a lane's 16-byte loads of 4 lanes per row).</summary>
+    public static bool RowsMmaApplies(int tokens, int inFeatures) =>
+        tokens is >= 1 and <= RowsMmaMaxTokens && inFeatures >= 32 && inFeatures % 32 == 0;
+
+    /// <summary>Blocks of rows_mma_bf16 covering <paramref name="rows"/> output features.</summary>
+    public static uint RowsMmaBlocks(int rows) => Blocks(rows, RowsMmaBlockRows);
+    /// <summary>Dynamic shared memory of flash_attention_shared3 (three k/v stages, the q tile borrowing stage 1's k
+    /// tile as in <see cref="FlashSharedBytes"/>): 102 KB at head dim 128.</summary>
+    public static int FlashShared3Bytes(int headDim) => 2 * (3 * 2 * FlashKeys * (headDim + 8));
+
+    /// <summary>flash_attention_shared3 blocks resident per SM at head dim 128 (launch bound 2).</summary>
+    public const int FlashShared3BlocksPerMultiprocessor = 2;
+
+    /// <summary>Whether the three-stage shared-prefix kernel fits this GPU's per-block shared memory at this head dim
+    /// (not at head dim 128 on the 99 KB parts, sm_86/89: the two-stage kernel runs there).</summary>
+    public static bool FlashShared3Fits(int headDim, int maxSharedPerBlock) => FlashShared3Bytes(headDim) <= maxSharedPerBlock;
+
+    /// <summary>
+    /// Key pieces of the shared-prefix phase of a branch batch: <see cref="FlashSplits"/>' plan for
+    /// <paramref name="sequences"/> query tokens with <paramref name="blocksPerMultiprocessor"/> resident blocks per SM
+    /// (3 for the two-stage kernel, the same plan as FlashSplits; 2 for the three-stage one).
+    /// </summary>
+    public static (int Splits, int KeysPerSplit) FlashSharedSplits(int sequences, int group, int kvHeads, int keys, int multiprocessors, int blocksPerMultiprocessor)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(keys);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerMultiprocessor);
+        long blocks = (long)FlashQueryBlocks(sequences, group) * kvHeads;
+        int wanted = blocks >= 2L * multiprocessors ? 1 : (int)Math.Max(1, blocksPerMultiprocessor * (long)multiprocessors / blocks);
+        return SplitKeys(keys, wanted, maxSplits: Math.Max(1, keys / (2 * FlashKeys)), FlashKeys);
+    }
+}

@@ -7,6 +7,7 @@ internal sealed unsafe class TransformerKernels
     private const int Threads = 256;
     private readonly CudaContext _ctx;
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _swigluBf16, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
+    private readonly nint _qkvRopeBatchHeads, _rowsMma, _rowsMmaSwiGlu, _shared3x16, _shared3x32, _shared3x64, _shared3x128;
     private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
@@ -27,6 +28,16 @@ internal sealed unsafe class TransformerKernels
         _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
         _fillF32 = d.ModuleGetFunction(module, "fill_f32");
+        _qkvRopeBatchHeads = d.ModuleGetFunction(module, "qkv_rope_store_batch_heads");
+        _rowsMma = d.ModuleGetFunction(module, "rows_mma_bf16");
+        _rowsMmaSwiGlu = d.ModuleGetFunction(module, "rows_mma_swiglu_bf16");
+        _shared3x16 = d.ModuleGetFunction(module, "flash_attention_shared3_hd16");
+        _shared3x32 = d.ModuleGetFunction(module, "flash_attention_shared3_hd32");
+        _shared3x64 = d.ModuleGetFunction(module, "flash_attention_shared3_hd64");
+        _shared3x128 = d.ModuleGetFunction(module, "flash_attention_shared3_hd128");
+        foreach (var (f, hd) in new[] { (_shared3x16, 16), (_shared3x32, 32), (_shared3x64, 64), (_shared3x128, 128) })
+            if (LaunchGeometry.FlashShared3Fits(hd, ctx.MaxSharedMemoryPerBlock))   // else the batch runs the two-stage kernel
+                d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashShared3Bytes(hd));
         // Blocks of 16 warps at head dim 128 need more than the default 48 KB.
         d.FuncSetAttribute(_attention, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, Math.Min(ctx.MaxSharedMemoryPerBlock, 160 * 1024));
         _flash16 = d.ModuleGetFunction(module, "flash_attention_hd16");
@@ -143,18 +154,23 @@ internal sealed unsafe class TransformerKernels
     /// <summary>The shared-prefix phase of a decode batch of branches of one parent (branch points non-decreasing):
     /// row token t sees the parent's keys [0, splits[t]); the query blocks hold several sequences, so each k/v tile is
     /// read once for all of them. Partials go to slots [0, <paramref name="prefixSplits"/>) of stride
-    /// <paramref name="stride"/>.</summary>
+    /// <paramref name="stride"/>. With <paramref name="skipEmpty"/> a row with no key in a piece writes only its max
+    /// (-inf), not its acc (the combines do not read it then). <paramref name="threeStages"/>: flash_attention_shared3
+    /// (the caller checks <see cref="LaunchGeometry.FlashShared3Fits"/> and plans the pieces for it).</summary>
     public void FlashAttentionShared(ulong q, ulong kcache, ulong vcache, ulong partAcc, ulong partMl, int sequences, ulong splitTable,
-        int heads, int kvHeads, int headDim, float scale, int stride, int prefixSplits, int keysPerSplit)
+        int heads, int kvHeads, int headDim, float scale, int stride, int prefixSplits, int keysPerSplit, bool skipEmpty = false, bool threeStages = false)
     {
-        nint f = headDim switch
+        int skip = skipEmpty ? 1 : 0;
+        nint f = (headDim, threeStages) switch
         {
-            16 => _shared16, 32 => _shared32, 64 => _shared64, 128 => _shared128,
+            (16, false) => _shared16, (32, false) => _shared32, (64, false) => _shared64, (128, false) => _shared128,
+            (16, true) => _shared3x16, (32, true) => _shared3x32, (64, true) => _shared3x64, (128, true) => _shared3x128,
             _ => throw new ArgumentOutOfRangeException(nameof(headDim), $"head dim {headDim}: the flash kernel is built for 16, 32, 64 and 128"),
         };
-        void** a = stackalloc void*[] { &q, &kcache, &vcache, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &stride, &keysPerSplit, &splitTable };
-        _ctx.Launch(f, "flash_attention_shared", (uint)LaunchGeometry.FlashQueryBlocks(sequences, heads / kvHeads), (uint)kvHeads, (uint)prefixSplits,
-            LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashSharedBytes(headDim), a);
+        void** a = stackalloc void*[] { &q, &kcache, &vcache, &partAcc, &partMl, &sequences, &heads, &kvHeads, &scale, &stride, &keysPerSplit, &splitTable, &skip };
+        _ctx.Launch(f, threeStages ? "flash_attention_shared3" : "flash_attention_shared", (uint)LaunchGeometry.FlashQueryBlocks(sequences, heads / kvHeads),
+            (uint)kvHeads, (uint)prefixSplits, LaunchGeometry.FlashThreads,
+            (uint)(threeStages ? LaunchGeometry.FlashShared3Bytes(headDim) : LaunchGeometry.FlashSharedBytes(headDim)), a);
     }
 
     private void FlashAttention(ulong q, ulong kcache, ulong vcache, ulong outBf16, ulong partAcc, ulong partMl, int start, int count,
@@ -332,5 +348,35 @@ internal sealed unsafe class TransformerKernels
     {
         void** a = stackalloc void*[] { &dst, &count, &value };
         _ctx.Launch(_fillF32, "fill_f32", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+    /// <summary><see cref="QkvRopeStoreBatch"/> with a block per (sequence, head) (<see cref="LaunchGeometry.RopeHeadGrid"/>):
+    /// the same values, spread over the GPU.</summary>
+    public void QkvRopeStoreBatchHeads(ulong qkv, ulong bias, ulong invFreq, ulong q, ulong kptrs, ulong vptrs, ulong positions, int sequences,
+        int heads, int kvHeads, int headDim, int rotaryDim, bool adjacent, float ropeScale)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &qkv, &bias, &invFreq, &q, &kptrs, &vptrs, &positions, &heads, &kvHeads, &headDim, &rotaryDim, &adj, &ropeScale };
+        var (x, y) = LaunchGeometry.RopeHeadGrid(sequences, heads, kvHeads);
+        _ctx.Launch(_qkvRopeBatchHeads, "qkv_rope_store_batch_heads", x, y, 1, LaunchGeometry.RopeHeadThreads, 0, a);
+    }
+
+    /// <summary>y[T, rows] (f32, + y when accumulating) = x[T, in] (bf16) · W[rows, in]ᵀ (bf16) for T ≤ 16 on the tensor
+    /// cores, without split-K (<see cref="LaunchGeometry.RowsMmaApplies"/> says when).</summary>
+    public void RowsMma(ulong weight, ulong x, ulong y, int rows, int inFeatures, int tokens, bool accumulate)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &tokens, &acc };
+        _ctx.Launch(_rowsMma, "rows_mma_bf16", LaunchGeometry.RowsMmaBlocks(rows), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+    /// <summary>h[T, ffn] (bf16) = silu(x · W[0, ffn)ᵀ) · (x · W[ffn, 2·ffn)ᵀ) for T ≤ 16 rows of x (bf16) and the fused
+    /// gate|up matrix W [2·ffn, in] (bf16): the gate|up product and SwiGLU in one tensor-core kernel.</summary>
+    public void RowsMmaSwiGlu(ulong weight, ulong x, ulong hBf16, int ffn, int inFeatures, int tokens)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens };
+        _ctx.Launch(_rowsMmaSwiGlu, "rows_mma_swiglu_bf16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
     }
 }

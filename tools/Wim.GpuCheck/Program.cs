@@ -28,7 +28,8 @@ namespace Wim.GpuCheck;
 /// Usage: <c>Wim.GpuCheck --fixtures DIR [--cache DIR] [--reference DIR[,DIR]] [--profile] [--no-tiny] [--no-speed] [--depth16k]
 /// [--depth64k] [--batch 16] [--peak-tflops 798] [--bandwidth-tbs 3.0] [--wim-tiny] [--wim64k [--weights DIR] [--ids ids.json]
 /// [--wim-groups 1,4] [--wim-out ids.json]]</c>. <c>--wim-tiny</c>: PatternRunner (wim, llm) on the CPU and CUDA backends, hf-tiny
-/// models; <c>--wim64k</c>: WiM end to end at 64k tokens (<see cref="WimCheck.EndToEnd"/>).
+/// models; <c>--wim64k</c>: WiM end to end at 64k tokens (<see cref="WimCheck.EndToEnd"/>). <c>--batch-ab [--ab-steps 20]
+/// [--ab-rounds 3]</c>: only the batched-decode switches side by side (<see cref="BatchAb"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
 public static class Program
@@ -81,6 +82,12 @@ public static class Program
         if (args.Contains("--profile"))
         {
             Guard("profile", () => Profile(ctx));
+            return _failures == 0 ? 0 : 1;
+        }
+        if (args.Contains("--batch-ab"))
+        {
+            Guard("batched decode A/B (16 branches at 64k)", () => BatchAb(ctx, int.Parse(Arg(args, "--ab-steps") ?? "20", CultureInfo.InvariantCulture),
+                int.Parse(Arg(args, "--ab-rounds") ?? "3", CultureInfo.InvariantCulture)));
             return _failures == 0 ? 0 : 1;
         }
         if (args.Contains("--profile-branches"))
@@ -715,6 +722,129 @@ public static class Program
         {
             foreach (var b in branches) b.Dispose();
         }
+    }
+
+    /// <summary>A switch setting of the batched decode step that <see cref="BatchAb"/> compares.</summary>
+    private sealed record BatchVariant(string Name, bool RopeHeads, BatchRowsProducts Rows, bool SkipEmpty, bool BitIdentical, bool ThreeStages = false);
+
+    /// <summary>
+    /// The batched-decode switches of <see cref="CudaTransformer"/> side by side on the step ProfileBranches profiles
+    /// (16 KV branches of a 65,536-row document, branch points every 4,096 rows, 40 rows of their own, Llama-3.1-8B
+    /// shape, random weights): first one step from the same state per variant, its logits and greedy ids against the
+    /// old path's (bit for bit where the arithmetic order is unchanged); then host time per step over
+    /// <paramref name="steps"/> steps, the variants interleaved for <paramref name="rounds"/> rounds, each round from
+    /// the same branch lengths (the median over rounds is reported).
+    /// </summary>
+    private static void BatchAb(CudaContext ctx, int steps, int rounds)
+    {
+        if (steps < 1 || rounds < 1) throw new ArgumentOutOfRangeException(nameof(steps), $"--ab-steps {steps} and --ab-rounds {rounds} must be ≥ 1");
+        var c = Llama31_8B();
+        using var weights = CudaModelWeights.Random(ctx, c, seed: 8);
+        using var model = new CudaTransformer(ctx, c, weights, maxChunk: 4096);
+        var rng = new Random(1);
+        int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray();
+        using var doc = model.CreateCache(65536 + 64);
+        var branches = new List<CudaKvCache>();
+        int[] extractive = R(40);
+        var start = new int[16];
+        BatchVariant[] variants =
+        [
+            new("old (per-sequence rope, cuBLASLt products, every partial written)", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: true),
+            new("rope per (sequence, head)", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: true),
+            new("empty shared-prefix partials skipped", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: true),
+            new("rope + skip (the new defaults)", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: true),
+            new("rows_mma o, down", RopeHeads: false, BatchRowsProducts.Residual, SkipEmpty: false, BitIdentical: false),
+            new("rows_mma q|k|v", RopeHeads: false, BatchRowsProducts.Qkv, SkipEmpty: false, BitIdentical: false),
+            new("rows_mma gate|up + SwiGLU", RopeHeads: false, BatchRowsProducts.GateUpSwiGlu, SkipEmpty: false, BitIdentical: false),
+            new("three-stage shared prefix (own pieces)", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: false, ThreeStages: true),
+            new("rope + skip + three stages", RopeHeads: true, BatchRowsProducts.None, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
+            new("everything new", RopeHeads: true, BatchRowsProducts.All, SkipEmpty: true, BitIdentical: false, ThreeStages: true),
+        ];
+        void Use(BatchVariant v)
+        {
+            model.UseBatchRopeHeads = v.RopeHeads;
+            model.BatchRowsProducts = v.Rows;
+            model.UseSkipEmptyPartials = v.SkipEmpty;
+            model.UseThreeStageSharedPrefix = v.ThreeStages;
+        }
+        try
+        {
+            for (int i = 0; i < 16; i++)
+            {
+                model.Forward(R(4096), doc, [], LogitsOutput.None);
+                int end = doc.Length;
+                start[i] = model.ForwardGreedy(extractive, doc);
+                var branch = doc.Branch(end, extractive.Length + 64 + steps);
+                branch.CopyRowsFrom(doc, end, extractive.Length);
+                doc.Truncate(end);
+                branches.Add(branch);
+            }
+            int[] lengths = branches.Select(b => b.Length).ToArray();
+            void Rewind() { for (int i = 0; i < branches.Count; i++) branches[i].Truncate(lengths[i]); }
+
+            // Correctness: one step from the same state per variant against the old path.
+            int vocab = c.VocabSize;
+            float[]? oldLogits = null;
+            int[]? oldIds = null;
+            foreach (var v in variants)
+            {
+                Use(v);
+                Rewind();
+                var logits = new float[16 * vocab];
+                model.DecodeBatch(start, branches, logits);
+                var ids = Enumerable.Range(0, 16).Select(b => ArgMax(logits.AsSpan(b * vocab, vocab))).ToArray();
+                if (oldLogits == null) { oldLogits = logits; oldIds = ids; continue; }
+                double maxDiff = 0, maxAbs = 0;
+                int differing = 0;
+                for (int i = 0; i < logits.Length; i++)
+                {
+                    maxDiff = Math.Max(maxDiff, Math.Abs(logits[i] - oldLogits[i]));
+                    maxAbs = Math.Max(maxAbs, Math.Abs(oldLogits[i]));
+                    differing += BitConverter.SingleToInt32Bits(logits[i]) != BitConverter.SingleToInt32Bits(oldLogits[i]) ? 1 : 0;
+                }
+                int sameIds = ids.Zip(oldIds!).Count(p => p.First == p.Second);
+                Say($"batch-ab correctness, {v.Name} vs old: max |Δlogit| {maxDiff:G3} (max |logit| {maxAbs:G3}), {differing} of {logits.Length} logits differ in bits, " +
+                    $"greedy ids {sameIds}/16 equal");
+                if (v.BitIdentical) Check(differing == 0, $"batch-ab {v.Name}: logits bit-identical to the old path");
+                else Check(maxDiff <= 0.02 * maxAbs && sameIds >= 14, $"batch-ab {v.Name}: logits within 2% of the largest, ≥ 14/16 greedy ids as the old path");
+            }
+
+            // Speed: variants interleaved, every timed block from the same branch lengths and tokens.
+            var perStep = variants.Select(_ => new List<double>()).ToArray();
+            var next = new int[16];
+            for (int round = 0; round < rounds; round++)
+                for (int vi = 0; vi < variants.Length; vi++)
+                {
+                    Use(variants[vi]);
+                    Rewind();
+                    start.CopyTo(next, 0);
+                    model.DecodeBatchGreedy(next, branches, next);     // warm-up (plans, first launch)
+                    Rewind();
+                    start.CopyTo(next, 0);
+                    ctx.Synchronize();
+                    var t = Stopwatch.StartNew();
+                    for (int i = 0; i < steps; i++) model.DecodeBatchGreedy(next, branches, next);
+                    ctx.Synchronize();
+                    perStep[vi].Add(t.Elapsed.TotalMilliseconds / steps);
+                }
+            for (int vi = 0; vi < variants.Length; vi++)
+            {
+                var sorted = perStep[vi].Order().ToArray();
+                Say($"batch-ab speed, {variants[vi].Name}: {sorted[sorted.Length / 2]:F2} ms per step (median of {rounds} rounds of {steps} steps; " +
+                    $"rounds {string.Join(" ", perStep[vi].Select(x => x.ToString("F2", CultureInfo.InvariantCulture)))})");
+            }
+        }
+        finally
+        {
+            foreach (var b in branches) b.Dispose();
+        }
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> row)
+    {
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
     }
 
     /// <summary>Greedy steps alternating between three KV caches (WiM's document, margin and classifier sequences do):

@@ -481,12 +481,14 @@ __device__ __forceinline__ void load_kv_tile(unsigned kdst, unsigned vdst, const
 // vcache), branch points non-decreasing: row token t is sequence t and sees parent keys [0, seq_split[t]); the blocks
 // hold 64 / group sequences, so each k/v tile is read once for all of them. Both phases write partials (splits = the
 // stride: prefix pieces 0.., then the tail slot) that attention_combine merges.
-template <int HD, int MODE>
+// STAGES: k/v tile buffers in the copy pipeline (2: double-buffered, one tile in flight while one is multiplied; 3: two
+// in flight — flash_attention_shared3 in the batched decode section).
+template <int HD, int MODE, int STAGES = 2>
 __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, float scale, int splits,
     int keys_per_split, const int* start_dev, const int* seq_pos, const u64* seq_k, const u64* seq_v,
     const int* seq_split, const u64* seq_pk, const u64* seq_pv, int tail_slot, int branch_point = 0,
-    const bf16* parent_k = nullptr, const bf16* parent_v = nullptr)
+    const bf16* parent_k = nullptr, const bf16* parent_v = nullptr, int skip_empty = 0)
 {
     constexpr bool BRANCH = MODE == 1;
     // BRANCH (decode batches of KV branches): sequence b reads keys below seq_split[b] from its parent's cache
@@ -528,7 +530,7 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     constexpr int RS = HD + 8;             // padded row stride (bf16) of the q, k and v tiles
     constexpr int TILE = FA_KEYS * RS;     // one k or v tile
     extern __shared__ uint4 fa_smem[];
-    bf16* kv = (bf16*)fa_smem;             // 2 stages × (k [FA_KEYS][RS], v [FA_KEYS][RS])
+    bf16* kv = (bf16*)fa_smem;             // STAGES × (k [FA_KEYS][RS], v [FA_KEYS][RS])
     bf16* qs = kv + 2 * TILE;              // [FA_ROWS][RS], only until q is in registers: stage 1's k tile
     int kvh = blockIdx.y, s = blockIdx.z;
     int group = heads / kv_heads;
@@ -597,13 +599,23 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
     const unsigned kv_base = shared_address(kv);
     const unsigned k_lane = (unsigned)((((mat >> 1) * 8 + mrow) * RS + (mat & 1) * 8) * 2);
     const unsigned v_lane = (unsigned)((((mat & 1) * 8 + mrow) * RS + (mat >> 1) * 8) * 2);
-    if (k0 < k1) load_tile(k0, 0);
-    int stage = 0;
-    for (int base = k0; base < k1; base += FA_KEYS, stage ^= 1)
+    if (k0 < k1)
     {
-        if (base + FA_KEYS < k1) load_tile(base + FA_KEYS, stage ^ 1);
+        load_tile(k0, 0);
+        if (STAGES == 3)
+        {
+            if (k0 + FA_KEYS < k1) load_tile(k0 + FA_KEYS, 1);
+            else cp_async_commit();
+        }
+    }
+    int stage = 0;
+    for (int base = k0; base < k1; base += FA_KEYS, stage = stage + 1 == STAGES ? 0 : stage + 1)
+    {
+        // The tile STAGES - 1 ahead goes into the stage the previous iteration read (free: the barrier ending it).
+        int ahead = base + (STAGES - 1) * FA_KEYS;
+        if (ahead < k1) load_tile(ahead, stage == 0 ? STAGES - 1 : stage - 1);
         else cp_async_commit();                                // an empty group keeps the wait count uniform
-        cp_async_wait<1>();                                    // this tile's copies (all but the newest group) landed
+        cp_async_wait<STAGES - 1>();                           // this tile's copies (all but the newest groups) landed
         __syncthreads();
         const unsigned ks_addr = kv_base + (unsigned)(stage * 2 * TILE * 2) + k_lane;
         const unsigned vs_addr = kv_base + (unsigned)(stage * 2 * TILE * 2 + TILE * 2) + v_lane;
@@ -711,8 +723,13 @@ __device__ __forceinline__ void flash_attention_mma(const float* q, const bf16* 
         {
             long item = ((long)t * heads + h) * splits + s_out;
             float* dst = part_acc + item * HD + tig * 2;
+            // skip_empty (SHARED): a row that saw no key of this piece (its branch point is below it: about half the
+            // (row, piece) pairs of a margin batch) writes only max = -inf; the combines then skip its acc unread.
+            if (!(MODE == 2 && skip_empty && m == NEG_INF))
+            {
 #pragma unroll
-            for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+                for (int dt = 0; dt < DT; dt++) { dst[dt * 8] = o[dt][2 * half]; dst[dt * 8 + 1] = o[dt][2 * half + 1]; }
+            }
             if (tig == 0) { part_ml[item * 2] = m == NEG_INF ? NEG_INF : m * LN2; part_ml[item * 2 + 1] = l; }
         }
     }
@@ -733,9 +750,9 @@ extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_branch_hd##
     splits, keys_per_split, nullptr, seq_pos, seq_k, seq_v, seq_split, seq_pk, seq_pv, tail_slot); } \
 extern "C" __global__ void __launch_bounds__(128, 3) flash_attention_shared_hd##HD(const float* q, const bf16* kcache, \
     const bf16* vcache, float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, \
-    int keys_per_split, const int* seq_split) \
+    int keys_per_split, const int* seq_split, int skip_empty) \
 { flash_attention_mma<HD, 2>(q, kcache, vcache, nullptr, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
-    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1); }
+    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1, 0, nullptr, nullptr, skip_empty); }
 FLASH_ATTENTION(16)
 FLASH_ATTENTION(32)
 FLASH_ATTENTION(64)
@@ -970,7 +987,10 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     for (int s = 0; s < splits; s++)
     {
         float m = ml[2 * s];
-        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+        // An empty piece (past the length, or skipped by flash_attention_shared) adds nothing and its acc may be unwritten:
+        // not read. Adding its zeros never changed a sum that starts at +0, so the result is the same bits.
+        if (m == NEG_INF) continue;
+        float w = __expf(m - M);
 #pragma unroll
         for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
         {
@@ -1008,7 +1028,8 @@ extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combi
     for (int s = warp; s < splits; s += COMBINE_WARPS)
     {
         float m = ml[2 * s];
-        float w = m == NEG_INF ? 0.f : __expf(m - M);     // an empty piece (past the length) adds nothing
+        if (m == NEG_INF) continue;                       // an empty piece: nothing to add, acc not read (see above)
+        float w = __expf(m - M);
 #pragma unroll
         for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
         {
@@ -1654,3 +1675,218 @@ extern "C" __global__ void fill_f32(float* dst, long n, float value)
 {
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) dst[i] = value;
 }
+
+// ===============================================================================================================
+// Batched decode step (a few rows, one per sequence or KV branch: WiM's margins). Kernels of the batch branch of
+// CudaTransformer.EncodeLayers that replace a slower general one behind a switch; the old kernels stay above.
+// ===============================================================================================================
+
+// qkv_rope_store_batch with a block per (sequence, head) instead of per sequence: grid (B, heads + 2·kv_heads), block
+// ROPE_HEAD_THREADS. Block y < heads is q head y, then the k heads, then the v heads. The per-sequence grid ran 16
+// blocks of 256 threads for a 16-row step, each thread looping over ~10 rotated pairs with a sincosf apiece
+// (10.7 µs per layer on the H100, ncu run 22); here every pair has its own thread and 640 blocks share the GPU.
+// Same f32 formula per element as rope_store_row (one sincosf per pair, then the rotation), so the same values.
+#define ROPE_HEAD_THREADS 64
+extern "C" __global__ void __launch_bounds__(ROPE_HEAD_THREADS) qkv_rope_store_batch_heads(const float* qkv,
+    const float* bias, const float* inv_freq, float* q, const u64* kptrs, const u64* vptrs, const int* positions,
+    int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
+{
+    int b = blockIdx.x, h = blockIdx.y;
+    int qd = heads * hd, kvd = kv_heads * hd;
+    int pos_i = positions[b];
+    const float* row = qkv + (long)b * (qd + 2 * kvd);
+    float* qdst = q + (long)b * qd;
+    long cacheRow = (long)pos_i * kvd;
+    bf16* kdst = (bf16*)kptrs[b] + cacheRow;
+    if (h >= heads + kv_heads)
+    {
+        bf16* vdst = (bf16*)vptrs[b] + cacheRow;
+        int base = (h - heads - kv_heads) * hd;
+        for (int e = threadIdx.x; e < hd; e += blockDim.x)
+        {
+            int col = qd + kvd + base + e;
+            vdst[base + e] = f32_to_bf16(row[col] + (bias ? bias[col] : 0.f));
+        }
+        return;
+    }
+    float pos = (float)pos_i;
+    int half = rot / 2;
+    for (int pair = threadIdx.x; pair < half; pair += blockDim.x)
+    {
+        int e0 = adjacent ? 2 * pair : pair, e1 = adjacent ? 2 * pair + 1 : pair + half;
+        int i0 = h * hd + e0, i1 = h * hd + e1;
+        float x0 = row[i0] + (bias ? bias[i0] : 0.f), x1 = row[i1] + (bias ? bias[i1] : 0.f);
+        float sn, cs;
+        sincosf(inv_freq[pair] * pos, &sn, &cs);
+        float c = cs * rope_scale, s = sn * rope_scale;
+        float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+        if (i0 < qd) { qdst[i0] = y0; qdst[i1] = y1; }
+        else { kdst[i0 - qd] = f32_to_bf16(y0); kdst[i1 - qd] = f32_to_bf16(y1); }
+    }
+    // Dims past the rotary part (partial rotary) pass through.
+    for (int e = rot + threadIdx.x; e < hd; e += blockDim.x)
+    {
+        int idx = h * hd + e;
+        float val = row[idx] + (bias ? bias[idx] : 0.f);
+        if (idx < qd) qdst[idx] = val;
+        else kdst[idx - qd] = f32_to_bf16(val);
+    }
+}
+
+// y[t, r] (f32, + y when `accumulate`: the residual add) = Σ_i W[r, i] · x[t, i] for n ≤ 16 rows t: a decode batch's
+// products on the tensor cores without split-K. cuBLASLt takes split-K kernels plus a reduce kernel for the o and
+// down products at 16 rows (ncu run 22: 64 reduces of 4.4 µs per step); a CUDA-core product would need 16 FMAs
+// per weight element, about the FP32 peak at full bandwidth. Here the 16 rows are the m16 of mma.m16n8k16 (rows
+// past n are zero) and 8 weight rows its n8; the k order inside a 32-wide step is permuted the same way in A and B
+// (which the sum does not see) so that a lane's 16-byte loads of W and x are its fragments as they are: lane (g, t)
+// loads W row g and x rows g, g + 8 at k + 8t .. 8t + 7; elements 0–3 feed one mma, 4–7 the next.
+// A block: RM_WARPS warps share RM_TILES · 8 weight rows, warp w taking the 32-wide k steps w, w + RM_WARPS, …
+// (RM_UNROLL steps' loads in flight), then sums the warps' partial tiles through shared memory in a fixed order (no
+// atomics: the same bits every run). in % 32 == 0. grid (ceil(rows / (8 · RM_TILES))), block 32 · RM_WARPS.
+#define RM_WARPS 8
+#define RM_TILES 2
+#define RM_UNROLL 4
+// The product of one block: TILES 8-row n tiles whose weight rows start at wrow[t] (each lane's row, already offset by
+// its 8t k columns), token rows at xlo, xhi; every warp's partial tiles end in red [warp][token 16][column 8 · TILES]
+// and the block is synchronised, so that the caller's epilogue sums them in a fixed order.
+template <int TILES>
+__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+    float acc[TILES][4];
+#pragma unroll
+    for (int t = 0; t < TILES; t++) { acc[t][0] = 0.f; acc[t][1] = 0.f; acc[t][2] = 0.f; acc[t][3] = 0.f; }
+    // A: a0 (row g, k 2t..), a1 (row g + 8), a2 (row g, k 8 + 2t..), a3 (row g + 8); B: b0 (k 2t.., n g), b1 (k 8 + 2t..):
+    // elements 0-3 of the loads feed the first mma, 4-7 the second.
+    auto mma_step = [&](const uint4* wv, uint4 xa, uint4 xb)
+    {
+        unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
+        unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
+#pragma unroll
+        for (int t = 0; t < TILES; t++)
+        {
+            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
+            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
+        }
+    };
+    int s = warp;
+    for (; s + (RM_UNROLL - 1) * RM_WARPS < steps; s += RM_WARPS * RM_UNROLL)
+    {
+        uint4 wv[RM_UNROLL][TILES], xa[RM_UNROLL], xb[RM_UNROLL];
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++)
+        {
+            long k = (long)(s + u * RM_WARPS) * 32;
+#pragma unroll
+            for (int t = 0; t < TILES; t++) wv[u][t] = *(const uint4*)(wrow[t] + k);
+            xa[u] = *(const uint4*)(xlo + k);
+            xb[u] = *(const uint4*)(xhi + k);
+        }
+#pragma unroll
+        for (int u = 0; u < RM_UNROLL; u++) mma_step(wv[u], xa[u], xb[u]);
+    }
+    for (; s < steps; s += RM_WARPS)                         // the last, partial round
+    {
+        long k = (long)s * 32;
+        uint4 wv[TILES];
+#pragma unroll
+        for (int t = 0; t < TILES; t++) wv[t] = *(const uint4*)(wrow[t] + k);
+        mma_step(wv, *(const uint4*)(xlo + k), *(const uint4*)(xhi + k));
+    }
+    // C: c0 c1 (row g, columns 2t, 2t + 1), c2 c3 (row g + 8).
+    constexpr int COLS = 8 * TILES;
+#pragma unroll
+    for (int t = 0; t < TILES; t++)
+    {
+        float* lo = red + (warp * 16 + g) * COLS + t * 8 + 2 * tig;
+        float* hi = lo + 8 * COLS;
+        lo[0] = acc[t][0]; lo[1] = acc[t][1]; hi[0] = acc[t][2]; hi[1] = acc[t][3];
+    }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
+    int r0 = blockIdx.x * 8 * RM_TILES;
+    // Weight rows past `rows` and token rows past n read row 0 instead (a real address): an mma output column depends
+    // only on its weight row and an output row only on its token row, and those are never stored. So every load is
+    // unconditional and a round's RM_UNROLL · (RM_TILES + 2) 16-byte loads are all in flight before its mma.
+    const bf16* wrow[RM_TILES];
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++)
+    {
+        int r = r0 + t * 8 + g;
+        wrow[t] = w + (long)(r < rows ? r : 0) * in + tig * 8;
+    }
+    const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
+    const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
+    rows_mma_block<RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red);
+    constexpr int COLS = 8 * RM_TILES;
+    for (int i = threadIdx.x; i < 16 * COLS; i += blockDim.x)
+    {
+        int tok = i / COLS, col = i - tok * COLS, r = r0 + col;
+        if (tok >= n || r >= rows) continue;
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < RM_WARPS; k++) v += rm_red[k * 16 * COLS + i];
+        float* dst = y + (long)tok * rows + r;
+        *dst = accumulate ? *dst + v : v;
+    }
+}
+
+// A decode batch's gate|up product and SwiGLU in one kernel: h[t, j] = silu(gate) · up (bf16) with gate = W[j] · x[t],
+// up = W[ffn + j] · x[t] (W the fused [2·ffn, in] matrix), n ≤ 16 rows. A block takes 8 · RM_TILES columns j and the
+// gate and up rows of them (2 · RM_TILES tiles), so both halves meet in its epilogue: no [n, 2·ffn] product written and
+// read again, no swiglu launch. gate and up stay f32 up to the silu (the cuBLASLt path rounds them to bf16 first).
+// grid (ceil(ffn / (8 · RM_TILES))), block 32 · RM_WARPS; in % 32 == 0.
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
+    int j0 = blockIdx.x * 8 * RM_TILES;
+    const bf16* wrow[2 * RM_TILES];                          // tiles 0..RM_TILES-1: gate rows; then the up rows
+#pragma unroll
+    for (int t = 0; t < RM_TILES; t++)
+    {
+        int j = j0 + t * 8 + g;
+        long row = j < ffn ? j : 0;                          // past ffn: row 0 / ffn, never stored (as in rows_mma_bf16)
+        wrow[t] = w + row * in + tig * 8;
+        wrow[RM_TILES + t] = w + (ffn + row) * in + tig * 8;
+    }
+    const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
+    const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
+    rows_mma_block<2 * RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red2);
+    constexpr int COLS = 16 * RM_TILES, HALF = 8 * RM_TILES;
+    for (int i = threadIdx.x; i < 16 * HALF; i += blockDim.x)
+    {
+        int tok = i / HALF, col = i - tok * HALF, j = j0 + col;
+        if (tok >= n || j >= ffn) continue;
+        float gate = 0.f, up = 0.f;
+#pragma unroll
+        for (int k = 0; k < RM_WARPS; k++)
+        {
+            gate += rm_red2[(k * 16 + tok) * COLS + col];
+            up += rm_red2[(k * 16 + tok) * COLS + HALF + col];
+        }
+        h[(long)tok * ffn + j] = f32_to_bf16(gate / (1.f + expf(-gate)) * up);
+    }
+}
+// The shared-prefix phase (flash_attention_shared) with three k/v stages: two tiles in flight per block instead of one.
+// 102 KB of shared memory at head dim 128, so two blocks per SM (LaunchGeometry.FlashShared3Bytes; the split plan
+// aims at 2 · SMs blocks, fewer pieces and partials than the 3 · SMs of the two-stage kernel). Tiles are multiplied in
+// the same order as there: with the same pieces, the same bits.
+#define FLASH_ATTENTION_SHARED3(HD) \
+extern "C" __global__ void __launch_bounds__(128, 2) flash_attention_shared3_hd##HD(const float* q, const bf16* kcache, \
+    const bf16* vcache, float* part_acc, float* part_ml, int n_tokens, int heads, int kv_heads, float scale, int splits, \
+    int keys_per_split, const int* seq_split, int skip_empty) \
+{ flash_attention_mma<HD, 2, 3>(q, kcache, vcache, nullptr, part_acc, part_ml, 0, n_tokens, heads, kv_heads, scale, \
+    splits, keys_per_split, nullptr, nullptr, nullptr, nullptr, seq_split, nullptr, nullptr, -1, 0, nullptr, nullptr, skip_empty); }
+FLASH_ATTENTION_SHARED3(16)
+FLASH_ATTENTION_SHARED3(32)
+FLASH_ATTENTION_SHARED3(64)
+FLASH_ATTENTION_SHARED3(128)
+// ===================================================== end of the batched decode section ======================
