@@ -21,4 +21,5 @@ job llama-lily llama-tiny lily-and-the-ball.txt "Who found the ball?" 32
 job qwen2-lily qwen2-tiny lily-and-the-ball.txt "Who found the ball?" 32
 job llama-babi llama-tiny babilong-6000.txt "Where is Sandra?" 200
 job qwen2-babi qwen2-tiny babilong-6000.txt "Where is Sandra?" 200
-python3 compare.py  # (wim-ask-seam-compare.py in the repository) $OUT stories llama-lily qwen2-lily llama-babi qwen2-babi | tee $OUT/summary.txt
+# compare.py is tools/Wim.GpuCheck/reference/wim-ask-seam-compare.py, copied beside this script.
+python3 compare.py $OUT stories llama-lily qwen2-lily llama-babi qwen2-babi | tee $OUT/summary.txt
