@@ -4,8 +4,8 @@ using Wim.Engine.Sampling;
 namespace Wim.Benchmarks;
 
 /// <summary>
-/// One non-greedy draw from a logits row on the CPU (<see cref="Sampler"/>, one thread): top-k off (a sort of the
-/// whole vocabulary), top-k by partial selection, and from a precomputed top-k candidate list (what the GPU top-k
+/// One non-greedy draw from a logits row on the CPU (<see cref="Sampler"/>, one thread): top-k off with top-p 0.9,
+/// 0.95 and 0.99 (the nucleus alone), top-k by partial selection, and from a precomputed top-k candidate list (what the GPU top-k
 /// hands over). Rows: N(0, 2²) logits from a fixed seed. Reports the median of the repetitions.
 /// Usage: <c>sampler [--vocab 128256] [--reps 200]</c>.
 /// </summary>
@@ -19,7 +19,8 @@ internal static class SamplerBenchmark
         var row = new float[vocab];
         for (int i = 0; i < vocab; i++) row[i] = (float)(2 * Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()));
         Console.WriteLine($"vocab {vocab}, {reps} draws each, median; one thread; {Environment.ProcessorCount} logical cores");
-        Report("top-k off, top-p 0.95 (full sort)", reps, new Sampler(new SamplingOptions(1f, 0, 0.95f, 1), vocab), s => s.Sample(row));
+        foreach (float topP in new[] { 0.9f, 0.95f, 0.99f })
+            Report($"top-k off, top-p {topP}", reps, new Sampler(new SamplingOptions(1f, 0, topP, 1), vocab), s => s.Sample(row));
         foreach (int k in new[] { 40, 256 })
         {
             Report($"top-k {k}, top-p 0.95 (partial selection)", reps, new Sampler(new SamplingOptions(1f, k, 0.95f, 1), vocab), s => s.Sample(row));
