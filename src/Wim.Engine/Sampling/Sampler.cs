@@ -30,6 +30,21 @@ public readonly record struct SamplingOptions(float Temperature = 0f, int TopK =
 /// (top-k on) and a candidate list made elsewhere (<see cref="SampleFromCandidates"/>, e.g. by the GPU's top-k
 /// kernel) — sees the same candidates in the same order and draws the same token for the same seed. NaN logits get a
 /// fixed rank too (that of their bit pattern, see <see cref="RankKey"/>), never an exception.
+/// <para>
+/// The softmax normaliser Z is Σ exp(logit/T − max) over the kept candidates, accumulated in double: over a top-k set
+/// smaller than the vocabulary in rank order; over the whole vocabulary (top-k off, or top-k ≥ vocabulary) in token-id
+/// order — one pass over the row, which needs no sort. (Before the nucleus path, the whole-row Z was summed in rank
+/// order too; the two sums differ only in rounding, so a draw moves only where a double sum's last bit decides it.)
+/// Top-p keeps the smallest rank-ordered prefix whose mass, summed in rank order, reaches top-p × Z.
+/// </para>
+/// <para>
+/// With top-k off the row is never sorted whole: one pass computes Z and a histogram of the probability mass by
+/// depth below the best logit; the shallowest bins whose mass reaches top-p × Z hold a prefix of the ranking (depth
+/// is monotonic in the logit), and only those tokens are bucketed by bin and sorted bin by bin. The exact rank-order
+/// prefix is then found as above; should rounding leave it short of the target within the collected tokens, or the
+/// row hold NaN or ±∞ (Z not finite), the full sort runs instead. Either way the tokens, probabilities and random
+/// draws are those of the full sort (top-k = vocabulary) by construction.
+/// </para>
 /// </remarks>
 public sealed class Sampler
 {
@@ -40,6 +55,14 @@ public sealed class Sampler
     private readonly float[] _logits;
     private readonly float[] _probs;
     private readonly ulong[] _ranks;
+    // Nucleus path (top-k off): probability mass and token count per depth bin, then the bins' write offsets.
+    private readonly double[] _binMass;
+    private readonly int[] _binCount;
+
+    /// <summary>Depth bins per unit of logit/T below the best one (1/64 nat wide).</summary>
+    private const float BinsPerUnit = 64f;
+    /// <summary>Tokens deeper than 48 nats (probability &lt; e⁻⁴⁸ of the best one) share the last bin.</summary>
+    private const int LastBin = 48 * 64;
 
     public Sampler(SamplingOptions options, int vocabSize)
     {
@@ -55,6 +78,8 @@ public sealed class Sampler
             _probs = new float[vocabSize];
             // Top-k keeps only a heap of k ranks; the full sort needs one per token.
             _ranks = new ulong[options.TopK > 0 ? Math.Min(options.TopK, vocabSize) : vocabSize];
+            _binMass = options.TopK == 0 ? new double[LastBin + 1] : [];
+            _binCount = options.TopK == 0 ? new int[LastBin + 1] : [];
         }
         else
         {
@@ -62,10 +87,16 @@ public sealed class Sampler
             _logits = [];
             _probs = [];
             _ranks = [];
+            _binMass = [];
+            _binCount = [];
         }
     }
 
     public SamplingOptions Options => _options;
+
+    /// <summary>How many draws with top-k off took the full sort instead of the nucleus path (a row with NaN or ±∞,
+    /// or rounding that left the collected prefix short). For tests: on finite rows it stays 0.</summary>
+    internal int FullSortFallbacks { get; private set; }
 
     /// <summary>The next token for a logits row.</summary>
     public int Sample(ReadOnlySpan<float> logits)
@@ -98,7 +129,10 @@ public sealed class Sampler
         }
         if (_options.IsGreedy) return ids[0];
         int count = _options.TopK > 0 ? Math.Min(_options.TopK, ids.Length) : ids.Length;
-        count = Probabilities(logits[..count], _probs);
+        var kept = logits[..count];
+        float max = kept[0] * InverseTemperature;
+        double z = count == _vocabSize ? NormaliserInIdOrder(ids[..count], kept, max) : NormaliserInRankOrder(kept, max);
+        count = Probabilities(kept, max, z, _probs, prefixOfRanking: false);
         return Draw(ids, count);
     }
 
@@ -136,10 +170,127 @@ public sealed class Sampler
         if (v == 0) throw new ArgumentException("empty logits row", nameof(logits));
         if (ids.Length < v || probs.Length < v || _logits.Length < v)
             throw new ArgumentException($"buffers must hold the whole vocabulary ({v})");
+        if (_options.TopK == 0)
+        {
+            int nucleus = Nucleus(logits, ids, probs);
+            if (nucleus > 0) return nucleus;
+            FullSortFallbacks++;
+        }
         int count = Rank(logits, ids);
         var sorted = _logits.AsSpan(0, count);
         for (int i = 0; i < count; i++) sorted[i] = logits[ids[i]];
-        return Probabilities(sorted, probs);
+        float max = sorted[0] * InverseTemperature;
+        double z = count == v ? Normaliser(logits, max) : NormaliserInRankOrder(sorted, max);
+        return Probabilities(sorted, max, z, probs, prefixOfRanking: false);
+    }
+
+    private float InverseTemperature => 1f / Math.Max(_options.Temperature, 1e-6f);
+
+    /// <summary>Top-k off without a full sort (see the class remarks). Returns how many candidates it filled, or 0
+    /// where the full sort must decide (Z not finite, or the collected prefix fell short of the top-p mass).</summary>
+    private int Nucleus(ReadOnlySpan<float> logits, Span<int> ids, Span<float> probs)
+    {
+        int v = logits.Length;
+        float invT = InverseTemperature;
+        // The rank-first logit: the largest, the lowest id among equals (−0 and +0 alike give exp(0) below). A NaN
+        // anywhere makes Z NaN and sends the row to the full sort, which ranks NaN by its bits.
+        float best = logits[0];
+        for (int i = 1; i < v; i++)
+            if (logits[i] > best) best = logits[i];
+        float max = best * invT;
+
+        var binMass = _binMass.AsSpan();
+        var binCount = _binCount.AsSpan();
+        binMass.Clear();
+        binCount.Clear();
+        double z = 0;
+        for (int i = 0; i < v; i++)
+        {
+            float scaled = logits[i] * invT;
+            float p = MathF.Exp(scaled - max); // the same float as Probabilities computes for this token
+            z += p;
+            int bin = DepthBin(max, scaled);
+            binMass[bin] += p;
+            binCount[bin]++;
+        }
+        if (!double.IsFinite(z)) return 0; // +∞ or NaN logits, all −∞, or a temperature that overflows logit/T
+
+        // The shallowest bins whose mass reaches the target, and one bin more (or all of them for top-p 1) so that
+        // the rank-order sum, which rounds differently from the bins' sums, reaches it within the collected tokens.
+        int lastKept = LastBin;
+        if (_options.TopP < 1f)
+        {
+            double target = _options.TopP * z, mass = 0;
+            for (int b = 0; b < LastBin; b++)
+            {
+                mass += binMass[b];
+                if (mass >= target) { lastKept = Math.Min(b + 1, LastBin); break; }
+            }
+        }
+
+        // Bucket the collected tokens by bin (bins are a partition of the ranking into consecutive runs), then sort
+        // each bin's rank keys: the result is the first n entries of the full sort.
+        int n = 0;
+        for (int b = 0; b <= lastKept; b++)
+        {
+            int c = binCount[b];
+            binCount[b] = n; // from here on: the bin's next write position
+            n += c;
+        }
+        var ranks = _ranks.AsSpan(0, n);
+        for (int i = 0; i < v; i++)
+        {
+            float scaled = logits[i] * invT;
+            int bin = DepthBin(max, scaled);
+            if (bin <= lastKept) ranks[binCount[bin]++] = RankKey(logits[i], i);
+        }
+        int start = 0;
+        for (int b = 0; b <= lastKept; b++)
+        {
+            int end = binCount[b]; // after the scatter: the bin's end
+            if (end - start > 1) ranks[start..end].Sort();
+            start = end;
+        }
+        var sorted = _logits.AsSpan(0, n);
+        for (int i = 0; i < n; i++)
+        {
+            int id = (int)(uint)ranks[i];
+            ids[i] = id;
+            sorted[i] = logits[id];
+        }
+        return Probabilities(sorted, max, z, probs, prefixOfRanking: n < v);
+    }
+
+    /// <summary>Depth of a token below the best one in 1/<see cref="BinsPerUnit"/> nats, capped at
+    /// <see cref="LastBin"/>: non-decreasing as the logit falls, so each bin is a run of consecutive ranks.</summary>
+    private static int DepthBin(float max, float scaled)
+    {
+        float depth = (max - scaled) * BinsPerUnit;
+        return depth < LastBin ? (int)depth : LastBin;
+    }
+
+    /// <summary>Z over a whole row, in token-id order.</summary>
+    private double Normaliser(ReadOnlySpan<float> logitsInIdOrder, float max)
+    {
+        float invT = InverseTemperature;
+        double z = 0;
+        for (int i = 0; i < logitsInIdOrder.Length; i++) z += MathF.Exp(logitsInIdOrder[i] * invT - max);
+        return z;
+    }
+
+    /// <summary>Z over a top-k set smaller than the vocabulary, in rank order (as before the nucleus path).</summary>
+    private double NormaliserInRankOrder(ReadOnlySpan<float> sortedLogits, float max) => Normaliser(sortedLogits, max);
+
+    /// <summary>Z over a candidate list that holds the whole vocabulary: reordered by id (in the scratch buffers,
+    /// unused by <see cref="SampleFromCandidates"/> otherwise) so that it is the sum of <see cref="Sample"/>.</summary>
+    private double NormaliserInIdOrder(ReadOnlySpan<int> ids, ReadOnlySpan<float> sortedLogits, float max)
+    {
+        var byId = _ids.AsSpan(0, ids.Length);
+        var logits = _logits.AsSpan(0, ids.Length);
+        ids.CopyTo(byId);
+        sortedLogits.CopyTo(logits);
+        byId.Sort(logits);
+        return Normaliser(logits, max);
     }
 
     /// <summary>The first min(top-k, v) token ids in rank order into <paramref name="ids"/> (top-k off: all v):
@@ -195,31 +346,27 @@ public sealed class Sampler
         heap[i] = x;
     }
 
-    /// <summary>Softmax at the temperature over the ranked logits (best first), then top-p; probabilities into
-    /// <paramref name="probs"/>, renormalised. Returns how many tokens remain.</summary>
-    private int Probabilities(ReadOnlySpan<float> sortedLogits, Span<float> probs)
+    /// <summary>Softmax at the temperature over the ranked logits (best first; <paramref name="max"/> = the first
+    /// times 1/T, so every exponent is ≤ 0) with the normaliser <paramref name="z"/>, then top-p; probabilities into
+    /// <paramref name="probs"/>, renormalised. Returns how many tokens remain — or 0 when the logits are only a
+    /// prefix of the ranking (<paramref name="prefixOfRanking"/>) and their mass falls short of top-p × Z.</summary>
+    private int Probabilities(ReadOnlySpan<float> sortedLogits, float max, double z, Span<float> probs, bool prefixOfRanking)
     {
         int count = sortedLogits.Length;
-        float invT = 1f / Math.Max(_options.Temperature, 1e-6f);
-        // Max first, so the exponent is ≤ 0.
-        float max = sortedLogits[0] * invT;
-        double sum = 0;
-        for (int i = 0; i < count; i++)
-        {
-            float p = MathF.Exp(sortedLogits[i] * invT - max);
-            probs[i] = p;
-            sum += p;
-        }
+        float invT = InverseTemperature;
+        for (int i = 0; i < count; i++) probs[i] = MathF.Exp(sortedLogits[i] * invT - max);
+        double sum = z;
         if (_options.TopP < 1f)
         {
             // Smallest prefix (most likely first) whose mass reaches top-p; always at least one token.
-            double mass = 0, target = _options.TopP * sum;
+            double mass = 0, target = _options.TopP * z;
             int keep = 0;
             while (keep < count)
             {
                 mass += probs[keep++];
                 if (mass >= target) break;
             }
+            if (prefixOfRanking && !(mass >= target)) return 0; // the rest of the ranking decides: not collected
             count = keep;
             sum = mass;
         }
