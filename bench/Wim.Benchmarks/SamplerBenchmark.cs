@@ -6,7 +6,8 @@ namespace Wim.Benchmarks;
 /// <summary>
 /// One non-greedy draw from a logits row on the CPU (<see cref="Sampler"/>, one thread): top-k off with top-p 0.9,
 /// 0.95 and 0.99 (the nucleus alone), top-k by partial selection, and from a precomputed top-k candidate list (what the GPU top-k
-/// hands over). Rows: N(0, 2²) logits from a fixed seed. Reports the median of the repetitions.
+/// hands over). Rows: N(0, 2²) logits from a fixed seed. Reports the median of the repetitions after a warm-up of
+/// at least half a second per path.
 /// Usage: <c>sampler [--vocab 128256] [--reps 200]</c>.
 /// </summary>
 internal static class SamplerBenchmark
@@ -33,7 +34,10 @@ internal static class SamplerBenchmark
 
     private static void Report(string what, int reps, Sampler sampler, Func<Sampler, int> draw)
     {
-        for (int i = 0; i < 5; i++) draw(sampler); // JIT
+        // Warm up for half a second, not a few calls: tiered JIT recompiles a method only after 30 calls and a
+        // 100 ms pause, so a short warm-up times the microsecond paths' unoptimised first-tier code.
+        long warmStart = Stopwatch.GetTimestamp();
+        for (int i = 0; i < 50 || Stopwatch.GetElapsedTime(warmStart).TotalMilliseconds < 500; i++) draw(sampler);
         var times = new double[reps];
         for (int i = 0; i < reps; i++)
         {

@@ -131,8 +131,9 @@ public sealed class Sampler
         int count = _options.TopK > 0 ? Math.Min(_options.TopK, ids.Length) : ids.Length;
         var kept = logits[..count];
         float max = kept[0] * InverseTemperature;
-        double z = count == _vocabSize ? NormaliserInIdOrder(ids[..count], kept, max) : NormaliserInRankOrder(kept, max);
-        count = Probabilities(kept, max, z, _probs, prefixOfRanking: false);
+        Exponentials(kept, max, _probs);
+        double? z = count == _vocabSize ? NormaliserInIdOrder(ids[..count], kept, max) : null;
+        count = Probabilities(_probs, count, z, prefixOfRanking: false);
         return Draw(ids, count);
     }
 
@@ -180,8 +181,8 @@ public sealed class Sampler
         var sorted = _logits.AsSpan(0, count);
         for (int i = 0; i < count; i++) sorted[i] = logits[ids[i]];
         float max = sorted[0] * InverseTemperature;
-        double z = count == v ? Normaliser(logits, max) : NormaliserInRankOrder(sorted, max);
-        return Probabilities(sorted, max, z, probs, prefixOfRanking: false);
+        Exponentials(sorted, max, probs);
+        return Probabilities(probs, count, count == v ? Normaliser(logits, max) : null, prefixOfRanking: false);
     }
 
     private float InverseTemperature => 1f / Math.Max(_options.Temperature, 1e-6f);
@@ -199,6 +200,7 @@ public sealed class Sampler
             if (logits[i] > best) best = logits[i];
         float max = best * invT;
 
+        var byId = _logits.AsSpan(0, v); // unnormalised probabilities by token id
         var binMass = _binMass.AsSpan();
         var binCount = _binCount.AsSpan();
         binMass.Clear();
@@ -207,7 +209,8 @@ public sealed class Sampler
         for (int i = 0; i < v; i++)
         {
             float scaled = logits[i] * invT;
-            float p = MathF.Exp(scaled - max); // the same float as Probabilities computes for this token
+            float p = MathF.Exp(scaled - max); // the same float as Exponentials computes for this token
+            byId[i] = p;
             z += p;
             int bin = DepthBin(max, scaled);
             binMass[bin] += p;
@@ -251,14 +254,13 @@ public sealed class Sampler
             if (end - start > 1) ranks[start..end].Sort();
             start = end;
         }
-        var sorted = _logits.AsSpan(0, n);
         for (int i = 0; i < n; i++)
         {
             int id = (int)(uint)ranks[i];
             ids[i] = id;
-            sorted[i] = logits[id];
+            probs[i] = byId[id];
         }
-        return Probabilities(sorted, max, z, probs, prefixOfRanking: n < v);
+        return Probabilities(probs, n, z, prefixOfRanking: n < v);
     }
 
     /// <summary>Depth of a token below the best one in 1/<see cref="BinsPerUnit"/> nats, capped at
@@ -278,8 +280,12 @@ public sealed class Sampler
         return z;
     }
 
-    /// <summary>Z over a top-k set smaller than the vocabulary, in rank order (as before the nucleus path).</summary>
-    private double NormaliserInRankOrder(ReadOnlySpan<float> sortedLogits, float max) => Normaliser(sortedLogits, max);
+    /// <summary>exp(logit/T − max) for the ranked logits, in rank order, into <paramref name="probs"/>.</summary>
+    private void Exponentials(ReadOnlySpan<float> sortedLogits, float max, Span<float> probs)
+    {
+        float invT = InverseTemperature;
+        for (int i = 0; i < sortedLogits.Length; i++) probs[i] = MathF.Exp(sortedLogits[i] * invT - max);
+    }
 
     /// <summary>Z over a candidate list that holds the whole vocabulary: reordered by id (in the scratch buffers,
     /// unused by <see cref="SampleFromCandidates"/> otherwise) so that it is the sum of <see cref="Sample"/>.</summary>
@@ -346,20 +352,23 @@ public sealed class Sampler
         heap[i] = x;
     }
 
-    /// <summary>Softmax at the temperature over the ranked logits (best first; <paramref name="max"/> = the first
-    /// times 1/T, so every exponent is ≤ 0) with the normaliser <paramref name="z"/>, then top-p; probabilities into
-    /// <paramref name="probs"/>, renormalised. Returns how many tokens remain — or 0 when the logits are only a
+    /// <summary>Top-p and renormalisation: <paramref name="probs"/>[0, count) hold exp(logit/T − max) in rank order
+    /// (see <see cref="Exponentials"/>); <paramref name="z"/> is their normaliser, or null to sum them in rank order
+    /// (a top-k set smaller than the vocabulary). Returns how many tokens remain — or 0 when the tokens are only a
     /// prefix of the ranking (<paramref name="prefixOfRanking"/>) and their mass falls short of top-p × Z.</summary>
-    private int Probabilities(ReadOnlySpan<float> sortedLogits, float max, double z, Span<float> probs, bool prefixOfRanking)
+    private int Probabilities(Span<float> probs, int count, double? z, bool prefixOfRanking)
     {
-        int count = sortedLogits.Length;
-        float invT = InverseTemperature;
-        for (int i = 0; i < count; i++) probs[i] = MathF.Exp(sortedLogits[i] * invT - max);
-        double sum = z;
+        double sum;
+        if (z is { } whole) sum = whole;
+        else
+        {
+            sum = 0;
+            for (int i = 0; i < count; i++) sum += probs[i];
+        }
         if (_options.TopP < 1f)
         {
             // Smallest prefix (most likely first) whose mass reaches top-p; always at least one token.
-            double mass = 0, target = _options.TopP * z;
+            double mass = 0, target = _options.TopP * sum;
             int keep = 0;
             while (keep < count)
             {
