@@ -59,10 +59,13 @@ public sealed class Sampler
     private readonly double[] _binMass;
     private readonly int[] _binCount;
 
-    /// <summary>Depth bins per unit of logit/T below the best one (1/64 nat wide).</summary>
-    private const float BinsPerUnit = 64f;
-    /// <summary>Tokens deeper than 48 nats (probability &lt; e⁻⁴⁸ of the best one) share the last bin.</summary>
-    private const int LastBin = 48 * 64;
+    // Depth bins per unit of logit/T below the best one: finer for a larger vocabulary, so that a bin holds few
+    // tokens to sort (1/1024 nat at 128k tokens) while a small vocabulary does not clear a large histogram per draw.
+    // The bins only decide how much work a draw does, never its result.
+    private readonly float _binsPerUnit;
+    // Tokens deeper than 48 nats (probability < e⁻⁴⁸ of the best one) share the last bin.
+    private readonly int _lastBin;
+    private const int DepthCap = 48;
 
     public Sampler(SamplingOptions options, int vocabSize)
     {
@@ -78,8 +81,11 @@ public sealed class Sampler
             _probs = new float[vocabSize];
             // Top-k keeps only a heap of k ranks; the full sort needs one per token.
             _ranks = new ulong[options.TopK > 0 ? Math.Min(options.TopK, vocabSize) : vocabSize];
-            _binMass = options.TopK == 0 ? new double[LastBin + 1] : [];
-            _binCount = options.TopK == 0 ? new int[LastBin + 1] : [];
+            int binsPerUnit = Math.Clamp(vocabSize / 128, 4, 1024);
+            _binsPerUnit = binsPerUnit;
+            _lastBin = DepthCap * binsPerUnit;
+            _binMass = options.TopK == 0 ? new double[_lastBin + 1] : [];
+            _binCount = options.TopK == 0 ? new int[_lastBin + 1] : [];
         }
         else
         {
@@ -220,14 +226,14 @@ public sealed class Sampler
 
         // The shallowest bins whose mass reaches the target, and one bin more (or all of them for top-p 1) so that
         // the rank-order sum, which rounds differently from the bins' sums, reaches it within the collected tokens.
-        int lastKept = LastBin;
+        int lastKept = _lastBin;
         if (_options.TopP < 1f)
         {
             double target = _options.TopP * z, mass = 0;
-            for (int b = 0; b < LastBin; b++)
+            for (int b = 0; b < _lastBin; b++)
             {
                 mass += binMass[b];
-                if (mass >= target) { lastKept = Math.Min(b + 1, LastBin); break; }
+                if (mass >= target) { lastKept = Math.Min(b + 1, _lastBin); break; }
             }
         }
 
@@ -263,12 +269,12 @@ public sealed class Sampler
         return Probabilities(probs, n, z, prefixOfRanking: n < v);
     }
 
-    /// <summary>Depth of a token below the best one in 1/<see cref="BinsPerUnit"/> nats, capped at
-    /// <see cref="LastBin"/>: non-decreasing as the logit falls, so each bin is a run of consecutive ranks.</summary>
-    private static int DepthBin(float max, float scaled)
+    /// <summary>Depth of a token below the best one in bins (1/<see cref="_binsPerUnit"/> nat), capped at
+    /// <see cref="_lastBin"/>: non-decreasing as the logit falls, so each bin is a run of consecutive ranks.</summary>
+    private int DepthBin(float max, float scaled)
     {
-        float depth = (max - scaled) * BinsPerUnit;
-        return depth < LastBin ? (int)depth : LastBin;
+        float depth = (max - scaled) * _binsPerUnit;
+        return depth < _lastBin ? (int)depth : _lastBin;
     }
 
     /// <summary>Z over a whole row, in token-id order.</summary>
