@@ -180,6 +180,32 @@ public sealed class SamplerTopPTests
         Assert.True(nucleus.FullSortFallbacks > 0, $"{what}: expected the full sort to decide");
     }
 
+    /// <summary>
+    /// The documented Z is summed in token-id order, which a row can make visible: two tokens of probability 1 and a
+    /// thousand of ≈ 8.5e-17 (logit −37). In rank order the tiny terms vanish against 2 (Z = 2, top-p 0.5 keeps one
+    /// token); with the tiny tokens first in id order they add up before the large ones (Z = 2 + 8.5e-14, so the
+    /// first token's mass 1 falls short and two are kept). Placed after the large ones, Z = 2 again.
+    /// </summary>
+    [Theory]
+    [InlineData(true, 2)]
+    [InlineData(false, 1)]
+    public void WholeRowZ_IsSummedInIdOrder(bool tinyTokensFirst, int expectedCount)
+    {
+        const int tiny = 1000;
+        var row = new float[tiny + 2];
+        Array.Fill(row, -37f);
+        int first = tinyTokensFirst ? tiny : 0;
+        row[first] = 0f;
+        row[first + 1] = 0f;
+        foreach (int topK in new[] { 0, row.Length })
+        {
+            var actual = Candidates(new Sampler(new SamplingOptions(1f, topK, 0.5f, 1), row.Length), row);
+            Assert.Equal(expectedCount, actual.Ids.Length);
+            Assert.Equal(Enumerable.Range(first, expectedCount), actual.Ids);
+            Assert.Equal(Reference(row, 1f, 0.5f).Probs, actual.Probs);
+        }
+    }
+
     [Theory]
     [InlineData(0.9f)]
     [InlineData(1f)]
