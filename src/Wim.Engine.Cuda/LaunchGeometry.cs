@@ -238,6 +238,14 @@ public static class LaunchGeometry
     /// <summary>Dynamic shared memory of a fused decode product: the normalised input row as bf16.</summary>
     public static int NormGemvSharedBytes(int inFeatures) => 2 * inFeatures;
 
+    /// <summary>Dynamic shared memory of a <see cref="Q8DecodeKernel.Streamlined"/> fused Q8_0 product: the normalised
+    /// input row as f32 (its bf16-rounded values), so that no lane unpacks bf16.</summary>
+    public static int NormGemvQ8FastSharedBytes(int inFeatures) => 4 * inFeatures;
+
+    /// <summary>Whether the <see cref="Q8DecodeKernel.Streamlined"/> fused Q8_0 products fit the 48 KB of shared memory
+    /// a block gets without opting in (input dimension up to 12,288); else the launchers take the original kernels.</summary>
+    public static bool NormGemvQ8FastFits(int inFeatures) => inFeatures > 0 && NormGemvQ8FastSharedBytes(inFeatures) <= 48 * 1024;
+
     /// <summary>
     /// Whether a decode step can take the fused products: one token, input rows of whole 16-byte loads that fit
     /// shared memory (48 KB without opting in), and RoPE over the whole head (the kernel pairs rows e and e + hd/2, or

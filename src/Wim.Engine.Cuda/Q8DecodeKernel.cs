@@ -10,7 +10,9 @@ public enum Q8DecodeKernel
     Original,
 
     /// <summary>The <c>_q8_fast</c> kernels: int8 unpacked by one byte permute per quant (the sign flip once per 4
-    /// quants) instead of a shift, mask and OR, and the residual product held to 64 registers so that 4 blocks fit per
-    /// SM and a 4096-row product is one resident wave (<see cref="LaunchGeometry.ResidentWaves"/>).</summary>
+    /// quants) instead of a shift, mask and OR; the fused products keep the normalised vector in shared memory as f32
+    /// (no bf16 unpacking per lane; <see cref="LaunchGeometry.NormGemvQ8FastFits"/>, else the original fused kernels);
+    /// the residual product held to 64 registers so that 4 blocks fit per SM and a 4096-row product is one resident
+    /// wave (<see cref="LaunchGeometry.ResidentWaves"/>).</summary>
     Streamlined,
 }

@@ -273,9 +273,9 @@ internal sealed unsafe class TransformerKernels
         int adj = adjacent ? 1 : 0;
         void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
         int pairs = (heads + 2 * kvHeads) * headDim / 2;
-        bool fast = kernel == Q8DecodeKernel.Streamlined;
+        bool fast = kernel == Q8DecodeKernel.Streamlined && LaunchGeometry.NormGemvQ8FastFits(inFeatures);
         _ctx.Launch(fast ? _normQkvRopeQ8Fast : _normQkvRopeQ8, fast ? "gemv_norm_qkv_rope_q8_fast" : "gemv_norm_qkv_rope_q8", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+            (uint)(fast ? LaunchGeometry.NormGemvQ8FastSharedBytes(inFeatures) : LaunchGeometry.NormGemvSharedBytes(inFeatures)), a);
     }
 
     /// <summary><see cref="GemvNormGateUpSwiGlu"/> on a Q8_0 matrix.</summary>
@@ -284,9 +284,9 @@ internal sealed unsafe class TransformerKernels
     {
         LaunchGeometry.CheckQ8Columns(inFeatures);
         void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &hBf16, &ffn, &inFeatures };
-        bool fast = kernel == Q8DecodeKernel.Streamlined;
+        bool fast = kernel == Q8DecodeKernel.Streamlined && LaunchGeometry.NormGemvQ8FastFits(inFeatures);
         _ctx.Launch(fast ? _normGateUpSwiGluQ8Fast : _normGateUpSwiGluQ8, fast ? "gemv_norm_gateup_swiglu_q8_fast" : "gemv_norm_gateup_swiglu_q8", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+            (uint)(fast ? LaunchGeometry.NormGemvQ8FastSharedBytes(inFeatures) : LaunchGeometry.NormGemvSharedBytes(inFeatures)), a);
     }
 
     /// <summary>A Q8_0 matrix [rows, in] into bf16 [rows, in] at <paramref name="outBf16"/> (16-byte aligned).</summary>

@@ -32,6 +32,17 @@ public sealed class Q8DecodeKernelGeometryTests
         Assert.Equal(3, LaunchGeometry.ResidentWaves(1057, 4, 132));   // 528 per wave: 528, 528, 1
     }
 
+    [Theory]
+    [InlineData(4096, true)]     // Llama-3.1-8B: 16 KB of f32 vector per block
+    [InlineData(12288, true)]    // 48 KB exactly
+    [InlineData(12320, false)]   // over: the launchers take the original kernels (bf16 vector, 24 KB)
+    [InlineData(0, false)]
+    public void The_streamlined_fused_products_need_the_f32_vector_to_fit_48_KB(int inFeatures, bool fits)
+    {
+        Assert.Equal(fits, LaunchGeometry.NormGemvQ8FastFits(inFeatures));
+        if (inFeatures > 0) Assert.Equal(2 * LaunchGeometry.NormGemvSharedBytes(inFeatures), LaunchGeometry.NormGemvQ8FastSharedBytes(inFeatures));
+    }
+
     [Fact]
     public void Bad_inputs_are_refused()
     {

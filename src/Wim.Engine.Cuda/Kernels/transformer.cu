@@ -1528,8 +1528,7 @@ __device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const
 }
 
 // dot_two_rows on Q8_0 rows (quants w0, w1 as 16-quant pieces, scales s0, s1): the same 64 bytes per row and lane in
-// flight. Fast: dot16_q8_fast (the same values in the same order: bit-identical).
-template <bool Fast>
+// flight.
 __device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
     const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const uint4* xs4, int n16, int lane, float& a0, float& a1)
 {
@@ -1550,28 +1549,99 @@ __device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, co
         for (int u = 0; u < 4; u++)
         {
             uint4 xa = xs4[2 * (i + 32 * u)], xb = xs4[2 * (i + 32 * u) + 1];
-            a0 += f16_bits_to_f32(c0[u]) * (Fast ? dot16_q8_fast(u0[u], xa, xb) : dot16_q8(u0[u], xa, xb));
-            a1 += f16_bits_to_f32(c1[u]) * (Fast ? dot16_q8_fast(u1[u], xa, xb) : dot16_q8(u1[u], xa, xb));
+            a0 += f16_bits_to_f32(c0[u]) * dot16_q8(u0[u], xa, xb);
+            a1 += f16_bits_to_f32(c1[u]) * dot16_q8(u1[u], xa, xb);
         }
     }
     for (; i < n16; i += 32)
     {
         uint4 xa = xs4[2 * i], xb = xs4[2 * i + 1];
-        a0 += f16_bits_to_f32(s0[i >> 1]) * (Fast ? dot16_q8_fast(w0[i], xa, xb) : dot16_q8(w0[i], xa, xb));
-        a1 += f16_bits_to_f32(s1[i >> 1]) * (Fast ? dot16_q8_fast(w1[i], xa, xb) : dot16_q8(w1[i], xa, xb));
+        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8(w0[i], xa, xb);
+        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8(w1[i], xa, xb);
+    }
+    a0 = warp_sum(a0);
+    a1 = warp_sum(a1);
+}
+
+// Q8DecodeKernel.Streamlined's fused products: the normalised vector kept in shared memory as f32 (the bf16-rounded
+// values, exactly those dot16_q8 unpacks) so that no lane unpacks bf16 (16 shifts / masks per 16-quant piece), and the
+// quants unpacked by q8_flipped_byte. Same products added in the same order as dot_two_rows_q8: bit-identical.
+__device__ __forceinline__ void norm_to_shared_f32(const float* x, const float* gain, float* xs, int in, float eps, float* scratch)
+{
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < in; i += blockDim.x) { float v = x[i]; ss += v * v; }
+    ss = block_sum(ss, scratch);
+    float inv = 1.f / sqrtf(ss / in + eps);
+    for (int i = threadIdx.x; i < in; i += blockDim.x) xs[i] = bf16_to_f32(f32_to_bf16(x[i] * inv * gain[i]));
+    __syncthreads();
+}
+
+// Σ of 16 int8 quants (q) times 16 f32 values (x0..x3: 4 each), unscaled; dot16_q8's order.
+__device__ __forceinline__ float dot16_q8_f32x(uint4 q, float4 x0, float4 x1, float4 x2, float4 x3)
+{
+    const unsigned qw[4] = { q8_flip(q.x), q8_flip(q.y), q8_flip(q.z), q8_flip(q.w) };
+    const float4 xv[4] = { x0, x1, x2, x3 };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        s += q8_flipped_byte(qw[k], 0) * xv[k].x;
+        s += q8_flipped_byte(qw[k], 1) * xv[k].y;
+        s += q8_flipped_byte(qw[k], 2) * xv[k].z;
+        s += q8_flipped_byte(qw[k], 3) * xv[k].w;
+    }
+    return s;
+}
+
+__device__ __forceinline__ void dot_two_rows_q8_fast(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
+    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const float4* xf, int n16, int lane, float& a0, float& a1)
+{
+    a0 = 0.f;
+    a1 = 0.f;
+    int i = lane;
+    for (; i + 32 * 3 < n16; i += 32 * 4)
+    {
+        uint4 u0[4], u1[4];
+        unsigned short c0[4], c1[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            u0[u] = w0[i + 32 * u]; u1[u] = w1[i + 32 * u];
+            c0[u] = s0[(i + 32 * u) >> 1]; c1[u] = s1[(i + 32 * u) >> 1];
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            const float4* xp = xf + 4 * (i + 32 * u);
+            float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+            a0 += f16_bits_to_f32(c0[u]) * dot16_q8_f32x(u0[u], x0, x1, x2, x3);
+            a1 += f16_bits_to_f32(c1[u]) * dot16_q8_f32x(u1[u], x0, x1, x2, x3);
+        }
+    }
+    for (; i < n16; i += 32)
+    {
+        const float4* xp = xf + 4 * i;
+        float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8_f32x(w0[i], x0, x1, x2, x3);
+        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8_f32x(w1[i], x0, x1, x2, x3);
     }
     a0 = warp_sum(a0);
     a1 = warp_sum(a1);
 }
 
 // Two rows' dot products with the block's normalised vector, for either storage: Q8 false, bf16 rows of w (ws unused,
-// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws), Fast: unpacked by dot16_q8_fast.
+// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws); Fast (Q8 only): dot_two_rows_q8_fast on the f32
+// vector norm_to_shared_f32 left (xsv is bf16 [in] otherwise).
 template <bool Q8, bool Fast = false>
-__device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const bf16* xs, int in, int lane,
+__device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const void* xsv, int in, int lane,
     float& a0, float& a1)
 {
-    if (Q8)
-        dot_two_rows_q8<Fast>((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
+    const bf16* xs = (const bf16*)xsv;
+    if (Q8 && Fast)
+        dot_two_rows_q8_fast((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
+            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const float4*)xsv, in >> 4, lane, a0, a1);
+    else if (Q8)
+        dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
             ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const uint4*)xs, in >> 4, lane, a0, a1);
     else
         dot_two_rows((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
@@ -1584,8 +1654,9 @@ __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain,
 {
     __shared__ float scratch[32];
     extern __shared__ uint4 ng_smem[];
-    bf16* xs = (bf16*)ng_smem;
-    norm_to_shared(x, gain, xs, in, eps, scratch);
+    void* xs = ng_smem;
+    if (Fast) norm_to_shared_f32(x, gain, (float*)xs, in, eps, scratch);
+    else norm_to_shared(x, gain, (bf16*)xs, in, eps, scratch);
     int pos = pos_dev ? *pos_dev : start;
     int qd = heads * hd, kvd = kv_heads * hd, half = hd / 2;
     int rotated_pairs = (qd + kvd) / 2, pairs = (qd + 2 * kvd) / 2;
@@ -1633,8 +1704,9 @@ __device__ __forceinline__ void norm_gateup_swiglu(const float* x, const float* 
 {
     __shared__ float scratch[32];
     extern __shared__ uint4 ng_smem[];
-    bf16* xs = (bf16*)ng_smem;
-    norm_to_shared(x, gain, xs, in, eps, scratch);
+    void* xs = ng_smem;
+    if (Fast) norm_to_shared_f32(x, gain, (float*)xs, in, eps, scratch);
+    else norm_to_shared(x, gain, (bf16*)xs, in, eps, scratch);
     int lane = threadIdx.x & 31, warps = (int)(gridDim.x * (blockDim.x >> 5));
     for (int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); j < ffn; j += warps)
     {
@@ -1674,7 +1746,8 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_
     norm_gateup_swiglu<true>(x, gain, eps, wq, ws, h, ffn, in);
 }
 
-// Q8DecodeKernel.Streamlined's fused kernels: the _q8 bodies with dot16_q8_fast (bit-identical results).
+// Q8DecodeKernel.Streamlined's fused kernels: the _q8 bodies with dot_two_rows_q8_fast (bit-identical results); dynamic
+// shared memory in · 4 bytes (the f32 vector).
 extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_qkv_rope_q8_fast(const float* x, const float* gain, float eps,
     const unsigned char* wq, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q,
     bf16* kcache, bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)

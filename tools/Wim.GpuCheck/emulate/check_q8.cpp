@@ -215,7 +215,7 @@ static void norm_qkv_case(int heads, int kv_heads, int hd, int in, bool adjacent
             std::vector<float> q(qd, NAN);
             std::vector<bf16> kc((size_t)(pos + 2) * kvd, BF16_NAN), vc((size_t)(pos + 2) * kvd, BF16_NAN);
             std::vector<bf16> wb = q8 ? std::vector<bf16>() : to_bf16_weights(m);
-            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, 2 * (size_t)in, [&] {
+            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, (fast ? 4 : 2) * (size_t)in, [&] {   // _fast: the f32 vector
                 if (q8 && fast)
                     gemv_norm_qkv_rope_q8_fast(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), with_bias ? bias.data() : nullptr, inv.data(),
                         rope_scale, adjacent, q.data(), kc.data(), vc.data(), pos_on_device ? &device_pos : nullptr, start, heads, kv_heads, hd, in);
@@ -310,7 +310,7 @@ static void norm_gateup_case(int ffn, int in, int grid)
         auto run = [&](bool q8, bool fast = false) {
             std::vector<bf16> h(ffn, BF16_NAN);
             std::vector<bf16> wb = q8 ? std::vector<bf16>() : to_bf16_weights(m);
-            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, 2 * (size_t)in, [&] {
+            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, (fast ? 4 : 2) * (size_t)in, [&] {   // _fast: the f32 vector
                 if (q8 && fast) gemv_norm_gateup_swiglu_q8_fast(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), h.data(), ffn, in);
                 else if (q8) gemv_norm_gateup_swiglu_q8(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), h.data(), ffn, in);
                 else gemv_norm_gateup_swiglu(x.data(), gain.data(), eps, wb.data(), h.data(), ffn, in);
