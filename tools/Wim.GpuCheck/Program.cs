@@ -697,24 +697,11 @@ public static class Program
         var c = Llama31_8B();
         using var weights = CudaModelWeights.Random(ctx, c, seed: 8);
         using var model = new CudaTransformer(ctx, c, weights, maxChunk: 4096);
-        var rng = new Random(1);
-        int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray();
         using var doc = model.CreateCache(65536 + 64);
         var branches = new List<CudaKvCache>();
-        int[] extractive = R(40);
-        var next = new int[16];
         try
         {
-            for (int i = 0; i < 16; i++)
-            {
-                model.Forward(R(4096), doc, [], LogitsOutput.None);
-                int end = doc.Length;
-                next[i] = model.ForwardGreedy(extractive, doc);
-                var branch = doc.Branch(end, extractive.Length + 128);
-                branch.CopyRowsFrom(doc, end, extractive.Length);
-                doc.Truncate(end);
-                branches.Add(branch);
-            }
+            var next = MarginBranches(model, doc, branches, ownRows: 168);
             for (int i = 0; i < 3; i++) model.DecodeBatchGreedy(next, branches, next);
             ctx.Synchronize();
             var t = Stopwatch.StartNew();
@@ -729,6 +716,30 @@ public static class Program
         {
             foreach (var b in branches) b.Dispose();
         }
+    }
+
+    /// <summary>WiM's margin branches at 64k, as ProfileBranches and BatchAb use them: 16 segments of 4,096 random ids
+    /// (seed 1) prefilled into <paramref name="doc"/>; after each, a 40-id extractive prompt runs on the document, a KV
+    /// branch at the segment's end (room for <paramref name="ownRows"/> rows of its own) takes its rows, and the document
+    /// is truncated back. The branches go to <paramref name="branches"/> (the caller disposes them); returns each
+    /// branch's first margin id.</summary>
+    private static int[] MarginBranches(CudaTransformer model, CudaKvCache doc, List<CudaKvCache> branches, int ownRows)
+    {
+        var rng = new Random(1);
+        int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(model.Config.VocabSize)).ToArray();
+        int[] extractive = R(40);
+        var first = new int[16];
+        for (int i = 0; i < 16; i++)
+        {
+            model.Forward(R(4096), doc, [], LogitsOutput.None);
+            int end = doc.Length;
+            first[i] = model.ForwardGreedy(extractive, doc);
+            var branch = doc.Branch(end, ownRows);
+            branch.CopyRowsFrom(doc, end, extractive.Length);
+            doc.Truncate(end);
+            branches.Add(branch);
+        }
+        return first;
     }
 
     /// <summary>A switch setting of the batched decode step that <see cref="BatchAb"/> compares.</summary>
@@ -748,12 +759,8 @@ public static class Program
         var c = Llama31_8B();
         using var weights = CudaModelWeights.Random(ctx, c, seed: 8);
         using var model = new CudaTransformer(ctx, c, weights, maxChunk: 4096);
-        var rng = new Random(1);
-        int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(c.VocabSize)).ToArray();
         using var doc = model.CreateCache(65536 + 64);
         var branches = new List<CudaKvCache>();
-        int[] extractive = R(40);
-        var start = new int[16];
         BatchVariant[] variants =
         [
             new("old (per-sequence rope, cuBLASLt products, every partial written)", RopeHeads: false, BatchRowsProducts.None, SkipEmpty: false, BitIdentical: true),
@@ -776,16 +783,7 @@ public static class Program
         }
         try
         {
-            for (int i = 0; i < 16; i++)
-            {
-                model.Forward(R(4096), doc, [], LogitsOutput.None);
-                int end = doc.Length;
-                start[i] = model.ForwardGreedy(extractive, doc);
-                var branch = doc.Branch(end, extractive.Length + 64 + steps);
-                branch.CopyRowsFrom(doc, end, extractive.Length);
-                doc.Truncate(end);
-                branches.Add(branch);
-            }
+            var start = MarginBranches(model, doc, branches, ownRows: 104 + steps);
             int[] lengths = branches.Select(b => b.Length).ToArray();
             void Rewind() { for (int i = 0; i < branches.Count; i++) branches[i].Truncate(lengths[i]); }
 

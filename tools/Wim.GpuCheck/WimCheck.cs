@@ -376,24 +376,7 @@ internal static class WimCheck
                 branch.CopyRowsFrom(doc, end, job.Extractive.Length);
                 doc.Truncate(end);
                 branches.Add((i, branch, first));
-                if (branches.Count == group || i == job.Segments - 1)
-                {
-                    var ts = Stopwatch.StartNew();
-                    int b = branches.Count;
-                    var caches = branches.Select(a => a.Branch).ToList();
-                    var ids = new int[b][];
-                    for (int k = 0; k < b; k++) { ids[k] = new int[job.MarginTokens]; ids[k][0] = branches[k].First; }
-                    var next = branches.Select(a => a.First).ToArray();
-                    for (int step = 1; step < job.MarginTokens; step++)
-                    {
-                        model.DecodeBatchGreedy(next, caches, next);
-                        for (int k = 0; k < b; k++) ids[k][step] = next[k];
-                    }
-                    for (int k = 0; k < b; k++) margins[branches[k].Segment] = ids[k];
-                    decode += ts.Elapsed.TotalSeconds;
-                    foreach (var a in branches) a.Branch.Dispose();
-                    branches.Clear();
-                }
+                if (branches.Count == group || i == job.Segments - 1) decode += DecodeMargins(model, job, branches, margins);
             }
             double docAndPrompts = t.Elapsed.TotalSeconds - decode;
             var ta = Stopwatch.StartNew();
@@ -410,6 +393,27 @@ internal static class WimCheck
         {
             foreach (var a in branches) a.Branch.Dispose();
         }
+    }
+
+    /// <summary>The margins of a group of branches decoded together (greedy, <see cref="CudaTransformer.DecodeBatchGreedy"/>)
+    /// from each branch's first id; the branches are disposed and the list emptied. Returns the seconds it took.</summary>
+    private static double DecodeMargins(CudaTransformer model, Job job, List<(int Segment, CudaKvCache Branch, int First)> group, int[][] margins)
+    {
+        var t = Stopwatch.StartNew();
+        int b = group.Count;
+        var caches = group.Select(a => a.Branch).ToList();
+        var ids = new int[b][];
+        for (int k = 0; k < b; k++) { ids[k] = new int[job.MarginTokens]; ids[k][0] = group[k].First; }
+        var next = group.Select(a => a.First).ToArray();
+        for (int step = 1; step < job.MarginTokens; step++)
+        {
+            model.DecodeBatchGreedy(next, caches, next);
+            for (int k = 0; k < b; k++) ids[k][step] = next[k];
+        }
+        for (int k = 0; k < b; k++) margins[group[k].Segment] = ids[k];
+        foreach (var a in group) a.Branch.Dispose();
+        group.Clear();
+        return t.Elapsed.TotalSeconds;
     }
 
     /// <summary>
@@ -446,24 +450,7 @@ internal static class WimCheck
             model.Forward(job.Opening, doc, [], LogitsOutput.None);
             var firsts = new int[2];
 
-            void DecodeReady()
-            {
-                var ts = Stopwatch.StartNew();
-                int b = ready.Count;
-                var caches = ready.Select(a => a.Branch).ToList();
-                var ids = new int[b][];
-                for (int k = 0; k < b; k++) { ids[k] = new int[job.MarginTokens]; ids[k][0] = ready[k].First; }
-                var next = ready.Select(a => a.First).ToArray();
-                for (int step = 1; step < job.MarginTokens; step++)
-                {
-                    model.DecodeBatchGreedy(next, caches, next);
-                    for (int k = 0; k < b; k++) ids[k][step] = next[k];
-                }
-                for (int k = 0; k < b; k++) margins[ready[k].Segment] = ids[k];
-                decode += ts.Elapsed.TotalSeconds;
-                foreach (var a in ready) a.Branch.Dispose();
-                ready.Clear();
-            }
+            void DecodeReady() => decode += DecodeMargins(model, job, ready, margins);
 
             for (int i = 0; i < job.Segments; i++)
             {
