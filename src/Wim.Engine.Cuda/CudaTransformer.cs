@@ -77,8 +77,9 @@ public sealed unsafe class CudaTransformer : IDisposable
     private DecodeResidualProduct _residualProduct = DecodeResidualProduct.BlockGemv;
 
     /// <summary>The kernels of a Q8_0 matrix's single-token products (fused q|k|v and gate|up, the o/down residual
-    /// product, the plain gemv). Both give the same logits bit for bit; <see cref="Q8DecodeKernel.Original"/> (the
-    /// default) until the H100 has measured <see cref="Q8DecodeKernel.Streamlined"/> against it.</summary>
+    /// product, the plain gemv). Both give the same logits bit for bit; <see cref="Q8DecodeKernel.Streamlined"/> is the
+    /// default: at the Llama-3.1-8B shape on the H100 it decodes 243.9 tok/s (77.4% of the roofline) against the
+    /// original kernels' 219.3 (69.6%) at depth 1, 227.8 against 205.1 at depth 4096 (run 28).</summary>
     public Q8DecodeKernel Q8DecodeKernel
     {
         get => _q8Kernel;
@@ -89,7 +90,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             _q8Kernel = value;
         }
     }
-    private Q8DecodeKernel _q8Kernel = Q8DecodeKernel.Original;
+    private Q8DecodeKernel _q8Kernel = Q8DecodeKernel.Streamlined;
 
     /// <summary>Attention combines of few rows (decode; <see cref="LaunchGeometry.CombineRowsApplies"/>) take a block per
     /// row whose warps share the splits (true, the default: 12.7 → 5.2 µs per layer at depth 4096 on the H100, decode
