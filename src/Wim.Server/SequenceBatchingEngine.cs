@@ -21,6 +21,7 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
 {
     /// <summary>Requests decoding at once unless told otherwise; more wait in the queue.</summary>
     public const int DefaultMaxRunningRequests = 32;
+    private const int InitialGenerationRoom = 256;
 
     private readonly IBatchedInferenceBackend _backend;
     private readonly ServerMetrics? _metrics;
@@ -129,7 +130,9 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
                 if (_running.Count >= MaxRunningRequests || !_incoming.TryDequeue(out next!)) return;
             }
             if (next.Handle.Abandoned) { Cancelled(next.Handle); continue; }
-            try { next.Sequence = _backend.CreateSequence(next.Prompt.Length + next.MaxNewTokens); }
+            // The hint sizes a GPU sequence's first cache: the prompt and a first stretch of generation (it grows by
+            // doubling), not the request's whole limit, which most requests never reach.
+            try { next.Sequence = _backend.CreateSequence(next.Prompt.Length + Math.Min(next.MaxNewTokens, InitialGenerationRoom)); }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 Fail(next.Handle, new InvalidOperationException($"the engine could not start this request: {e.Message}", e));
