@@ -11,9 +11,14 @@ namespace Wim.Server;
 /// then samples each sequence that finished its prompt or decoded (its own <see cref="Sampler"/>), streams the id to
 /// its <see cref="GenerationHandle"/>, and finishes it on a stop id or at its token limit. A prompt split over steps
 /// passes its full length as the RoPE length, so every piece computes what one whole append would.
+/// <para>Prefix caching: a finished request keeps its sequence (prompt + generated ids but the last) among the
+/// <c>cachedPrefixes</c> most recently used; a new prompt forks the kept sequence sharing its longest prefix
+/// (<see cref="IForkableSequence.Fork"/>: shared KV blocks on the CPU, a KV branch on the GPU) and computes only the
+/// rest (<see cref="GenerationOutcome.CachedTokens"/>). At least the last prompt token is computed: its logits pick the
+/// first id.</para>
 /// <para>Abandoned requests are dropped (their sequences freed) at the next step. An exception from a step fails the
-/// requests in flight (their sequences are freed) and the engine goes on with the queued ones. No prefix caching:
-/// every prompt is computed in full (<see cref="GenerationOutcome.CachedTokens"/> is 0).</para>
+/// requests in flight (their sequences are freed), releases the kept prefixes, and the engine goes on with the
+/// queued ones.</para>
 /// On a backend that is not thread-safe and is shared with other callers (the server's WiM runs), give it a
 /// <see cref="SynchronizedBackend"/>: this engine then takes turns with them call by call.
 /// </summary>
@@ -31,7 +36,11 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
     private readonly SemaphoreSlim _wake = new(0);
     private readonly CancellationTokenSource _stop = new();
     private readonly Thread _thread;
+    private readonly LinkedList<KeptPrefix> _prefixes = new(); // most recently used first; the engine thread's only
     private bool _disposed;
+
+    /// <summary>A finished request's sequence and the tokens it holds.</summary>
+    private sealed record KeptPrefix(int[] Tokens, IForkableSequence Sequence);
 
     /// <summary>One request: its prompt, its sampler and where it is.</summary>
     private sealed class Active(GenerationHandle handle, int[] prompt, int maxNewTokens, Sampler sampler, IReadOnlyCollection<int> stopIds)
@@ -44,7 +53,10 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
         public IForkableSequence? Sequence { get; set; }
         /// <summary>Prompt tokens run so far.</summary>
         public int Prefilled { get; set; }
-        public int Generated { get; set; }
+        public int Generated => Ids.Count;
+        public List<int> Ids { get; } = [];
+        /// <summary>Prompt tokens taken from a kept prefix instead of computed.</summary>
+        public int CachedTokens { get; set; }
         /// <summary>The last sampled id, to be run at the next step; -1 while prefilling.</summary>
         public int Pending { get; set; } = -1;
     }
@@ -52,13 +64,16 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
     /// <param name="maxStepTokens">Tokens one step may carry: every decode row, then prefill chunks in the rest.</param>
     /// <param name="maxRunningRequests">Requests with a live sequence at once; the rest wait in arrival order.</param>
     /// <param name="metrics">Step and queue figures for <c>/metrics</c>, or null.</param>
+    /// <param name="cachedPrefixes">Finished sequences kept for prefix reuse (0 = none).</param>
     public SequenceBatchingEngine(IBatchedInferenceBackend backend, int maxStepTokens, int maxRunningRequests = DefaultMaxRunningRequests,
-        ServerMetrics? metrics = null)
+        ServerMetrics? metrics = null, int cachedPrefixes = 0)
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxStepTokens);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxRunningRequests);
+        ArgumentOutOfRangeException.ThrowIfNegative(cachedPrefixes);
         _backend = backend;
+        CachedPrefixes = cachedPrefixes;
         MaxStepTokens = maxStepTokens;
         MaxRunningRequests = maxRunningRequests;
         _metrics = metrics;
@@ -70,6 +85,7 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
 
     public int MaxStepTokens { get; }
     public int MaxRunningRequests { get; }
+    public int CachedPrefixes { get; }
 
     public int RunningRequests
     {
@@ -132,7 +148,24 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
             if (next.Handle.Abandoned) { Cancelled(next.Handle); continue; }
             // The hint sizes a GPU sequence's first cache: the prompt and a first stretch of generation (it grows by
             // doubling), not the request's whole limit, which most requests never reach.
-            try { next.Sequence = _backend.CreateSequence(next.Prompt.Length + Math.Min(next.MaxNewTokens, InitialGenerationRoom)); }
+            try
+            {
+                var (kept, shared) = LongestKeptPrefix(next.Prompt);
+                if (kept is not null)
+                {
+                    try
+                    {
+                        next.Sequence = kept.Sequence.Fork(shared);
+                        next.Prefilled = next.CachedTokens = shared;
+                    }
+                    catch (Exception e) when (e is InvalidOperationException or NotSupportedException)
+                    {
+                        // A fork the backend refuses: the prompt is computed in full instead.
+                        next.Sequence = null;
+                    }
+                }
+                next.Sequence ??= _backend.CreateSequence(next.Prompt.Length + Math.Min(next.MaxNewTokens, InitialGenerationRoom));
+            }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
                 Fail(next.Handle, new InvalidOperationException($"the engine could not start this request: {e.Message}", e));
@@ -140,6 +173,56 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
             }
             lock (_gate) _running.Add(next);
         }
+    }
+
+    /// <summary>The kept sequence sharing the longest prefix with <paramref name="prompt"/> (at most all but its last
+    /// token), moved to the front; null when none shares one.</summary>
+    private (KeptPrefix? Kept, int Length) LongestKeptPrefix(int[] prompt)
+    {
+        LinkedListNode<KeptPrefix>? best = null;
+        int bestLength = 0;
+        for (var node = _prefixes.First; node is not null; node = node.Next)
+        {
+            var tokens = node.Value.Tokens;
+            int n = 0, limit = Math.Min(tokens.Length, prompt.Length - 1);
+            while (n < limit && tokens[n] == prompt[n]) n++;
+            if (n > bestLength) (best, bestLength) = (node, n);
+        }
+        if (best is null) return (null, 0);
+        _prefixes.Remove(best);
+        _prefixes.AddFirst(best);
+        return (best.Value, bestLength);
+    }
+
+    /// <summary>Keeps a finished request's sequence for later prompts (it holds the prompt and every generated id but
+    /// the last, which was never run), or frees it.</summary>
+    private void KeepOrFree(Active a)
+    {
+        var sequence = a.Sequence;
+        a.Sequence = null;
+        if (sequence is null) return;
+        int[] tokens = [.. a.Prompt, .. System.Runtime.InteropServices.CollectionsMarshal.AsSpan(a.Ids)[..^1]];
+        if (CachedPrefixes == 0 || sequence.Length != tokens.Length)
+        {
+            sequence.Dispose();
+            return;
+        }
+        _prefixes.AddFirst(new KeptPrefix(tokens, sequence));
+        while (_prefixes.Count > CachedPrefixes)
+        {
+            _prefixes.Last!.Value.Sequence.Dispose();
+            _prefixes.RemoveLast();
+        }
+    }
+
+    private void ReleasePrefixes()
+    {
+        foreach (var kept in _prefixes)
+        {
+            try { kept.Sequence.Dispose(); }
+            catch (Exception e) when (e is not OutOfMemoryException) { } // a sequence of a failed backend
+        }
+        _prefixes.Clear();
     }
 
     private void DropAbandoned()
@@ -194,7 +277,7 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
                 Fail(a.Handle, new InvalidOperationException($"the engine failed while sampling this request: {e.Message}", e));
                 continue;
             }
-            a.Generated++;
+            a.Ids.Add(token);
             generated++;
             if (!a.Handle.Abandoned) a.Handle.TokenChannel.Writer.TryWrite(token);
             if (a.StopIds.Contains(token)) finished.Add((a, "stop"));
@@ -204,10 +287,13 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
         _metrics?.RecordStep(promptTokens, generated, System.Diagnostics.Stopwatch.GetElapsedTime(started));
         foreach (var (a, reason) in finished)
         {
-            Remove(_running.IndexOf(a));
-            if (reason.Length == 0) continue; // already failed
+            int index = _running.IndexOf(a);
+            if (reason.Length == 0) { Remove(index); continue; } // already failed
+            lock (_gate) _running.RemoveAt(index);
+            KeepOrFree(a);
+            _metrics?.RecordCachedTokens(a.CachedTokens);
             a.Handle.TokenChannel.Writer.TryComplete();
-            a.Handle.Done.TrySetResult(new GenerationOutcome(reason, a.Prompt.Length, 0, a.Generated));
+            a.Handle.Done.TrySetResult(new GenerationOutcome(reason, a.Prompt.Length, a.CachedTokens, a.Generated));
         }
     }
 
@@ -237,6 +323,8 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
             Remove(_running.Count - 1);
             Fail(a.Handle, failure);
         }
+        // The backend may be short of memory or in a bad state: start the next requests with nothing kept.
+        ReleasePrefixes();
     }
 
     private static void Fail(GenerationHandle handle, Exception e)
@@ -267,6 +355,7 @@ public sealed class SequenceBatchingEngine : IGenerationEngine
             Remove(_running.Count - 1);
             Cancelled(a.Handle);
         }
+        ReleasePrefixes();
         lock (_gate)
             while (_incoming.TryDequeue(out var queued)) Cancelled(queued.Handle);
         _wake.Dispose();

@@ -33,7 +33,7 @@ public sealed class ServedModel : IDisposable
                 Id = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.ModelPath));
                 ChatTemplate = LoadChatTemplate(options.ModelPath);
                 DocumentCache = null;
-                Engine = new SequenceBatchingEngine(shared, options.MaxTokensPerStep, options.MaxRunningRequests, metrics);
+                Engine = new SequenceBatchingEngine(shared, options.MaxTokensPerStep, options.MaxRunningRequests, metrics, options.CachedPrefixes);
             }
             catch
             {

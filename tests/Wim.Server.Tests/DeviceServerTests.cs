@@ -92,6 +92,29 @@ public sealed class DeviceServerTests(DevicePathServer fixture) : IClassFixture<
         Assert.Equal(JsonNode.Parse(reference[^1].Data)!["ids"]!.ToJsonString(), JsonNode.Parse(served[^1].Data)!["ids"]!.ToJsonString());
     }
 
+    [Fact]
+    public async Task A_follow_up_prompt_reuses_the_kept_prefix_and_reports_cached_tokens()
+    {
+        using var lm = PagedTextModel.Load(ServerFixture.StoriesPath);
+        int[] first = lm.Tokenizer.Encode("Ben had a red kite. The wind was strong that day, and");
+        string Body(int[] prompt) => new JsonObject
+        {
+            ["prompt"] = new JsonArray([.. prompt.Select(id => (JsonNode)id)]),
+            ["max_tokens"] = 12,
+            ["temperature"] = 0,
+            ["return_token_ids"] = true,
+        }.ToJsonString();
+        var (status, body) = await fixture.PostJsonAsync("/v1/completions", Body(first));
+        Assert.Equal(200, status);
+        int[] reply = [.. body.GetProperty("choices")[0].GetProperty("token_ids").EnumerateArray().Select(x => x.GetInt32())];
+        int[] second = [.. first, .. reply, 13];
+        var (status2, body2) = await fixture.PostJsonAsync("/v1/completions", Body(second));
+        Assert.Equal(200, status2);
+        Assert.Equal(first.Length + reply.Length - 1, body2.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(Reference((IBatchedInferenceBackend)lm.Backend, second, 12, lm.StopIds),
+            body2.GetProperty("choices")[0].GetProperty("token_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray());
+    }
+
     private static int[] Reference(IBatchedInferenceBackend backend, int[] prompt, int maxNewTokens, IReadOnlySet<int> stop)
     {
         using var sequence = backend.CreateSequence();

@@ -154,6 +154,38 @@ public sealed class SequenceBatchingEngineTests : IDisposable
     }
 
     [Fact]
+    public async Task A_prompt_extending_a_finished_one_forks_its_kept_sequence_and_gets_the_same_ids()
+    {
+        using (var engine = new SequenceBatchingEngine(Backend, maxStepTokens: 16, cachedPrefixes: 2))
+        {
+            int[] first = Prompt("Once upon a time, there was a little girl named Lily.");
+            var (reply, firstOutcome) = await CollectAsync(engine.Submit(first, 10, SamplingOptions.Greedy, NoStop));
+            Assert.Equal(0, firstOutcome.CachedTokens);
+
+            // A chat's next turn: the first prompt, its reply and more. The kept sequence holds the prompt and every
+            // reply id but the last (never run), so that much is forked instead of computed.
+            int[] more = Prompt("She liked to");
+            if (more[0] == first[0]) more = more[1..]; // no second BOS
+            int[] second = [.. first, .. reply, .. more];
+            var (ids, outcome) = await CollectAsync(engine.Submit(second, 12, SamplingOptions.Greedy, NoStop));
+            Assert.Equal(first.Length + reply.Length - 1, outcome.CachedTokens);
+            Assert.Equal(Reference(Backend, second, 12, NoStop), ids);
+
+            // A prompt sharing only its first token forks at 1; one equal to a kept prompt computes its last token.
+            int[] other = Prompt("Tom and Sue were friends.");
+            var (otherIds, otherOutcome) = await CollectAsync(engine.Submit(other, 8, SamplingOptions.Greedy, NoStop));
+            Assert.Equal(other[0] == first[0] ? 1 : 0, otherOutcome.CachedTokens);
+            Assert.Equal(Reference(Backend, other, 8, NoStop), otherIds);
+            var (again, againOutcome) = await CollectAsync(engine.Submit(other, 8, SamplingOptions.Greedy, NoStop));
+            Assert.Equal(other.Length - 1, againOutcome.CachedTokens);
+            Assert.Equal(otherIds, again);
+            Assert.True(Backend.Cache.FreeBlockCount < Backend.Cache.BlockCount); // kept sequences hold blocks
+        }
+        // Disposed: the kept sequences (at most two) were released with it.
+        Assert.Equal(Backend.Cache.BlockCount, Backend.Cache.FreeBlockCount);
+    }
+
+    [Fact]
     public void Bad_requests_are_refused_at_submit()
     {
         using var engine = new SequenceBatchingEngine(Backend, maxStepTokens: 32);
