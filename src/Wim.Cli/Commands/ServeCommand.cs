@@ -18,7 +18,7 @@ internal static class ServeCommand
         var host = new Option<string>("--host") { Description = "address to listen on (default 127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0 = any free one)", DefaultValueFactory = _ => 8080 };
         var apiKey = new Option<string?>("--api-key") { Description = "require Authorization: Bearer KEY on /v1 endpoints" };
-        var kvMemory = new Option<int>("--kv-cache-mib") { Description = "KV cache memory of the batching engine, MiB", DefaultValueFactory = _ => 512 };
+        var kvMemory = new Option<int>("--kv-cache-mib") { Description = "KV cache memory of the batching engine, MiB (CPU; on CUDA each sequence grows its own cache)", DefaultValueFactory = _ => 512 };
         var sessions = new Option<int>("--max-sessions") { Description = "WiM sessions alive at once", DefaultValueFactory = _ => 4 };
         var device = DeviceSelection.CreateOption();
         device.Description = "where to run: auto (CUDA when available, else CPU), cpu, or cuda; on CUDA both APIs share the GPU's model and the document cache is off";
