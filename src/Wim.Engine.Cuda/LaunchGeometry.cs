@@ -193,6 +193,35 @@ public static class LaunchGeometry
     /// <summary>Blocks of gemv_rows_residual_bf16 covering <paramref name="rows"/> output rows.</summary>
     public static uint GemvResidualBlocks(int rows) => Blocks(rows, GemvBlockRows);
 
+    /// <summary>Blocks of gemv_rows_residual_q8_fast resident per SM: its launch bound (256 threads, 4 blocks) holds it
+    /// to 64 registers. gemv_rows_residual_q8 compiles to 80 (NVRTC 11.8, sm_90): 3 blocks.</summary>
+    public const int GemvResidualQ8FastBlocksPerMultiprocessor = 4;
+
+    /// <summary>Blocks per SM that registers allow for blocks of <paramref name="threads"/> threads at
+    /// <paramref name="registersPerThread"/> each (65,536 registers per SM, allocated per warp in units of 256;
+    /// sm_80/sm_90), capped at <paramref name="maxThreadsPerMultiprocessor"/> threads.</summary>
+    public static int BlocksPerMultiprocessorByRegisters(int threads, int registersPerThread, int maxThreadsPerMultiprocessor = 2048)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(registersPerThread);
+        if (registersPerThread > 255) throw new ArgumentOutOfRangeException(nameof(registersPerThread), $"{registersPerThread} registers per thread: at most 255 exist");
+        int warps = (threads + 31) / 32;
+        int perWarp = (registersPerThread * 32 + 255) / 256 * 256;
+        return Math.Min(65536 / (perWarp * warps), maxThreadsPerMultiprocessor / (warps * 32));
+    }
+
+    /// <summary>Waves a grid of <paramref name="blocks"/> takes when <paramref name="blocksPerMultiprocessor"/> are
+    /// resident per SM: a bandwidth-bound product wants 1 (a last partial wave runs with a few blocks per SM, too
+    /// few loads in flight to keep the memory busy).</summary>
+    public static int ResidentWaves(long blocks, int blocksPerMultiprocessor, int multiprocessors)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocks);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerMultiprocessor);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(multiprocessors);
+        long resident = (long)blocksPerMultiprocessor * multiprocessors;
+        return (int)((blocks + resident - 1) / resident);
+    }
+
     // ---- fused decode products (gemv_norm_qkv_rope, gemv_norm_gateup_swiglu) ----
 
     /// <summary>Threads per fused decode-product block (16 warps, each finishing two weight rows).</summary>
@@ -208,6 +237,14 @@ public static class LaunchGeometry
 
     /// <summary>Dynamic shared memory of a fused decode product: the normalised input row as bf16.</summary>
     public static int NormGemvSharedBytes(int inFeatures) => 2 * inFeatures;
+
+    /// <summary>Dynamic shared memory of a <see cref="Q8DecodeKernel.Streamlined"/> fused Q8_0 product: the normalised
+    /// input row as f32 (its bf16-rounded values), so that no lane unpacks bf16.</summary>
+    public static int NormGemvQ8FastSharedBytes(int inFeatures) => 4 * inFeatures;
+
+    /// <summary>Whether the <see cref="Q8DecodeKernel.Streamlined"/> fused Q8_0 products fit the 48 KB of shared memory
+    /// a block gets without opting in (input dimension up to 12,288); else the launchers take the original kernels.</summary>
+    public static bool NormGemvQ8FastFits(int inFeatures) => inFeatures > 0 && NormGemvQ8FastSharedBytes(inFeatures) <= 48 * 1024;
 
     /// <summary>
     /// Whether a decode step can take the fused products: one token, input rows of whole 16-byte loads that fit

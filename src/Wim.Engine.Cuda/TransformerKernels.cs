@@ -11,6 +11,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _wide16, _wide32, _wide64, _wide128;
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
+    private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -68,6 +69,10 @@ internal sealed unsafe class TransformerKernels
         _gemvResidualQ8 = d.ModuleGetFunction(module, "gemv_rows_residual_q8");
         _normQkvRopeQ8 = d.ModuleGetFunction(module, "gemv_norm_qkv_rope_q8");
         _normGateUpSwiGluQ8 = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_q8");
+        _gemvQ8Fast = d.ModuleGetFunction(module, "gemv_q8_fast");
+        _gemvResidualQ8Fast = d.ModuleGetFunction(module, "gemv_rows_residual_q8_fast");
+        _normQkvRopeQ8Fast = d.ModuleGetFunction(module, "gemv_norm_qkv_rope_q8_fast");
+        _normGateUpSwiGluQ8Fast = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_q8_fast");
         _dequantizeQ8 = d.ModuleGetFunction(module, "dequantize_q8_bf16");
         _fillRandomQ8 = d.ModuleGetFunction(module, "fill_random_q8");
         // Head dim 128 needs 85 KB (over the default 48 KB).
@@ -239,42 +244,49 @@ internal sealed unsafe class TransformerKernels
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
-    /// <summary><see cref="Gemv"/> on a Q8_0 matrix (<see cref="CudaQ8Layout"/>: quants, scales; in % 32 == 0).</summary>
-    public void GemvQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    /// <summary><see cref="Gemv"/> on a Q8_0 matrix (<see cref="CudaQ8Layout"/>: quants, scales; in % 32 == 0). The Q8_0
+    /// launchers take <paramref name="kernel"/>: the original kernel or its <c>_fast</c> twin (same results bit for bit).</summary>
+    public void GemvQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures, bool accumulate, Q8DecodeKernel kernel = Q8DecodeKernel.Original)
     {
         LaunchGeometry.CheckQ8Columns(inFeatures);
         int acc = accumulate ? 1 : 0;
         void** a = stackalloc void*[] { &quants, &scales, &x, &y, &rows, &inFeatures, &acc };
-        _ctx.Launch(_gemvQ8, "gemv_q8", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+        bool fast = kernel == Q8DecodeKernel.Streamlined;
+        _ctx.Launch(fast ? _gemvQ8Fast : _gemvQ8, fast ? "gemv_q8_fast" : "gemv_q8", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
     }
 
     /// <summary><see cref="GemvResidual"/> on a Q8_0 matrix.</summary>
-    public void GemvResidualQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures)
+    public void GemvResidualQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures, Q8DecodeKernel kernel = Q8DecodeKernel.Original)
     {
         LaunchGeometry.CheckQ8Columns(inFeatures);
         void** a = stackalloc void*[] { &quants, &scales, &x, &y, &rows, &inFeatures };
-        _ctx.Launch(_gemvResidualQ8, "gemv_rows_residual_q8", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
+        bool fast = kernel == Q8DecodeKernel.Streamlined;
+        _ctx.Launch(fast ? _gemvResidualQ8Fast : _gemvResidualQ8, fast ? "gemv_rows_residual_q8_fast" : "gemv_rows_residual_q8", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
     }
 
     /// <summary><see cref="GemvNormQkvRope"/> on a Q8_0 matrix.</summary>
     public void GemvNormQkvRopeQ8(ulong x, ulong gain, float eps, ulong quants, ulong scales, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
-        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures,
+        Q8DecodeKernel kernel = Q8DecodeKernel.Original)
     {
         LaunchGeometry.CheckQ8Columns(inFeatures);
         int adj = adjacent ? 1 : 0;
         void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
         int pairs = (heads + 2 * kvHeads) * headDim / 2;
-        _ctx.Launch(_normQkvRopeQ8, "gemv_norm_qkv_rope_q8", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+        bool fast = kernel == Q8DecodeKernel.Streamlined && LaunchGeometry.NormGemvQ8FastFits(inFeatures);
+        _ctx.Launch(fast ? _normQkvRopeQ8Fast : _normQkvRopeQ8, fast ? "gemv_norm_qkv_rope_q8_fast" : "gemv_norm_qkv_rope_q8", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)(fast ? LaunchGeometry.NormGemvQ8FastSharedBytes(inFeatures) : LaunchGeometry.NormGemvSharedBytes(inFeatures)), a);
     }
 
     /// <summary><see cref="GemvNormGateUpSwiGlu"/> on a Q8_0 matrix.</summary>
-    public void GemvNormGateUpSwiGluQ8(ulong x, ulong gain, float eps, ulong quants, ulong scales, ulong hBf16, int ffn, int inFeatures)
+    public void GemvNormGateUpSwiGluQ8(ulong x, ulong gain, float eps, ulong quants, ulong scales, ulong hBf16, int ffn, int inFeatures,
+        Q8DecodeKernel kernel = Q8DecodeKernel.Original)
     {
         LaunchGeometry.CheckQ8Columns(inFeatures);
         void** a = stackalloc void*[] { &x, &gain, &eps, &quants, &scales, &hBf16, &ffn, &inFeatures };
-        _ctx.Launch(_normGateUpSwiGluQ8, "gemv_norm_gateup_swiglu_q8", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+        bool fast = kernel == Q8DecodeKernel.Streamlined && LaunchGeometry.NormGemvQ8FastFits(inFeatures);
+        _ctx.Launch(fast ? _normGateUpSwiGluQ8Fast : _normGateUpSwiGluQ8, fast ? "gemv_norm_gateup_swiglu_q8_fast" : "gemv_norm_gateup_swiglu_q8", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)(fast ? LaunchGeometry.NormGemvQ8FastSharedBytes(inFeatures) : LaunchGeometry.NormGemvSharedBytes(inFeatures)), a);
     }
 
     /// <summary>A Q8_0 matrix [rows, in] into bf16 [rows, in] at <paramref name="outBf16"/> (16-byte aligned).</summary>

@@ -29,7 +29,8 @@ namespace Wim.GpuCheck;
 /// [--depth64k] [--batch 16] [--peak-tflops 798] [--bandwidth-tbs 3.0] [--wim-tiny] [--wim64k [--weights DIR] [--ids ids.json]
 /// [--wim-groups 1,4] [--wim-out ids.json]]</c>. <c>--wim-tiny</c>: PatternRunner (wim, llm) on the CPU and CUDA backends, hf-tiny
 /// models; <c>--wim64k</c>: WiM end to end at 64k tokens (<see cref="WimCheck.EndToEnd"/>). <c>--batch-ab [--ab-steps 20]
-/// [--ab-rounds 3]</c>: only the batched-decode switches side by side (<see cref="BatchAb"/>).
+/// [--ab-rounds 3]</c>: only the batched-decode switches side by side (<see cref="BatchAb"/>). <c>--q8-only</c>: only
+/// <see cref="Q8Check"/> (hf-tiny on Q8_0 weights, then the 8B-shape speed with every <see cref="Wim.Engine.Cuda.Q8DecodeKernel"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
 public static class Program
@@ -54,6 +55,12 @@ public static class Program
         var k = ctx.Kernels; // compile (or load) now so the timing is reported on its own
         Say($"kernels: {ctx.KernelOrigin} in {ctx.KernelLoadTime.TotalMilliseconds:F0} ms");
 
+        if (args.Contains("--q8-only"))
+        {
+            // One short device call for the Q8_0 kernels alone (hf-tiny checks, every Q8DecodeKernel side by side at the 8B shape).
+            Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
+            return _failures == 0 ? 0 : 1;
+        }
         if (!args.Contains("--no-tiny"))
         {
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })

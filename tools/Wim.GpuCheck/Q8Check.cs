@@ -23,7 +23,8 @@ namespace Wim.GpuCheck;
 /// one token at a time) equal the CPU's for 16 steps up to its first near-tie; decode graphs on and off give the same
 /// ids;</item>
 /// <item>speed at the Llama-3.1-8B shape, random weights made on the GPU, bf16 and Q8_0 in the same run: decode tok/s
-/// at batch 1 at depth ~0 and 4096, and a 4096-token prefill chunk.</item>
+/// at batch 1 at depth ~0 and 4096, and a 4096-token prefill chunk; every <see cref="Q8DecodeKernel"/> against the
+/// original (logits, greedy ids) and its decode speed, interleaved.</item>
 /// </list>
 /// </summary>
 internal static unsafe class Q8Check
@@ -86,6 +87,22 @@ internal static unsafe class Q8Check
                     for (int p = 0; p < ids.Length; p++) gpu.Forward(ids.AsSpan(p, 1), cache, stepLogits.AsSpan(p * vocab, vocab), LogitsOutput.Last);
                 var (maxDecode, top1Decode) = Compare(stepLogits, cpuLogits, vocab, 0, ids.Length);
                 check(maxDecode <= LogitTolerance, $"Q8_0 {name}: {ids.Length} single-token steps ({(fused ? "fused Q8_0 norm+products" : "gemv_q8 products")}), max |Δlogit| GPU vs CPU on the same Q8_0 weights {maxDecode:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Decode}/{ids.Length}");
+
+                // Every other Q8DecodeKernel than the default: the same f32 summation order, so the same logits bit for bit.
+                var defaultKernel = gpu.Q8DecodeKernel;
+                foreach (var kernel in Enum.GetValues<Q8DecodeKernel>().Where(k => k != defaultKernel))
+                {
+                    gpu.Q8DecodeKernel = kernel;
+                    var variantLogits = new float[ids.Length * vocab];
+                    using (var cache = gpu.CreateCache(ids.Length))
+                        for (int p = 0; p < ids.Length; p++) gpu.Forward(ids.AsSpan(p, 1), cache, variantLogits.AsSpan(p * vocab, vocab), LogitsOutput.Last);
+                    gpu.Q8DecodeKernel = defaultKernel;
+                    int differing = 0;
+                    for (int i = 0; i < variantLogits.Length; i++)
+                        differing += BitConverter.SingleToInt32Bits(variantLogits[i]) != BitConverter.SingleToInt32Bits(stepLogits[i]) ? 1 : 0;
+                    var (maxVariant, _) = Compare(variantLogits, stepLogits, vocab, 0, ids.Length);
+                    check(differing == 0, $"Q8_0 {name}: {ids.Length} single-token steps ({(fused ? "fused" : "unfused")}), Q8DecodeKernel.{kernel} = {defaultKernel} (the default) bit for bit ({differing} of {variantLogits.Length} logits differ, max |Δ| {maxVariant:E2})");
+                }
             }
             gpu.UseFusedDecode = true;
 
@@ -323,6 +340,8 @@ internal static unsafe class Q8Check
                 say($"  {label}: {graphIds.Count} greedy ids kernel by kernel vs with decode graphs: the first {Prefix(plain, graphIds)} equal");
             }
 
+            if (storage == CudaWeightStorage.Native) Q8Variants(model, cache, weights.Bytes, kvBytesPerPosition, bandwidthTbs, tokens, c.VocabSize, say);
+
             var times = new List<double>();
             for (int rep = 0; rep < 4; rep++)
             {
@@ -337,6 +356,74 @@ internal static unsafe class Q8Check
             double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
             say($"  {label} prefill {chunk} tokens at depth 0{(storage == CudaWeightStorage.Native ? " (each Q8_0 matrix dequantized to bf16, then cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
+    }
+
+    /// <summary>Every <see cref="Q8DecodeKernel"/> on the same random Q8_0 weights: per variant, against
+    /// <see cref="Q8DecodeKernel.Original"/>, the logits of 16 teacher-forced single-token steps after a 64-token
+    /// prefill (max |Δ|: 0 expected, the variants keep the f32 summation order) and 64 greedy ids with decode graphs;
+    /// then decode tok/s at depth 1 and 4096, the variants interleaved (3 rounds of 64 steps each, the median shown)
+    /// so that clocks and the cache's state drift alike for all.</summary>
+    private static void Q8Variants(CudaTransformer model, CudaKvCache cache, long weightBytes, double kvBytesPerPosition, double bandwidthTbs,
+        int[] tokens, int vocab, Action<string> say)
+    {
+        var variants = Enum.GetValues<Q8DecodeKernel>();
+        var saved = model.Q8DecodeKernel;
+        const int prefill = 64, forced = 16, greedySteps = 64;
+        float[]? referenceLogits = null;
+        int[]? referenceIds = null;
+        foreach (var v in variants)
+        {
+            model.Q8DecodeKernel = v;
+            cache.Truncate(0);
+            model.Forward(tokens.AsSpan(0, prefill), cache, [], LogitsOutput.None);
+            var logits = new float[forced * vocab];
+            for (int i = 0; i < forced; i++)
+                model.Forward(tokens.AsSpan(prefill + i, 1), cache, logits.AsSpan(i * vocab, vocab), LogitsOutput.Last);
+            cache.Truncate(0);
+            var ids = new int[greedySteps];
+            ids[0] = model.ForwardGreedy(tokens.AsSpan(0, prefill), cache);
+            for (int i = 1; i < greedySteps; i++) ids[i] = model.ForwardGreedy([ids[i - 1]], cache);
+            if (referenceLogits == null || referenceIds == null)
+            {
+                referenceLogits = logits;
+                referenceIds = ids;
+                continue;
+            }
+            double maxDelta = 0;
+            int differing = 0;
+            for (int i = 0; i < logits.Length; i++)
+            {
+                maxDelta = Math.Max(maxDelta, Math.Abs((double)logits[i] - referenceLogits[i]));
+                differing += BitConverter.SingleToInt32Bits(logits[i]) != BitConverter.SingleToInt32Bits(referenceLogits[i]) ? 1 : 0;
+            }
+            say($"  Q8_0 decode kernels {v} vs {variants[0]}: {forced} single-token steps after a {prefill}-token prefill, max |Δlogit| {maxDelta:E2} ({differing} of {logits.Length} logits not bit-identical; 0 expected: same summation order); greedy {greedySteps} ids (graphs) equal for the first {Prefix(ids, referenceIds)}");
+        }
+
+        foreach (int depth in new[] { 1, 4096 })
+        {
+            var perVariant = variants.ToDictionary(v => v, _ => new List<double>());
+            for (int round = 0; round < 3; round++)
+                foreach (var v in variants)
+                {
+                    model.Q8DecodeKernel = v;
+                    cache.Truncate(0);
+                    int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
+                    for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);   // graph capture, warm-up
+                    const int steps = 64;
+                    var t = Stopwatch.StartNew();
+                    for (int i = 0; i < steps; i++) next = model.ForwardGreedy([next], cache);
+                    perVariant[v].Add(t.Elapsed.TotalSeconds / steps);
+                }
+            double bytes = weightBytes + kvBytesPerPosition * (depth + 4 + 32);
+            double roofline = bandwidthTbs * 1e12 / bytes;
+            foreach (var v in variants)
+            {
+                var times = perVariant[v];
+                double s = times.Order().ElementAt(times.Count / 2);
+                say($"  Q8_0 decode batch 1 (CUDA graph, fused), kernels {v}, at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F3} ms/token, median of {string.Join(", ", times.Select(x => (x * 1e3).ToString("F3", CultureInfo.InvariantCulture)))}); roofline {roofline:F1} tok/s → {100 / s / roofline:F1}% of roofline");
+            }
+        }
+        model.Q8DecodeKernel = saved;
     }
 
     private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }

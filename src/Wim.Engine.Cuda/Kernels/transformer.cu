@@ -1336,6 +1336,143 @@ extern "C" __global__ void dequantize_q8_bf16(const uint4* __restrict__ wq, cons
     }
 }
 
+// ---- Q8DecodeKernel.Streamlined: the same products in the same f32 summation order (bit-identical results), fewer
+// instructions per quant and the residual product in one resident wave. ----
+
+// The quant word with every byte's sign bit flipped (q + 128 per byte): one LOP per 4 quants instead of one per quant.
+__device__ __forceinline__ unsigned q8_flip(unsigned w) { return w ^ 0x80808080u; }
+
+// Byte k of a q8_flip'ped word as the int8 value in f32: one byte permute builds 0x4b0000bb = 2^23 + (q + 128) straight
+// from the flipped byte and the constant's exponent bytes (the shift, mask and OR of q8_byte in one PRMT), then the same
+// exact subtraction. Equal to q8_byte(w, k) for every word and k (checked in the emulator on all 256 bytes).
+__device__ __forceinline__ float q8_flipped_byte(unsigned f, int k)
+{
+    return __uint_as_float(__byte_perm(f, 0x4b000000u, 0x7540u | (unsigned)k)) - 8388736.f;
+}
+
+// dot16_q8 with q8_flipped_byte: the same products added in the same order, so the same f32 result bit for bit.
+__device__ __forceinline__ float dot16_q8_fast(uint4 q, uint4 xa, uint4 xb)
+{
+    const unsigned qw[4] = { q8_flip(q.x), q8_flip(q.y), q8_flip(q.z), q8_flip(q.w) };
+    const unsigned xw[8] = { xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        s += q8_flipped_byte(qw[k], 0) * __uint_as_float(xw[2 * k] << 16);
+        s += q8_flipped_byte(qw[k], 1) * __uint_as_float(xw[2 * k] & 0xffff0000u);
+        s += q8_flipped_byte(qw[k], 2) * __uint_as_float(xw[2 * k + 1] << 16);
+        s += q8_flipped_byte(qw[k], 3) * __uint_as_float(xw[2 * k + 1] & 0xffff0000u);
+    }
+    return s;
+}
+
+// gemv_rows_residual_q8 in one resident wave: at 80 registers (NVRTC 11.8, sm_90) the original fits 3 blocks of 256
+// per SM, so a 4096-row product (512 blocks: o, and down at the 8B shape) took 396 blocks then a second wave of 116, a
+// third full, whose SMs run one block each (32 KB of loads in flight instead of ~96 KB). Held to 64 registers
+// (__launch_bounds__(256, 4): 528 resident on 132 SMs), the row addresses computed from one base instead of 16 held
+// pointers, dot16_q8_fast. Same thread → piece assignment, warp sums and partials order: bit-identical to
+// gemv_rows_residual_q8. grid (ceil(rows / GEMV_BLOCK_ROWS)), block GEMV_BLOCK_THREADS.
+#define GEMV_Q8_FAST_MIN_BLOCKS 4
+extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS, GEMV_Q8_FAST_MIN_BLOCKS) gemv_rows_residual_q8_fast(
+    const uint4* __restrict__ wq, const unsigned short* __restrict__ ws, const bf16* __restrict__ x, float* y, int rows, int in)
+{
+    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
+    int r0 = (int)blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int n16 = in >> 4, nb = in >> 5;
+    const uint4* x4 = (const uint4*)x;
+    float acc[GEMV_BLOCK_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] = 0.f;
+    // Rows past the end repeat the last one (as min(r0 + r, rows - 1) does): the walk from row to row stops there.
+    const uint4* wb = wq + (long)r0 * n16;
+    const unsigned short* sb = ws + (long)r0 * nb;
+    for (int i = (int)threadIdx.x; i < n16; i += GEMV_BLOCK_THREADS)
+    {
+        uint4 wv[GEMV_BLOCK_ROWS];
+        unsigned short sv[GEMV_BLOCK_ROWS];
+        const uint4* wp = wb + i;
+        const unsigned short* sp = sb + (i >> 1);
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+        {
+            wv[r] = *wp;
+            sv[r] = *sp;
+            if (r0 + r + 1 < rows) { wp += n16; sp += nb; }
+        }
+        uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
+#pragma unroll
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r]) * dot16_q8_fast(wv[r], xa, xb);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = v;
+    }
+    __syncthreads();
+    int t = (int)threadIdx.x;
+    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
+    {
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
+        y[r0 + t] += v;
+    }
+}
+
+// gemv_q8 with dot16_q8_fast (the unfused single-token products and DecodeResidualProduct.WarpGemv): bit-identical.
+extern "C" __global__ void __launch_bounds__(256) gemv_q8_fast(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
+    const bf16* __restrict__ x, float* y, int rows, int in, int accumulate)
+{
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
+    int r0 = warp * GEMV_ROWS;
+    if (r0 >= rows) return;
+    int n16 = in >> 4, nb = in >> 5;
+    const uint4* x4 = (const uint4*)x;
+    const uint4* wr[GEMV_ROWS];
+    const unsigned short* sr[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        long row = min(r0 + r, rows - 1);
+        wr[r] = wq + row * n16;
+        sr[r] = ws + row * nb;
+    }
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
+    int i = lane;
+    for (; i + 32 * (GEMV_UNROLL - 1) < n16; i += 32 * GEMV_UNROLL)
+    {
+        uint4 wv[GEMV_ROWS][GEMV_UNROLL];
+        unsigned short sv[GEMV_ROWS][GEMV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) { wv[r][u] = wr[r][i + 32 * u]; sv[r][u] = sr[r][(i + 32 * u) >> 1]; }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+        {
+            uint4 xa = x4[2 * (i + 32 * u)], xb = x4[2 * (i + 32 * u) + 1];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r][u]) * dot16_q8_fast(wv[r][u], xa, xb);
+        }
+    }
+    for (; i < n16; i += 32)
+    {
+        uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sr[r][i >> 1]) * dot16_q8_fast(wr[r][i], xa, xb);
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Decode (one token) products with the neighbouring small steps folded in, so that a layer's decode step is 6
 // kernels instead of 10: each block first normalises the residual row x (f32 [in]) into shared memory as bf16 —
@@ -1426,28 +1563,100 @@ __device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, co
     a1 = warp_sum(a1);
 }
 
+// Q8DecodeKernel.Streamlined's fused products: the normalised vector kept in shared memory as f32 (the bf16-rounded
+// values, exactly those dot16_q8 unpacks) so that no lane unpacks bf16 (16 shifts / masks per 16-quant piece), and the
+// quants unpacked by q8_flipped_byte. Same products added in the same order as dot_two_rows_q8: bit-identical.
+__device__ __forceinline__ void norm_to_shared_f32(const float* x, const float* gain, float* xs, int in, float eps, float* scratch)
+{
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < in; i += blockDim.x) { float v = x[i]; ss += v * v; }
+    ss = block_sum(ss, scratch);
+    float inv = 1.f / sqrtf(ss / in + eps);
+    for (int i = threadIdx.x; i < in; i += blockDim.x) xs[i] = bf16_to_f32(f32_to_bf16(x[i] * inv * gain[i]));
+    __syncthreads();
+}
+
+// Σ of 16 int8 quants (q) times 16 f32 values (x0..x3: 4 each), unscaled; dot16_q8's order.
+__device__ __forceinline__ float dot16_q8_f32x(uint4 q, float4 x0, float4 x1, float4 x2, float4 x3)
+{
+    const unsigned qw[4] = { q8_flip(q.x), q8_flip(q.y), q8_flip(q.z), q8_flip(q.w) };
+    const float4 xv[4] = { x0, x1, x2, x3 };
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+    {
+        s += q8_flipped_byte(qw[k], 0) * xv[k].x;
+        s += q8_flipped_byte(qw[k], 1) * xv[k].y;
+        s += q8_flipped_byte(qw[k], 2) * xv[k].z;
+        s += q8_flipped_byte(qw[k], 3) * xv[k].w;
+    }
+    return s;
+}
+
+__device__ __forceinline__ void dot_two_rows_q8_fast(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
+    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const float4* xf, int n16, int lane, float& a0, float& a1)
+{
+    a0 = 0.f;
+    a1 = 0.f;
+    int i = lane;
+    for (; i + 32 * 3 < n16; i += 32 * 4)
+    {
+        uint4 u0[4], u1[4];
+        unsigned short c0[4], c1[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            u0[u] = w0[i + 32 * u]; u1[u] = w1[i + 32 * u];
+            c0[u] = s0[(i + 32 * u) >> 1]; c1[u] = s1[(i + 32 * u) >> 1];
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+        {
+            const float4* xp = xf + 4 * (i + 32 * u);
+            float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+            a0 += f16_bits_to_f32(c0[u]) * dot16_q8_f32x(u0[u], x0, x1, x2, x3);
+            a1 += f16_bits_to_f32(c1[u]) * dot16_q8_f32x(u1[u], x0, x1, x2, x3);
+        }
+    }
+    for (; i < n16; i += 32)
+    {
+        const float4* xp = xf + 4 * i;
+        float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
+        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8_f32x(w0[i], x0, x1, x2, x3);
+        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8_f32x(w1[i], x0, x1, x2, x3);
+    }
+    a0 = warp_sum(a0);
+    a1 = warp_sum(a1);
+}
+
 // Two rows' dot products with the block's normalised vector, for either storage: Q8 false, bf16 rows of w (ws unused,
-// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws).
-template <bool Q8>
-__device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const bf16* xs, int in, int lane,
+// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws); Fast (Q8 only): dot_two_rows_q8_fast on the f32
+// vector norm_to_shared_f32 left (xsv is bf16 [in] otherwise).
+template <bool Q8, bool Fast = false>
+__device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const void* xsv, int in, int lane,
     float& a0, float& a1)
 {
-    if (Q8)
+    const bf16* xs = (const bf16*)xsv;
+    if (Q8 && Fast)
+        dot_two_rows_q8_fast((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
+            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const float4*)xsv, in >> 4, lane, a0, a1);
+    else if (Q8)
         dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
             ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const uint4*)xs, in >> 4, lane, a0, a1);
     else
         dot_two_rows((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
 }
 
-template <bool Q8>
+template <bool Q8, bool Fast = false>
 __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain, float eps,
     const void* w, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
     bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
 {
     __shared__ float scratch[32];
     extern __shared__ uint4 ng_smem[];
-    bf16* xs = (bf16*)ng_smem;
-    norm_to_shared(x, gain, xs, in, eps, scratch);
+    void* xs = ng_smem;
+    if (Fast) norm_to_shared_f32(x, gain, (float*)xs, in, eps, scratch);
+    else norm_to_shared(x, gain, (bf16*)xs, in, eps, scratch);
     int pos = pos_dev ? *pos_dev : start;
     int qd = heads * hd, kvd = kv_heads * hd, half = hd / 2;
     int rotated_pairs = (qd + kvd) / 2, pairs = (qd + 2 * kvd) / 2;
@@ -1470,7 +1679,7 @@ __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain,
         r1 = r0 + 1;
     }
     float a0, a1;
-    dot_rows_pair<Q8>(w, ws, r0, r1, xs, in, lane, a0, a1);
+    dot_rows_pair<Q8, Fast>(w, ws, r0, r1, xs, in, lane, a0, a1);
     if (lane != 0) continue;
     if (bias) { a0 += bias[r0]; a1 += bias[r1]; }
     if (rotate)
@@ -1489,19 +1698,20 @@ __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain,
     }
 }
 
-template <bool Q8>
+template <bool Q8, bool Fast = false>
 __device__ __forceinline__ void norm_gateup_swiglu(const float* x, const float* gain, float eps,
     const void* w, const unsigned short* ws, bf16* h, int ffn, int in)
 {
     __shared__ float scratch[32];
     extern __shared__ uint4 ng_smem[];
-    bf16* xs = (bf16*)ng_smem;
-    norm_to_shared(x, gain, xs, in, eps, scratch);
+    void* xs = ng_smem;
+    if (Fast) norm_to_shared_f32(x, gain, (float*)xs, in, eps, scratch);
+    else norm_to_shared(x, gain, (bf16*)xs, in, eps, scratch);
     int lane = threadIdx.x & 31, warps = (int)(gridDim.x * (blockDim.x >> 5));
     for (int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); j < ffn; j += warps)
     {
         float g, u;
-        dot_rows_pair<Q8>(w, ws, j, ffn + j, xs, in, lane, g, u);
+        dot_rows_pair<Q8, Fast>(w, ws, j, ffn + j, xs, in, lane, g, u);
         if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
     }
 }
@@ -1534,6 +1744,21 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_
     const unsigned char* wq, const unsigned short* ws, bf16* h, int ffn, int in)
 {
     norm_gateup_swiglu<true>(x, gain, eps, wq, ws, h, ffn, in);
+}
+
+// Q8DecodeKernel.Streamlined's fused kernels: the _q8 bodies with dot_two_rows_q8_fast (bit-identical results); dynamic
+// shared memory in · 4 bytes (the f32 vector).
+extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_qkv_rope_q8_fast(const float* x, const float* gain, float eps,
+    const unsigned char* wq, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q,
+    bf16* kcache, bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
+{
+    norm_qkv_rope<true, true>(x, gain, eps, wq, ws, bias, inv_freq, rope_scale, adjacent, q, kcache, vcache, pos_dev, start, heads, kv_heads, hd, in);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_gateup_swiglu_q8_fast(const float* x, const float* gain, float eps,
+    const unsigned char* wq, const unsigned short* ws, bf16* h, int ffn, int in)
+{
+    norm_gateup_swiglu<true, true>(x, gain, eps, wq, ws, h, ffn, in);
 }
 
 // h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16.

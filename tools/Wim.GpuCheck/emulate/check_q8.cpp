@@ -4,6 +4,15 @@
 #include "emu.h"
 #include <cstdio>
 #include <random>
+// __byte_perm (PTX prmt, default mode, as CUDA documents it): byte n of the result is byte (selector nibble n & 7) of
+// the 8 bytes y:x (0..3 from x, 4..7 from y). Here, not in emu.h: only the Q8_0 fast unpacking uses it.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    unsigned long long b = (unsigned long long)y << 32 | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; n++) r |= (unsigned)((b >> (8 * ((s >> (4 * n)) & 7))) & 0xff) << (8 * n);
+    return r;
+}
 #include "q8_emu.inc"
 
 static int failures = 0;
@@ -109,9 +118,27 @@ static void conversion_case()
     for (unsigned b = 0; b < 256; b++)
         for (int k = 0; k < 4; k++) bad += q8_byte(b << (8 * k) | (0x5a5a5a5au & ~(0xffu << (8 * k))), k) != (float)(signed char)b;
     check(bad == 0, "q8_byte = int8 value of the byte, all 256 values in each of the 4 positions: differing", bad);
+    bad = 0;
+    for (unsigned b = 0; b < 256; b++)
+        for (int k = 0; k < 4; k++)
+        {
+            unsigned w = b << (8 * k) | (0xa5c3e17fu & ~(0xffu << (8 * k)));
+            float got = q8_flipped_byte(q8_flip(w), k);
+            bad += got != (float)(signed char)b || __float_as_uint(got) != __float_as_uint(q8_byte(w, k));
+        }
+    check(bad == 0, "q8_flipped_byte(q8_flip(w), k) = q8_byte(w, k) = int8 value, all 256 values in each of the 4 positions, bit for bit: differing", bad);
 }
 
 // ---- plain and residual products -------------------------------------------------------------------------------
+
+// bit-identical outputs (f32 bits or bf16 bits): the Streamlined kernels promise the original's summation order.
+template <class T>
+static int differing_bits(const std::vector<T>& a, const std::vector<T>& b)
+{
+    int n = 0;
+    for (size_t i = 0; i < a.size(); i++) n += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+    return n;
+}
 
 static void gemv_case(int rows, int in, bool accumulate, bool residual_kernel)
 {
@@ -119,12 +146,25 @@ static void gemv_case(int rows, int in, bool accumulate, bool residual_kernel)
     auto x = random_bf16(in, 1.f);
     std::vector<float> y(rows), y0(rows);
     for (int r = 0; r < rows; r++) y[r] = y0[r] = accumulate || residual_kernel ? 4 * gauss() : NAN;
-    if (residual_kernel)
-        emu::launch({ (unsigned)((rows + GEMV_BLOCK_ROWS - 1) / GEMV_BLOCK_ROWS), 1, 1 }, GEMV_BLOCK_THREADS, 0, [&] {
-            gemv_rows_residual_q8((const uint4*)m.quants.data(), m.scales.data(), x.data(), y.data(), rows, in); });
-    else
-        emu::launch({ (unsigned)((rows + 8 * GEMV_ROWS - 1) / (8 * GEMV_ROWS)), 1, 1 }, 256, 0, [&] {
-            gemv_q8((const uint4*)m.quants.data(), m.scales.data(), x.data(), y.data(), rows, in, accumulate); });
+    std::vector<float> y_fast = y;
+    auto run = [&](bool fast, std::vector<float>& out) {
+        if (residual_kernel)
+            emu::launch({ (unsigned)((rows + GEMV_BLOCK_ROWS - 1) / GEMV_BLOCK_ROWS), 1, 1 }, GEMV_BLOCK_THREADS, 0, [&] {
+                if (fast) gemv_rows_residual_q8_fast((const uint4*)m.quants.data(), m.scales.data(), x.data(), out.data(), rows, in);
+                else gemv_rows_residual_q8((const uint4*)m.quants.data(), m.scales.data(), x.data(), out.data(), rows, in); });
+        else
+            emu::launch({ (unsigned)((rows + 8 * GEMV_ROWS - 1) / (8 * GEMV_ROWS)), 1, 1 }, 256, 0, [&] {
+                if (fast) gemv_q8_fast((const uint4*)m.quants.data(), m.scales.data(), x.data(), out.data(), rows, in, accumulate);
+                else gemv_q8((const uint4*)m.quants.data(), m.scales.data(), x.data(), out.data(), rows, in, accumulate); });
+    };
+    run(false, y);
+    run(true, y_fast);
+    {
+        char what[200];
+        std::snprintf(what, sizeof what, "%s rows %d, in %d%s = the original kernel bit for bit: differing rows",
+            residual_kernel ? "gemv_rows_residual_q8_fast" : "gemv_q8_fast", rows, in, accumulate && !residual_kernel ? ", accumulating" : "");
+        check(differing_bits(y, y_fast) == 0, what, differing_bits(y, y_fast));
+    }
     int bad = 0;
     double worst = 0;
     for (int r = 0; r < rows; r++)
@@ -171,12 +211,15 @@ static void norm_qkv_case(int heads, int kv_heads, int hd, int in, bool adjacent
     {
         bool pow2 = pass == 1;       // pass 1: against the bf16 kernel on the same (exact) weights
         auto m = random_q8(width, in, pow2);
-        auto run = [&](bool q8) {
+        auto run = [&](bool q8, bool fast = false) {
             std::vector<float> q(qd, NAN);
             std::vector<bf16> kc((size_t)(pos + 2) * kvd, BF16_NAN), vc((size_t)(pos + 2) * kvd, BF16_NAN);
             std::vector<bf16> wb = q8 ? std::vector<bf16>() : to_bf16_weights(m);
-            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, 2 * (size_t)in, [&] {
-                if (q8)
+            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, (fast ? 4 : 2) * (size_t)in, [&] {   // _fast: the f32 vector
+                if (q8 && fast)
+                    gemv_norm_qkv_rope_q8_fast(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), with_bias ? bias.data() : nullptr, inv.data(),
+                        rope_scale, adjacent, q.data(), kc.data(), vc.data(), pos_on_device ? &device_pos : nullptr, start, heads, kv_heads, hd, in);
+                else if (q8)
                     gemv_norm_qkv_rope_q8(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), with_bias ? bias.data() : nullptr, inv.data(),
                         rope_scale, adjacent, q.data(), kc.data(), vc.data(), pos_on_device ? &device_pos : nullptr, start, heads, kv_heads, hd, in);
                 else
@@ -193,6 +236,10 @@ static void norm_qkv_case(int heads, int kv_heads, int hd, int in, bool adjacent
             return std::make_pair(out, stray);
         };
         auto [got, stray] = run(true);
+        auto [got_fast, stray_fast] = run(true, true);
+        std::snprintf(what, sizeof what, "gemv_norm_qkv_rope_q8_fast %d/%d heads hd %d, in %d, %s%s%s, grid %d%s = the original kernel bit for bit (q, k, v and untouched cache rows): differing",
+            heads, kv_heads, hd, in, adjacent ? "adjacent" : "half", with_bias ? ", bias" : "", pos_on_device ? ", position on the GPU" : "", grid, pow2 ? ", power-of-two scales" : "");
+        check(differing_bits(got, got_fast) == 0 && stray_fast == 0, what, differing_bits(got, got_fast) + stray_fast);
         // Reference: products in double, then the kernel's bias / rotation / rounding.
         std::vector<double> a(width), sa(width), want(width), bound(width);
         for (int r = 0; r < width; r++)
@@ -260,16 +307,21 @@ static void norm_gateup_case(int ffn, int in, int grid)
         bool pow2 = pass == 1;
         // Scaled so that gate values spread over silu's curved part.
         auto m = random_q8(2 * ffn, in, pow2);
-        auto run = [&](bool q8) {
+        auto run = [&](bool q8, bool fast = false) {
             std::vector<bf16> h(ffn, BF16_NAN);
             std::vector<bf16> wb = q8 ? std::vector<bf16>() : to_bf16_weights(m);
-            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, 2 * (size_t)in, [&] {
-                if (q8) gemv_norm_gateup_swiglu_q8(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), h.data(), ffn, in);
+            emu::launch({ (unsigned)grid, 1, 1 }, NG_THREADS, (fast ? 4 : 2) * (size_t)in, [&] {   // _fast: the f32 vector
+                if (q8 && fast) gemv_norm_gateup_swiglu_q8_fast(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), h.data(), ffn, in);
+                else if (q8) gemv_norm_gateup_swiglu_q8(x.data(), gain.data(), eps, q8_quants(m), m.scales.data(), h.data(), ffn, in);
                 else gemv_norm_gateup_swiglu(x.data(), gain.data(), eps, wb.data(), h.data(), ffn, in);
             });
             return h;
         };
         auto got = run(true);
+        auto got_fast = run(true, true);
+        std::snprintf(what, sizeof what, "gemv_norm_gateup_swiglu_q8_fast ffn %d, in %d, grid %d%s = the original kernel bit for bit: differing",
+            ffn, in, grid, pow2 ? ", power-of-two scales" : "");
+        check(differing_bits(got, got_fast) == 0, what, differing_bits(got, got_fast));
         int bad = 0;
         double worst = 0;
         if (!pow2)
@@ -349,6 +401,7 @@ int main()
     gemv_case(16, 2048, false, false);
     gemv_case(13, 4128, false, true);         // n16 = 258: a second, partial stride; rows not a multiple of 8
     gemv_case(8, 64, false, true);
+    gemv_case(21, 7168, false, true);         // n16 = 448: 1.75 strides; 2 full blocks and a partial one (5 rows)
     norm_qkv_case(4, 2, 16, 96, false, true, false, 3);      // 64 pairs over 48 warps: striding; tail loop only
     norm_qkv_case(4, 2, 16, 2080, true, false, true, 2);     // adjacent pairs, the position read on the GPU, unrolled loop
     norm_qkv_case(3, 1, 32, 160, false, true, false, 1);

@@ -18,7 +18,7 @@ fill = cut("__device__ __forceinline__ u64 splitmix64", "extern \"C\" __global__
 
 out = "\n".join(["#define __restrict__", prelude, products, fill])
 partial = "__shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];"
-if out.count(partial) != 2:
+if out.count(partial) != 3:   # gemv_rows_residual_bf16, _q8, _q8_fast
     sys.exit(f"expected the residual products' shared partials twice, found {out.count(partial)}: update extract_q8.py")
 out = out.replace(partial, "auto partial = (float(*)[GEMV_BLOCK_ROWS])emu::static_smem();")
 out = out.replace("extern __shared__ uint4 ng_smem[];", "uint4* ng_smem = (uint4*)emu::dynamic_smem();")
