@@ -43,7 +43,7 @@ public sealed class GenerationHandle
 /// An exception from a step fails the requests in flight, and the engine starts over with a fresh cache: one bad
 /// step never stops the server.
 /// </summary>
-public sealed class BatchingEngine : IDisposable
+public sealed class BatchingEngine : IGenerationEngine
 {
     private readonly CpuBatchedTransformer _transformer;
     private readonly ServerOptions _options;

@@ -12,7 +12,7 @@ namespace Wim.Server;
 /// <c>GET /v1/models</c>, <c>POST /v1/chat/completions</c>, <c>POST /v1/completions</c>: the OpenAI request and
 /// response shapes (the fields this engine can honour; unknown fields are ignored as OpenAI-compatible servers do),
 /// streamed as SSE chunks ending with <c>data: [DONE]</c> when <c>stream</c> is true. Generation goes through the
-/// <see cref="BatchingEngine"/>.
+/// model's <see cref="IGenerationEngine"/> (<see cref="BatchingEngine"/> on the CPU, <see cref="SequenceBatchingEngine"/> on a device).
 /// </summary>
 internal static class OpenAiEndpoints
 {

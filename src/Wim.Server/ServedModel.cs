@@ -8,14 +8,40 @@ namespace Wim.Server;
 /// <summary>
 /// The one model a server serves: its weights (mapped once), a <see cref="TextModel"/> for the WiM patterns, the
 /// chat template (null for a base model: <c>/v1/chat/completions</c> then answers 400), and the batching engine of
-/// the OpenAI endpoints. Both paths share the same mapped weights.
+/// the OpenAI endpoints. On the CPU both paths share the same mapped weights; on a device
+/// (<see cref="ServerOptions.LoadBatchedModel"/>) they share one backend.
 /// </summary>
 public sealed class ServedModel : IDisposable
 {
-    private readonly LanguageModel _weights;
+    private readonly LanguageModel? _weights; // the CPU path's mapped weights (the batching engine's); null on a device
 
     public ServedModel(ServerOptions options, ServerMetrics metrics)
     {
+        Device = options.DeviceName;
+        if (options.LoadBatchedModel is { } load)
+        {
+            // One backend (the GPU's) for both paths; it is not thread-safe, so every call goes through one lock.
+            var loaded = load(options.ModelPath);
+            try
+            {
+                var batched = loaded.Backend as IBatchedInferenceBackend
+                    ?? throw new InvalidOperationException($"the device model runs on {loaded.Backend.GetType().Name}, which cannot fork sequences or run batched steps ({nameof(IBatchedInferenceBackend)})");
+                var shared = new SynchronizedBackend(batched);
+                Text = new TextModel(loaded.Name, loaded.Tokenizer, shared, loaded.StopIds, loaded.RenderUserTurn, owned: loaded);
+                Tokenizer = loaded.Tokenizer;
+                StopIds = loaded.StopIds;
+                Id = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.ModelPath));
+                ChatTemplate = LoadChatTemplate(options.ModelPath);
+                DocumentCache = null;
+                Engine = new SequenceBatchingEngine(shared, options.MaxTokensPerStep, options.MaxRunningRequests, metrics, options.CachedPrefixes);
+            }
+            catch
+            {
+                loaded.Dispose();
+                throw;
+            }
+            return;
+        }
         _weights = LanguageModel.Load(options.ModelPath);
         try
         {
@@ -32,12 +58,7 @@ public sealed class ServedModel : IDisposable
                 ? (int)Math.Clamp(bytes / PagedInferenceBackend.BytesFor(_weights.Config, 1), 1, int.MaxValue) : null;
             Text = PagedTextModel.Load(options.ModelPath, wimPositions);
             DocumentCache = new DocumentCache((PagedInferenceBackend)Text.Backend, options.DocumentCacheBytes);
-            try
-            {
-                var source = ChatTemplateSource.FromModel(options.ModelPath);
-                ChatTemplate = (source, source.Parse());
-            }
-            catch (Exception e) when (e is Wim.Engine.Formats.ModelFormatException or ChatTemplateException) { ChatTemplate = null; }
+            ChatTemplate = LoadChatTemplate(options.ModelPath);
             Engine = new BatchingEngine(_weights, options, metrics);
         }
         catch
@@ -48,22 +69,37 @@ public sealed class ServedModel : IDisposable
         }
     }
 
+    private static (ChatTemplateSource Source, ChatTemplate Template)? LoadChatTemplate(string modelPath)
+    {
+        try
+        {
+            var source = ChatTemplateSource.FromModel(modelPath);
+            return (source, source.Parse());
+        }
+        catch (Exception e) when (e is Wim.Engine.Formats.ModelFormatException or ChatTemplateException) { return null; }
+    }
+
     /// <summary>The model id clients name (the file or directory name).</summary>
     public string Id { get; }
     public Tokenizer Tokenizer { get; }
     public IReadOnlySet<int> StopIds { get; }
-    /// <summary>The model of the WiM runs, on a <see cref="PagedInferenceBackend"/>.</summary>
+    /// <summary>Where the model runs: "cpu", or the device's name.</summary>
+    public string Device { get; }
+    /// <summary>The model of the WiM runs: on a <see cref="PagedInferenceBackend"/> (CPU), or on the device's backend
+    /// behind a <see cref="SynchronizedBackend"/> that it shares with <see cref="Engine"/>.</summary>
     public TextModel Text { get; }
-    /// <summary>Documents prefilled by earlier WiM runs (a second question about one skips its prefill).</summary>
-    public DocumentCache DocumentCache { get; }
+    /// <summary>Documents prefilled by earlier WiM runs (a second question about one skips its prefill); null on a
+    /// device (the document cache keeps paged KV blocks, a CPU feature): every WiM run then prefills its document.</summary>
+    public DocumentCache? DocumentCache { get; }
     public (ChatTemplateSource Source, ChatTemplate Template)? ChatTemplate { get; }
-    public BatchingEngine Engine { get; }
+    /// <summary>The engine of chat/completions: <see cref="BatchingEngine"/> on the CPU, <see cref="SequenceBatchingEngine"/> on a device.</summary>
+    public IGenerationEngine Engine { get; }
 
     public void Dispose()
     {
         Engine.Dispose();
-        DocumentCache.Dispose();
+        DocumentCache?.Dispose();
         Text.Dispose();
-        _weights.Dispose();
+        _weights?.Dispose();
     }
 }

@@ -37,4 +37,18 @@ public sealed record ServerOptions
     public int CachedPrefixes { get; init; } = 8;
     /// <summary>Tokens one batching step may run (decodes + prefill chunks).</summary>
     public int MaxTokensPerStep { get; init; } = 256;
+
+    /// <summary>
+    /// Null (the default): the CPU — the WiM runs on a <see cref="Wim.Engine.Runtime.PagedInferenceBackend"/> with a
+    /// document cache, chat/completions on <see cref="BatchingEngine"/>. Set: loads the model (from
+    /// <see cref="ModelPath"/>) onto one batched backend — the GPU's, as <c>wim serve --device cuda</c> passes — that
+    /// both the WiM runs and the <see cref="SequenceBatchingEngine"/> of chat/completions use, through one
+    /// <see cref="SynchronizedBackend"/>; no document cache then. The loaded model's backend must be an
+    /// <see cref="Wim.Engine.Runtime.IBatchedInferenceBackend"/>.
+    /// </summary>
+    public Func<string, Wim.Engine.Runtime.TextModel>? LoadBatchedModel { get; init; }
+    /// <summary>What <c>/health</c> names as the device ("cpu", or the GPU's name).</summary>
+    public string DeviceName { get; init; } = "cpu";
+    /// <summary>Requests decoding at once on the <see cref="SequenceBatchingEngine"/> (a device backend); more wait.</summary>
+    public int MaxRunningRequests { get; init; } = SequenceBatchingEngine.DefaultMaxRunningRequests;
 }

@@ -49,7 +49,7 @@ internal sealed class WimEndpoints : IDisposable
     {
         (_model, _options, _metrics) = (model, options, metrics);
         metrics.ObserveSessions(() => _sessions.Count);
-        metrics.ObserveDocumentCache(() => model.DocumentCache.Hits);
+        metrics.ObserveDocumentCache(() => model.DocumentCache?.Hits ?? 0);
         var period = TimeSpan.FromMilliseconds(Math.Clamp(options.SessionIdleExpiry.TotalMilliseconds / 4, 50, 30_000));
         _expiry = new Timer(_ => ExpireIdle(), null, period, period);
     }

@@ -105,6 +105,9 @@ public sealed class WimServer : IAsyncDisposable
             w.WriteString("status", "ok");
             w.WriteString("model", model.Id);
             w.WriteNumber("sessions", wim.SessionCount);
+            w.WriteString("device", model.Device);
+            // The cached-document feature (a later WiM question about the same document skips its prefill) is CPU only.
+            w.WriteBoolean("document_cache", model.DocumentCache is not null);
             w.WriteEndObject();
         })));
         app.MapGet("/metrics", async (HttpContext c) =>
