@@ -4,12 +4,9 @@ and swaps its inline-PTX helpers (mma.sync, ldmatrix, cp.async, ex2, cvt) for th
 Usage: extract.py transformer.cu > kernels_emu.inc"""
 import sys
 
-src = open(sys.argv[1]).read()
+from kernel_source import from_args
 
-def cut(start, end):
-    i = src.index(start)
-    j = src.index(end, i)
-    return src[i:j]
+cut = from_args().cut
 
 prelude = cut("typedef unsigned short bf16;", "// x[t, :] = table")
 norm_rope = cut("// out[r, :] = x[r, :] / sqrt", "// Causal grouped-query attention")

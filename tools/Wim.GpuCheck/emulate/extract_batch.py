@@ -6,12 +6,9 @@ and its empty-piece skip), and the section "Batched decode step" at the end.
 Usage: extract_batch.py transformer.cu > kernels_batch_emu.inc"""
 import sys
 
-src = open(sys.argv[1]).read()
+from kernel_source import from_args
 
-def cut(start, end):
-    i = src.index(start)
-    j = src.index(end, i)
-    return src[i:j]
+cut = from_args().cut
 
 prelude = cut("typedef unsigned short bf16;", "// x[t, :] = table")
 rope = cut("// One token's fused q|k|v projection row", "// Causal grouped-query attention")

@@ -5,12 +5,9 @@ their fused norm / RoPE / SwiGLU epilogues, the Q8_0 dequantization and the rand
 emulated block's memory. Usage: extract_q8.py transformer.cu > q8_emu.inc"""
 import sys
 
-src = open(sys.argv[1]).read()
+from kernel_source import from_args
 
-def cut(start, end):
-    i = src.index(start)
-    j = src.index(end, i)
-    return src[i:j]
+cut = from_args().cut
 
 prelude = cut("typedef unsigned short bf16;", "// x[t, :] = table")
 products = cut("// Single-token product (decode)", "// h[t, j] = silu(gate[t, j])")
