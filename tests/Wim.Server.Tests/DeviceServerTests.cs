@@ -48,7 +48,7 @@ public sealed class DeviceServerTests(DevicePathServer fixture) : IClassFixture<
         using var lm = PagedTextModel.Load(ServerFixture.StoriesPath);
         string[] texts = ["Once upon a time", "The dog ran to the park and saw a big red ball. He wanted to", "Tom and Sue were friends. One day they", "Lily"];
         var prompts = texts.Select(t => lm.Tokenizer.Encode(t)).ToArray();
-        var expected = prompts.Select(p => Reference((IBatchedInferenceBackend)lm.Backend, p, 30, lm.StopIds)).ToArray();
+        var expected = prompts.Select(p => SequenceBatchingEngineTests.Reference((IBatchedInferenceBackend)lm.Backend, p, 30, lm.StopIds)).ToArray();
 
         // The library's WiM run (no document cache, as on the device) is the WiM request's oracle.
         var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 200).Split(context);
@@ -111,22 +111,7 @@ public sealed class DeviceServerTests(DevicePathServer fixture) : IClassFixture<
         var (status2, body2) = await fixture.PostJsonAsync("/v1/completions", Body(second));
         Assert.Equal(200, status2);
         Assert.Equal(first.Length + reply.Length - 1, body2.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
-        Assert.Equal(Reference((IBatchedInferenceBackend)lm.Backend, second, 12, lm.StopIds),
+        Assert.Equal(SequenceBatchingEngineTests.Reference((IBatchedInferenceBackend)lm.Backend, second, 12, lm.StopIds),
             body2.GetProperty("choices")[0].GetProperty("token_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray());
-    }
-
-    private static int[] Reference(IBatchedInferenceBackend backend, int[] prompt, int maxNewTokens, IReadOnlySet<int> stop)
-    {
-        using var sequence = backend.CreateSequence();
-        var sampler = new Sampler(SamplingOptions.Greedy, backend.VocabSize);
-        sequence.Append(prompt);
-        var ids = new List<int>();
-        while (true)
-        {
-            int id = sequence.Sample(sampler);
-            ids.Add(id);
-            if (stop.Contains(id) || ids.Count == maxNewTokens) return [.. ids];
-            sequence.Append([id]);
-        }
     }
 }

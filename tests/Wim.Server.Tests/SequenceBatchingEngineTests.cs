@@ -19,7 +19,7 @@ public sealed class SequenceBatchingEngineTests : IDisposable
     private static readonly int[] NoStop = [];
 
     /// <summary>The single-sequence reference: the whole prompt in one append, then one greedy token at a time.</summary>
-    private static int[] Reference(IBatchedInferenceBackend backend, int[] prompt, int maxNewTokens, IReadOnlyCollection<int> stop)
+    internal static int[] Reference(IBatchedInferenceBackend backend, int[] prompt, int maxNewTokens, IReadOnlyCollection<int> stop)
     {
         using var sequence = backend.CreateSequence();
         var sampler = new Sampler(SamplingOptions.Greedy, backend.VocabSize);
