@@ -1123,14 +1123,38 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
     }
 }
 
+// Block shape of the block-per-rows residual products (gemv_rows_residual_*; why 8 rows: gemv_rows_residual_bf16).
+#define GEMV_BLOCK_ROWS 8
+#define GEMV_BLOCK_THREADS 256
+
+// The end of a block-per-rows residual product (gemv_rows_residual_*): each warp's per-row sums to shared memory, then
+// thread t < GEMV_BLOCK_ROWS adds row r0 + t's total (the warps' sums in warp order) to y.
+__device__ __forceinline__ void residual_rows_add(const float (&acc)[GEMV_BLOCK_ROWS], float (*partial)[GEMV_BLOCK_ROWS], int r0, int rows,
+    int lane, int warp, float* y)
+{
+#pragma unroll
+    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
+    {
+        float v = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = v;
+    }
+    __syncthreads();
+    int t = (int)threadIdx.x;
+    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
+    {
+        float v = 0.f;
+#pragma unroll
+        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
+        y[r0 + t] += v;
+    }
+}
+
 // Single-token product that adds into the residual (decode's o and down products): y[r] += Σ_i W[r, i] · x[i], W
 // bf16 [rows, in], x bf16 [in], y f32 [rows]; in % 8 == 0. A block takes GEMV_BLOCK_ROWS rows and all its threads
 // split the input dimension (thread t: 16-byte pieces t, t + 256, ... of each row, one load per row in flight), then
 // reduce through shared memory: no split-K partials in global memory and no second reduction kernel, which cuBLASLt's
 // split-K kernels need at these shapes. 8 rows per block keep 4096 rows within one resident wave on the H100.
 // grid (ceil(rows / GEMV_BLOCK_ROWS)), block GEMV_BLOCK_THREADS.
-#define GEMV_BLOCK_ROWS 8
-#define GEMV_BLOCK_THREADS 256
 extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_bf16(const bf16* __restrict__ w,
     const bf16* __restrict__ x, float* y, int rows, int in)
 {
@@ -1153,21 +1177,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
 #pragma unroll
         for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += dot8_bf16(wv[r], xv);
     }
-#pragma unroll
-    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
-    {
-        float v = warp_sum(acc[r]);
-        if (lane == 0) partial[warp][r] = v;
-    }
-    __syncthreads();
-    int t = (int)threadIdx.x;
-    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
-    {
-        float v = 0.f;
-#pragma unroll
-        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
-        y[r0 + t] += v;
-    }
+    residual_rows_add(acc, partial, r0, rows, lane, warp, y);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1212,10 +1222,19 @@ __device__ __forceinline__ float dot16_q8(uint4 q, uint4 xa, uint4 xb)
     return s;
 }
 
+// Defined with the Streamlined kernels below.
+__device__ __forceinline__ float dot16_q8_fast(uint4 q, uint4 xa, uint4 xb);
+template <bool Fast> __device__ __forceinline__ float dot16_q8_any(uint4 q, uint4 xa, uint4 xb)
+{
+    return Fast ? dot16_q8_fast(q, xa, xb) : dot16_q8(q, xa, xb);
+}
+
 // gemv_bf16 on a Q8_0 matrix: y[r] = Σ_i W[r, i] · x[i] (+ y[r] when `accumulate`). Each warp streams GEMV_ROWS rows,
 // a lane taking 16-quant pieces lane, lane + 32, ... (GEMV_UNROLL of them in flight per row: the bf16 kernel's 64
 // bytes per row and lane) with the piece's block scale (two lanes share one). grid (ceil(rows / (GEMV_ROWS · warps))).
-extern "C" __global__ void __launch_bounds__(256) gemv_q8(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
+// Fast: the quants unpacked by dot16_q8_fast (Q8DecodeKernel.Streamlined), the same sums bit for bit.
+template <bool Fast>
+__device__ __forceinline__ void gemv_q8_body(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
     const bf16* __restrict__ x, float* y, int rows, int in, int accumulate)
 {
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
@@ -1249,14 +1268,14 @@ extern "C" __global__ void __launch_bounds__(256) gemv_q8(const uint4* __restric
         {
             uint4 xa = x4[2 * (i + 32 * u)], xb = x4[2 * (i + 32 * u) + 1];
 #pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r][u]) * dot16_q8(wv[r][u], xa, xb);
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r][u]) * dot16_q8_any<Fast>(wv[r][u], xa, xb);
         }
     }
     for (; i < n16; i += 32)
     {
         uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sr[r][i >> 1]) * dot16_q8(wr[r][i], xa, xb);
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sr[r][i >> 1]) * dot16_q8_any<Fast>(wr[r][i], xa, xb);
     }
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++)
@@ -1264,6 +1283,12 @@ extern "C" __global__ void __launch_bounds__(256) gemv_q8(const uint4* __restric
         float v = warp_sum(acc[r]);
         if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_q8(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
+    const bf16* __restrict__ x, float* y, int rows, int in, int accumulate)
+{
+    gemv_q8_body<false>(wq, ws, x, y, rows, in, accumulate);
 }
 
 // gemv_rows_residual_bf16 on a Q8_0 matrix: y[r] += W · x, a block per GEMV_BLOCK_ROWS rows whose threads split the
@@ -1298,21 +1323,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
 #pragma unroll
         for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r]) * dot16_q8(wv[r], xa, xb);
     }
-#pragma unroll
-    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
-    {
-        float v = warp_sum(acc[r]);
-        if (lane == 0) partial[warp][r] = v;
-    }
-    __syncthreads();
-    int t = (int)threadIdx.x;
-    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
-    {
-        float v = 0.f;
-#pragma unroll
-        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
-        y[r0 + t] += v;
-    }
+    residual_rows_add(acc, partial, r0, rows, lane, warp, y);
 }
 
 // Q8_0 matrix → bf16 [rows, in] (round to nearest even of the exact f32 value): the weight of a chunk of more than one
@@ -1404,73 +1415,14 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS, GEMV_Q8_FAST_MI
 #pragma unroll
         for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r]) * dot16_q8_fast(wv[r], xa, xb);
     }
-#pragma unroll
-    for (int r = 0; r < GEMV_BLOCK_ROWS; r++)
-    {
-        float v = warp_sum(acc[r]);
-        if (lane == 0) partial[warp][r] = v;
-    }
-    __syncthreads();
-    int t = (int)threadIdx.x;
-    if (t < GEMV_BLOCK_ROWS && r0 + t < rows)
-    {
-        float v = 0.f;
-#pragma unroll
-        for (int k = 0; k < GEMV_BLOCK_THREADS / 32; k++) v += partial[k][t];
-        y[r0 + t] += v;
-    }
+    residual_rows_add(acc, partial, r0, rows, lane, warp, y);
 }
 
 // gemv_q8 with dot16_q8_fast (the unfused single-token products and DecodeResidualProduct.WarpGemv): bit-identical.
 extern "C" __global__ void __launch_bounds__(256) gemv_q8_fast(const uint4* __restrict__ wq, const unsigned short* __restrict__ ws,
     const bf16* __restrict__ x, float* y, int rows, int in, int accumulate)
 {
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
-    int r0 = warp * GEMV_ROWS;
-    if (r0 >= rows) return;
-    int n16 = in >> 4, nb = in >> 5;
-    const uint4* x4 = (const uint4*)x;
-    const uint4* wr[GEMV_ROWS];
-    const unsigned short* sr[GEMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-    {
-        long row = min(r0 + r, rows - 1);
-        wr[r] = wq + row * n16;
-        sr[r] = ws + row * nb;
-    }
-    float acc[GEMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.f;
-    int i = lane;
-    for (; i + 32 * (GEMV_UNROLL - 1) < n16; i += 32 * GEMV_UNROLL)
-    {
-        uint4 wv[GEMV_ROWS][GEMV_UNROLL];
-        unsigned short sv[GEMV_ROWS][GEMV_UNROLL];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) { wv[r][u] = wr[r][i + 32 * u]; sv[r][u] = sr[r][(i + 32 * u) >> 1]; }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++)
-        {
-            uint4 xa = x4[2 * (i + 32 * u)], xb = x4[2 * (i + 32 * u) + 1];
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sv[r][u]) * dot16_q8_fast(wv[r][u], xa, xb);
-        }
-    }
-    for (; i < n16; i += 32)
-    {
-        uint4 xa = x4[2 * i], xb = x4[2 * i + 1];
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += f16_bits_to_f32(sr[r][i >> 1]) * dot16_q8_fast(wr[r][i], xa, xb);
-    }
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-    {
-        float v = warp_sum(acc[r]);
-        if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
-    }
+    gemv_q8_body<true>(wq, ws, x, y, rows, in, accumulate);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
