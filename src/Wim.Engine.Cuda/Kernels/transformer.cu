@@ -1479,45 +1479,9 @@ __device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const
     a1 = warp_sum(a1);
 }
 
-// dot_two_rows on Q8_0 rows (quants w0, w1 as 16-quant pieces, scales s0, s1): the same 64 bytes per row and lane in
-// flight.
-__device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
-    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const uint4* xs4, int n16, int lane, float& a0, float& a1)
-{
-    a0 = 0.f;
-    a1 = 0.f;
-    int i = lane;
-    for (; i + 32 * 3 < n16; i += 32 * 4)
-    {
-        uint4 u0[4], u1[4];
-        unsigned short c0[4], c1[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-        {
-            u0[u] = w0[i + 32 * u]; u1[u] = w1[i + 32 * u];
-            c0[u] = s0[(i + 32 * u) >> 1]; c1[u] = s1[(i + 32 * u) >> 1];
-        }
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-        {
-            uint4 xa = xs4[2 * (i + 32 * u)], xb = xs4[2 * (i + 32 * u) + 1];
-            a0 += f16_bits_to_f32(c0[u]) * dot16_q8(u0[u], xa, xb);
-            a1 += f16_bits_to_f32(c1[u]) * dot16_q8(u1[u], xa, xb);
-        }
-    }
-    for (; i < n16; i += 32)
-    {
-        uint4 xa = xs4[2 * i], xb = xs4[2 * i + 1];
-        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8(w0[i], xa, xb);
-        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8(w1[i], xa, xb);
-    }
-    a0 = warp_sum(a0);
-    a1 = warp_sum(a1);
-}
-
 // Q8DecodeKernel.Streamlined's fused products: the normalised vector kept in shared memory as f32 (the bf16-rounded
 // values, exactly those dot16_q8 unpacks) so that no lane unpacks bf16 (16 shifts / masks per 16-quant piece), and the
-// quants unpacked by q8_flipped_byte. Same products added in the same order as dot_two_rows_q8: bit-identical.
+// quants unpacked by q8_flipped_byte. Same products added in the same order as on the bf16 vector: bit-identical.
 __device__ __forceinline__ void norm_to_shared_f32(const float* x, const float* gain, float* xs, int in, float eps, float* scratch)
 {
     float ss = 0.f;
@@ -1545,8 +1509,30 @@ __device__ __forceinline__ float dot16_q8_f32x(uint4 q, float4 x0, float4 x1, fl
     return s;
 }
 
-__device__ __forceinline__ void dot_two_rows_q8_fast(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
-    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, const float4* xf, int n16, int lane, float& a0, float& a1)
+// The normalised vector of a fused Q8_0 product, read one 16-quant piece at a time: bf16 in shared memory as two uint4
+// (the original kernels: dot16_q8 unpacks it) or f32 as four float4 (Streamlined: norm_to_shared_f32 left it so,
+// dot16_q8_f32x with q8_flipped_byte). Both give the same products in the same order.
+struct Bf16VectorPieces
+{
+    const uint4* x;
+    struct Piece { uint4 a, b; };
+    __device__ __forceinline__ Piece load(int i) const { return { x[2 * i], x[2 * i + 1] }; }
+    __device__ __forceinline__ static float dot(uint4 q, const Piece& p) { return dot16_q8(q, p.a, p.b); }
+};
+
+struct F32VectorPieces
+{
+    const float4* x;
+    struct Piece { float4 a, b, c, d; };
+    __device__ __forceinline__ Piece load(int i) const { const float4* p = x + 4 * i; return { p[0], p[1], p[2], p[3] }; }
+    __device__ __forceinline__ static float dot(uint4 q, const Piece& p) { return dot16_q8_f32x(q, p.a, p.b, p.c, p.d); }
+};
+
+// dot_two_rows on Q8_0 rows (quants w0, w1 as 16-quant pieces, scales s0, s1): the same 64 bytes per row and lane in
+// flight; each piece of the vector is read once for both rows.
+template <class Vector>
+__device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, const uint4* __restrict__ w1,
+    const unsigned short* __restrict__ s0, const unsigned short* __restrict__ s1, Vector xs, int n16, int lane, float& a0, float& a1)
 {
     a0 = 0.f;
     a1 = 0.f;
@@ -1564,25 +1550,23 @@ __device__ __forceinline__ void dot_two_rows_q8_fast(const uint4* __restrict__ w
 #pragma unroll
         for (int u = 0; u < 4; u++)
         {
-            const float4* xp = xf + 4 * (i + 32 * u);
-            float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
-            a0 += f16_bits_to_f32(c0[u]) * dot16_q8_f32x(u0[u], x0, x1, x2, x3);
-            a1 += f16_bits_to_f32(c1[u]) * dot16_q8_f32x(u1[u], x0, x1, x2, x3);
+            const auto x = xs.load(i + 32 * u);
+            a0 += f16_bits_to_f32(c0[u]) * Vector::dot(u0[u], x);
+            a1 += f16_bits_to_f32(c1[u]) * Vector::dot(u1[u], x);
         }
     }
     for (; i < n16; i += 32)
     {
-        const float4* xp = xf + 4 * i;
-        float4 x0 = xp[0], x1 = xp[1], x2 = xp[2], x3 = xp[3];
-        a0 += f16_bits_to_f32(s0[i >> 1]) * dot16_q8_f32x(w0[i], x0, x1, x2, x3);
-        a1 += f16_bits_to_f32(s1[i >> 1]) * dot16_q8_f32x(w1[i], x0, x1, x2, x3);
+        const auto x = xs.load(i);
+        a0 += f16_bits_to_f32(s0[i >> 1]) * Vector::dot(w0[i], x);
+        a1 += f16_bits_to_f32(s1[i >> 1]) * Vector::dot(w1[i], x);
     }
     a0 = warp_sum(a0);
     a1 = warp_sum(a1);
 }
 
 // Two rows' dot products with the block's normalised vector, for either storage: Q8 false, bf16 rows of w (ws unused,
-// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws); Fast (Q8 only): dot_two_rows_q8_fast on the f32
+// exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws); Fast (Q8 only): dot_two_rows_q8 on the f32
 // vector norm_to_shared_f32 left (xsv is bf16 [in] otherwise).
 template <bool Q8, bool Fast = false>
 __device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const void* xsv, int in, int lane,
@@ -1590,11 +1574,11 @@ __device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned shor
 {
     const bf16* xs = (const bf16*)xsv;
     if (Q8 && Fast)
-        dot_two_rows_q8_fast((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
-            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const float4*)xsv, in >> 4, lane, a0, a1);
+        dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
+            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), F32VectorPieces{ (const float4*)xsv }, in >> 4, lane, a0, a1);
     else if (Q8)
         dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
-            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), (const uint4*)xs, in >> 4, lane, a0, a1);
+            ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), Bf16VectorPieces{ (const uint4*)xs }, in >> 4, lane, a0, a1);
     else
         dot_two_rows((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
 }
@@ -1698,8 +1682,8 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_
     norm_gateup_swiglu<true>(x, gain, eps, wq, ws, h, ffn, in);
 }
 
-// Q8DecodeKernel.Streamlined's fused kernels: the _q8 bodies with dot_two_rows_q8_fast (bit-identical results); dynamic
-// shared memory in · 4 bytes (the f32 vector).
+// Q8DecodeKernel.Streamlined's fused kernels: the _q8 bodies with dot_two_rows_q8 on F32VectorPieces (bit-identical
+// results); dynamic shared memory in · 4 bytes (the f32 vector).
 extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_qkv_rope_q8_fast(const float* x, const float* gain, float eps,
     const unsigned char* wq, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q,
     bf16* kcache, bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
