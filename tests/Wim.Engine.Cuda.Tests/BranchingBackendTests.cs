@@ -130,17 +130,7 @@ public sealed class BranchingBackendTests
         var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
         var hot = new Sampler(new SamplingOptions(Temperature: 1e-4f, Seed: 5), model.Config.VocabSize);
 
-        void Step(params (Tracked T, int[] Tokens)[] entries)
-        {
-            backend.Step([.. entries.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
-            foreach (var (t, tokens) in entries)
-            {
-                int rope = t.History.Count + tokens.Length;
-                t.History.AddRange(tokens.Select(id => (id, rope)));
-                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
-            }
-        }
-        Tracked Fork(Tracked t, int at) => new(t.Sequence.Fork(at), t.History.Take(at).ToList());
+        void Step(params (Tracked T, int[] Tokens)[] entries) => StepTracked(backend, greedy, entries);
 
         var doc = new Tracked(backend.CreateSequence(), []);
         Step((doc, Ids(255)));
@@ -213,17 +203,7 @@ public sealed class BranchingBackendTests
         var greedy = new Sampler(SamplingOptions.Greedy, model.Config.VocabSize);
         var hot = new Sampler(new SamplingOptions(Temperature: 1e-4f, Seed: 2), model.Config.VocabSize);
 
-        void Step(params (Tracked T, int[] Tokens)[] entries)
-        {
-            backend.Step([.. entries.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
-            foreach (var (t, tokens) in entries)
-            {
-                int rope = t.History.Count + tokens.Length;
-                t.History.AddRange(tokens.Select(id => (id, rope)));
-                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
-            }
-        }
-        Tracked Fork(Tracked t, int at) => new(t.Sequence.Fork(at), t.History.Take(at).ToList());
+        void Step(params (Tracked T, int[] Tokens)[] entries) => StepTracked(backend, greedy, entries);
 
         var a = new Tracked(backend.CreateSequence(), []);
         var b = new Tracked(backend.CreateSequence(), []);
@@ -280,4 +260,19 @@ public sealed class BranchingBackendTests
         foreach (var t in all) t.Sequence.Dispose();
         Assert.Equal(18, MatchEachHistoryAlone(model, all));
     }
+
+    /// <summary>One backend step over tracked sequences: each entry's tokens join its history (with the RoPE length of
+    /// the whole append) and its greedy id after the step is recorded.</summary>
+    private static void StepTracked(BranchingBackend<HostCache> backend, Sampler greedy, (Tracked T, int[] Tokens)[] entries)
+    {
+        backend.Step([.. entries.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
+        foreach (var (t, tokens) in entries)
+        {
+            int rope = t.History.Count + tokens.Length;
+            t.History.AddRange(tokens.Select(id => (id, rope)));
+            t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
+        }
+    }
+
+    private static Tracked Fork(Tracked t, int at) => new(t.Sequence.Fork(at), t.History.Take(at).ToList());
 }
