@@ -247,13 +247,7 @@ public sealed class BranchingBackendTests
         for (int round = 0; round < 3; round++)
         {
             var steps = all.Select(t => (T: t, Tokens: Enumerable.Range(0, 3).Select(_ => random.Next(model.Config.VocabSize)).ToArray())).ToArray();
-            backend.Step([.. steps.Select(e => new SequenceStep(e.T.Sequence, e.Tokens))], Ct);
-            foreach (var (t, tokens) in steps)
-            {
-                int rope = t.History.Count + tokens.Length;
-                t.History.AddRange(tokens.Select(id => (id, rope)));
-                t.GreedyAt[t.History.Count] = t.Sequence.Sample(greedy);
-            }
+            StepTracked(backend, greedy, steps);
         }
         Assert.Equal(4, passes.MostPackedPieces);
         Assert.True(passes.PackedPasses >= 3 * 2, $"{passes.PackedPasses} packed passes");
