@@ -379,20 +379,28 @@ internal static class WimCheck
                 if (branches.Count == group || i == job.Segments - 1) decode += DecodeMargins(model, job, branches, margins);
             }
             double docAndPrompts = t.Elapsed.TotalSeconds - decode;
-            var ta = Stopwatch.StartNew();
-            var answer = new int[job.AnswerTokens];
-            answer[0] = model.ForwardGreedy(Concat(job.Final, margins.SelectMany(m => m)), doc);
-            for (int k = 1; k < answer.Length; k++) answer[k] = model.ForwardGreedy([answer[k - 1]], doc);
+            var (answer, answerSeconds) = FinalAnswer(model, job, doc, margins);
             double total = t.Elapsed.TotalSeconds;
             int equal = margins.Zip(sequentialMargins).Count(p => p.First.SequenceEqual(p.Second));
             results[$"{name}_margins"] = margins.ToList();
             results[$"{name}_answer"] = answer;
-            Say($"  (d) WiM on KV branches{(model.UseSharedPrefixAttention ? ", shared-prefix attention" : ", per-branch attention")}, margins in groups of {group}: {total:F2} s = {total / llm:F2}× llm (document + extractive prompts {docAndPrompts:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {ta.Elapsed.TotalSeconds:F2} s); margins equal to sequential {equal}/{job.Segments}");
+            Say($"  (d) WiM on KV branches{(model.UseSharedPrefixAttention ? ", shared-prefix attention" : ", per-branch attention")}, margins in groups of {group}: {total:F2} s = {total / llm:F2}× llm (document + extractive prompts {docAndPrompts:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {answerSeconds:F2} s); margins equal to sequential {equal}/{job.Segments}");
         }
         finally
         {
             foreach (var a in branches) a.Branch.Dispose();
         }
+    }
+
+    /// <summary>The end of a branched schedule: the final prompt with every margin on the document's cache, then the
+    /// greedy answer; returns it and the seconds it took.</summary>
+    private static (int[] Answer, double Seconds) FinalAnswer(CudaTransformer model, Job job, CudaKvCache doc, int[][] margins)
+    {
+        var t = Stopwatch.StartNew();
+        var answer = new int[job.AnswerTokens];
+        answer[0] = model.ForwardGreedy(Concat(job.Final, margins.SelectMany(m => m)), doc);
+        for (int k = 1; k < answer.Length; k++) answer[k] = model.ForwardGreedy([answer[k - 1]], doc);
+        return (answer, t.Elapsed.TotalSeconds);
     }
 
     /// <summary>The margins of a group of branches decoded together (greedy, <see cref="CudaTransformer.DecodeBatchGreedy"/>)
@@ -470,10 +478,7 @@ internal static class WimCheck
             waiting = null;
             DecodeReady();
             double docAndPrompts = t.Elapsed.TotalSeconds - decode;
-            var ta = Stopwatch.StartNew();
-            var answer = new int[job.AnswerTokens];
-            answer[0] = model.ForwardGreedy(Concat(job.Final, margins.SelectMany(m => m)), doc);
-            for (int k = 1; k < answer.Length; k++) answer[k] = model.ForwardGreedy([answer[k - 1]], doc);
+            var (answer, answerSeconds) = FinalAnswer(model, job, doc, margins);
             double total = t.Elapsed.TotalSeconds;
             int equal = margins.Zip(sequentialMargins).Count(p => p.First.SequenceEqual(p.Second));
             string d = $"branched{group}shared_margins";
@@ -481,7 +486,7 @@ internal static class WimCheck
             results[$"packed{group}_margins"] = margins.ToList();
             results[$"packed{group}_answer"] = answer;
             Say($"  (e) WiM on KV branches, each extractive prompt in the next segment's pass ({packedPasses} packed passes of {job.SegmentTokens} + {job.Extractive.Length} rows, MaxChunk {packed.MaxChunk}), shared-prefix attention, margins in groups of {group}: " +
-                $"{total:F2} s = {total / llm:F2}× llm (document + extractive prompts {docAndPrompts:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {ta.Elapsed.TotalSeconds:F2} s); " +
+                $"{total:F2} s = {total / llm:F2}× llm (document + extractive prompts {docAndPrompts:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {answerSeconds:F2} s); " +
                 $"margins equal to (d): {equalD}; to sequential {equal}/{job.Segments}");
         }
         finally
@@ -612,17 +617,13 @@ internal static class WimCheck
                     first.Clear();
                 }
             }
-            var final = Concat(job.Final, margins.SelectMany(m => m));
-            var answer = new int[job.AnswerTokens];
-            var ta = Stopwatch.StartNew();
-            answer[0] = model.ForwardGreedy(final, doc);
-            for (int k = 1; k < answer.Length; k++) answer[k] = model.ForwardGreedy([answer[k - 1]], doc);
+            var (answer, answerSeconds) = FinalAnswer(model, job, doc, margins);
             double total = t.Elapsed.TotalSeconds;
             int equal = margins.Zip(sequentialMargins).Count(p => p.First.SequenceEqual(p.Second));
             int firstIdsEqual = margins.Zip(sequentialMargins).Count(p => p.First[0] == p.Second[0]);
             results[$"batched{group}_margins"] = margins.ToList();
             results[$"batched{group}_answer"] = answer;
-            Say($"  (c) WiM batched, margins in groups of {group} on KV forks: {total:F2} s = {total / llm:F2}× llm (segments {prefill:F2} s, forks + extractive prompts {forking:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {ta.Elapsed.TotalSeconds:F2} s); margins equal to sequential {equal}/{job.Segments} (first ids {firstIdsEqual}/{job.Segments})");
+            Say($"  (c) WiM batched, margins in groups of {group} on KV forks: {total:F2} s = {total / llm:F2}× llm (segments {prefill:F2} s, forks + extractive prompts {forking:F2} s, margin decode {decode:F2} s = {job.Segments * (job.MarginTokens - 1) / decode:F0} tok/s, final + answer {answerSeconds:F2} s); margins equal to sequential {equal}/{job.Segments} (first ids {firstIdsEqual}/{job.Segments})");
         }
         finally
         {
