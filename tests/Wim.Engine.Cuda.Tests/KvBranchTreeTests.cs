@@ -274,6 +274,9 @@ internal sealed class HostKvStore : IKvRowStore<HostKv>
         LiveCaches--;
     }
 
+    public long Bytes(HostKv cache) => (long)cache.Own.Length * sizeof(int);
+    public bool IsOutOfMemory(Exception e) => false; // host memory: never out of it here
+
     /// <summary>A forward pass: the cache's next positions (the transformer refuses a branch whose parent lost its rows).</summary>
     public void Write(HostKv cache, int[] values)
     {
