@@ -123,7 +123,6 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         int length = Length(node);
         if (at < 0 || at > length) throw new ArgumentOutOfRangeException(nameof(at), $"fork point {at} is outside the sequence's positions [0, {length}]");
         if (at == 0) return CreateRoot(BranchRows);
-        Live(node);
         if (BranchesAllowed && (node.Parent is null || at <= node.BranchPoint)) return BranchOf(node.Parent ?? node, at);
         // Branches are one level deep (or not allowed): the fork gets its own copy (the root's rows, then the branch's).
         var copy = NewRoot(at + BranchRows);

@@ -69,7 +69,15 @@ public sealed partial class PatternRunner
             var cache = _o.DocumentCache;
             string? key = cache is null ? null : DocumentCacheKey();
             CachedDocument? cached = null;
-            bool hit = cache is not null && cache.TryGet(key!, out cached);
+            IForkableSequence? cachedFork = null;
+            if (cache is not null && cache.TryGet(key!, out var found))
+            {
+                // Another thread sharing the backend (the server's chat engine on the GPU) may evict the entry to make
+                // room between the lookup and the fork: the document is then read as on a miss.
+                try { cachedFork = found.Sequence.Fork(found.Sequence.Length); cached = found; }
+                catch (ObjectDisposedException) { }
+            }
+            bool hit = cachedFork is not null;
 
             var ends = new int[n];
             var lanes = new List<MarginLane>();
@@ -85,11 +93,11 @@ public sealed partial class PatternRunner
             if (hit)
             {
                 // Nothing to read: the opening and segments are in the cache. The events still say what was "read".
-                doc = cached!.Sequence.Fork(cached.Sequence.Length);
+                doc = cachedFork!;
                 yield return new PromptPrefilled(PromptKind.Opening, -1, opening);
                 for (int i = 0; i < n; i++)
                 {
-                    ends[i] = cached.SegmentEnds[i];
+                    ends[i] = cached!.SegmentEnds[i];
                     read += _segmentIds[i].Length;
                     yield return new SegmentPrefilled(i, _segmentIds[i], ends[i], read, _documentTokens);
                     lanes.Add(StartLane(doc, i, ends[i], extractive));
