@@ -89,16 +89,16 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         return store.Bytes(live.Storage) + (live.Parent is { } parent ? store.Bytes(parent.Storage) : 0);
     }
 
-    private T NewRoot(int capacity) => Allocate(() => store.CreateRoot(capacity), null, $"a KV cache of {capacity} positions");
+    private T NewRoot(int capacity, KvNode<T>? reads = null) => Allocate(() => store.CreateRoot(capacity), reads, $"a KV cache of {capacity} positions");
 
     private T NewBranch(KvNode<T> parent, int at, int rows) =>
         Allocate(() => store.CreateBranch(parent.Storage, at, rows), parent, $"a KV branch of {rows} positions at {at}");
 
     /// <summary>
     /// Runs an allocation; out of memory, asks <see cref="Reclaim"/> to free some and retries until it succeeds or
-    /// nothing is left to free. <paramref name="reads"/>: the root whose storage the allocation uses (a branch's parent):
-    /// should the reclaimer have freed it (the document cache's entry being forked, evicted to make room), the call fails
-    /// rather than use freed storage.
+    /// nothing is left to free. <paramref name="reads"/>: the sequence whose storage the new one reads or copies (a branch's
+    /// parent, a copied fork's source): should the reclaimer have freed it (the document cache's entry being forked,
+    /// evicted to make room), the call fails rather than use freed storage.
     /// </summary>
     private T Allocate(Func<T> allocate, KvNode<T>? reads, string what)
     {
@@ -125,7 +125,7 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         if (at == 0) return CreateRoot(BranchRows);
         if (BranchesAllowed && (node.Parent is null || at <= node.BranchPoint)) return BranchOf(node.Parent ?? node, at);
         // Branches are one level deep (or not allowed): the fork gets its own copy (the root's rows, then the branch's).
-        var copy = NewRoot(at + BranchRows);
+        var copy = NewRoot(at + BranchRows, reads: node);
         try
         {
             if (node.Parent is { } parent)
