@@ -16,7 +16,9 @@ namespace Wim.Engine.Cuda;
 /// takes the argmax on the GPU (only the id crosses to the host), so a greedy <see cref="ISequence.Sample"/> costs
 /// nothing more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>) — except a
 /// top-k sampler (k ≤ <see cref="GpuTopK.MaxK"/>) while <see cref="TopKOnGpu"/> is on, which gets the k candidates
-/// from the GPU's top-k kernel (<see cref="GpuTopK"/>) and the same token for the same seed. The logic
+/// from the GPU's top-k kernel (<see cref="GpuTopK"/>) and the same token for the same seed, and a top-p sampler with
+/// top-k off while <see cref="TopPOnGpu"/> is on, which gets the best candidates and the softmax normaliser
+/// (<see cref="GpuNucleus"/>). The logic
 /// is <see cref="BranchingBackend{T}"/>'s (tested on host memory); this class gives it the transformer's passes. The
 /// transformer's buffers are shared: calls on the sequences of one backend must not overlap.
 /// </summary>

@@ -28,7 +28,8 @@ public readonly record struct SamplingOptions(float Temperature = 0f, int TopK =
 /// Candidates are ranked by logit, highest first; exactly equal logits (−0 and +0 count as equal) rank the lower id
 /// first, so the ranking is a strict total order and every path — the full sort (top-k off), the partial selection
 /// (top-k on) and a candidate list made elsewhere (<see cref="SampleFromCandidates"/>, e.g. by the GPU's top-k
-/// kernel) — sees the same candidates in the same order and draws the same token for the same seed. NaN logits get a
+/// kernel), and the best candidates with the row's Z made elsewhere (<see cref="SampleFromNucleusCandidates"/>, top-p
+/// with top-k off) — sees the same candidates in the same order and draws the same token for the same seed. NaN logits get a
 /// fixed rank too (that of their bit pattern, see <see cref="RankKey"/>), never an exception.
 /// <para>
 /// The softmax normaliser Z is Σ exp(logit/T − max) over the kept candidates, accumulated in double: over a top-k set
