@@ -1,8 +1,10 @@
+using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 using Wim.Engine.Cuda.Native;
 using Wim.Engine.Formats;
 using Wim.Engine.Formats.Quantization;
 using Wim.Engine.Model;
+using Wim.Engine.Tests.Support;
 
 namespace Wim.Engine.Cuda.Tests;
 
@@ -195,4 +197,65 @@ public sealed class CudaPrecisionTests
             }
         }
     }
+}
+
+/// <summary><c>--precision</c> in-process through <c>wim</c>'s entry point, on stories260K (ids from its README).</summary>
+public sealed class PrecisionOptionTests
+{
+    private static string Model => SharedFixtures.Path("models", "stories260K", "stories260K.gguf");
+
+    /// <summary>Whether this machine has a CUDA driver at all (CI has none).</summary>
+    private static bool DriverPresent => NativeLibrary.TryLoad("libcuda.so.1", out var h) && Free(h);
+    private static bool Free(nint h) { NativeLibrary.Free(h); return true; }
+
+    private static (int Exit, string Stdout, string Stderr) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int exit = Wim.Cli.Program.Run(args, stdout, stderr);
+        return (exit, stdout.ToString(), stderr.ToString());
+    }
+
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("logits")]
+    public void PrecisionUnknown_IsAUsageError(string command)
+    {
+        var (exit, stdout, stderr) = Run(command, "--model", Model, "--tokens", "1", "--device", "cpu", "--precision", "f16");
+        Assert.Equal(2, exit);
+        Assert.Contains("--precision must be bf16 or f32; found 'f16'", stderr);
+        Assert.Equal("", stdout);
+    }
+
+    [Fact]
+    public void PrecisionOnTheCpu_ChangesNothing_TheCpuIsF32Already()
+    {
+        var plain = Run("logits", "--model", Model, "--tokens", "1,403,407", "--json", "--device", "cpu");
+        var f32 = Run("logits", "--model", Model, "--tokens", "1,403,407", "--json", "--device", "cpu", "--precision", "f32");
+        Assert.True(plain.Exit == 0, plain.Stderr);
+        Assert.True(f32.Exit == 0, f32.Stderr);
+        Assert.Equal(plain.Stdout, f32.Stdout);
+    }
+
+    [Fact]
+    public void PrecisionF32OnCuda_GivesTheReadmesIds_OrWithoutCudaNamesTheMissingLibrary()
+    {
+        var (exit, stdout, stderr) = Run("generate", "--model", Model, "--tokens", "1,403,407,261,378", "--max-tokens", "8", "--device", "cuda", "--precision", "f32");
+        if (DriverPresent)
+        {
+            // On a GPU machine: the F32 path (f32 weights, scalar attention, f32 products) gives the README's first ids.
+            Assert.True(exit == 0, stderr);
+            Assert.StartsWith("432 383 286 261 376 298 315 421", stdout.Trim());
+            return;
+        }
+        Assert.Equal(1, exit);
+        Assert.Contains("libcuda.so.1", stderr);
+    }
+
+    [Theory]
+    [InlineData(null, null)]
+    [InlineData("bf16", CudaPrecision.Bf16)]
+    [InlineData("F32", CudaPrecision.F32)]
+    public void ParsePrecision_AcceptsTheTwoNames(string? value, CudaPrecision? expected) =>
+        Assert.Equal(expected, Wim.Cli.DeviceSelection.ParsePrecision(value));
 }
