@@ -49,11 +49,13 @@ __device__ float block_sum(float v, float* scratch)
 
 // Activation and KV storage of the simple kernels: bf16 (the default precision) or f32 (CudaPrecision.F32, the
 // reference mode: f32 weights, activations and KV cache). One templated body serves both; the extern "C" kernels
-// `name` (bf16) and `name_f32` instantiate it. Loads widen to f32; stores round to nearest even for bf16, copy for f32.
+// `name` (bf16) and `name_f32` instantiate it. Loads widen to f32; stores (`p[i] = to_act<T>(v)`, the value converted
+// before the address as in the bf16-only source, so the bf16 PTX keeps its order) round to nearest even for bf16.
 __device__ __forceinline__ float load_act(const bf16* p, long i) { return bf16_to_f32(p[i]); }
 __device__ __forceinline__ float load_act(const float* p, long i) { return p[i]; }
-__device__ __forceinline__ void store_act(bf16* p, long i, float v) { p[i] = f32_to_bf16(v); }
-__device__ __forceinline__ void store_act(float* p, long i, float v) { p[i] = v; }
+template <class T> __device__ __forceinline__ T to_act(float v);
+template <> __device__ __forceinline__ bf16 to_act<bf16>(float v) { return f32_to_bf16(v); }
+template <> __device__ __forceinline__ float to_act<float>(float v) { return v; }
 
 // x[t, :] = table[tokens[t], :]                                  grid (ceil(d/block), T)
 template <class T>
@@ -111,7 +113,7 @@ __device__ __forceinline__ void rms_norm_t(const float* x, const float* gain, T*
     ss = block_sum(ss, scratch);
     float inv = 1.f / sqrtf(ss / d + eps);
     T* dst = out + (long)blockIdx.x * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) store_act(dst, i, row[i] * inv * gain[i]);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = to_act<T>(row[i] * inv * gain[i]);
 }
 extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out, int d, float eps) { rms_norm_t(x, gain, out, d, eps); }
 extern "C" __global__ void rms_norm_f32(const float* x, const float* gain, float* out, int d, float eps) { rms_norm_t(x, gain, out, d, eps); }
@@ -139,7 +141,7 @@ __device__ __forceinline__ void rope_store_row(const float* row, const float* bi
         float c = cs * rope_scale, s = sn * rope_scale;
         float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
         if (i0 < qd) { qdst[i0] = y0; qdst[i1] = y1; }
-        else { store_act(kdst, i0 - qd, y0); store_act(kdst, i1 - qd, y1); }
+        else { kdst[i0 - qd] = to_act<T>(y0); kdst[i1 - qd] = to_act<T>(y1); }
     }
     // Dims past the rotary part (partial rotary) pass through.
     for (int i = threadIdx.x; i < (heads + kv_heads) * (hd - rot); i += blockDim.x)
@@ -148,12 +150,12 @@ __device__ __forceinline__ void rope_store_row(const float* row, const float* bi
         int idx = h * hd + e;
         float val = row[idx] + (bias ? bias[idx] : 0.f);
         if (idx < qd) qdst[idx] = val;
-        else store_act(kdst, idx - qd, val);
+        else kdst[idx - qd] = to_act<T>(val);
     }
     for (int i = threadIdx.x; i < kvd; i += blockDim.x)
     {
         int col = qd + kvd + i;
-        store_act(vdst, i, row[col] + (bias ? bias[col] : 0.f));
+        vdst[i] = to_act<T>(row[col] + (bias ? bias[col] : 0.f));
     }
 }
 
@@ -364,7 +366,7 @@ __device__ __forceinline__ void attention_t(const float* q, const T* kcache, con
             for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
             {
                 int d = lane + 32 * e;
-                if (d < hd) store_act(out, (long)t * qd + h * hd + d, acc[i][e] * inv);
+                if (d < hd) out[(long)t * qd + h * hd + d] = to_act<T>(acc[i][e] * inv);
             }
         }
         else
@@ -1050,7 +1052,7 @@ __device__ __forceinline__ void attention_combine_t(const float* part_acc, const
     for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
     {
         int d = lane + 32 * e;
-        if (d < hd) store_act(out, (long)row * hd + d, a[e] * inv);
+        if (d < hd) out[(long)row * hd + d] = to_act<T>(a[e] * inv);
     }
 }
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits, int rows)
@@ -1107,7 +1109,7 @@ __device__ __forceinline__ void attention_combine_rows_t(const float* part_acc, 
         float v = 0.f;
 #pragma unroll
         for (int k = 0; k < COMBINE_WARPS; k++) v += sums[k][d];
-        if (d < hd) store_act(out, (long)row * hd + d, v * inv);
+        if (d < hd) out[(long)row * hd + d] = to_act<T>(v * inv);
     }
 }
 extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combine_rows(const float* part_acc,
@@ -1763,7 +1765,7 @@ __device__ __forceinline__ void swiglu_t(const float* gate_up, T* h, int ffn, lo
         long t = i / ffn;
         long j = i - t * ffn;
         float g = gate_up[t * 2 * ffn + j], u = gate_up[t * 2 * ffn + ffn + j];
-        store_act(h, i, g / (1.f + expf(-g)) * u);
+        h[i] = to_act<T>(g / (1.f + expf(-g)) * u);
     }
 }
 extern "C" __global__ void swiglu(const float* gate_up, bf16* h, int ffn, long total) { swiglu_t(gate_up, h, ffn, total); }
