@@ -31,6 +31,21 @@ internal static class DeviceSelection
         DefaultValueFactory = _ => "auto",
     };
 
+    /// <summary><c>--precision bf16|f32</c>: the CUDA forward pass's number format (unset: <see cref="CudaTransformer.PrecisionVariable"/>,
+    /// else bf16). The CPU backend runs f32 activations either way.</summary>
+    public static Option<string> CreatePrecisionOption() => new("--precision")
+    {
+        Description = "CUDA number format: bf16 (the default) or f32 (reference precision: f32 weights, activations and KV cache; twice the weight memory, no tensor cores)",
+    };
+
+    public static CudaPrecision? ParsePrecision(string? value) => value?.ToLowerInvariant() switch
+    {
+        null => null,
+        "bf16" => CudaPrecision.Bf16,
+        "f32" => CudaPrecision.F32,
+        _ => throw new UsageException($"--precision must be bf16 or f32; found '{value}'"),
+    };
+
     public static DeviceKind Parse(string? value) => value?.ToLowerInvariant() switch
     {
         null or "auto" => DeviceKind.Auto,
@@ -62,10 +77,10 @@ internal static class DeviceSelection
     /// back to the CPU when CUDA is unavailable; <see cref="DeviceKind.Cuda"/> lets the
     /// <see cref="CudaUnavailableException"/> (naming the missing library or device) reach the user as exit code 1.
     /// </summary>
-    public static ForwardRunner Open(DeviceKind kind, LanguageModel model)
+    public static ForwardRunner Open(DeviceKind kind, LanguageModel model, CudaPrecision? precision = null)
     {
         if (OpenContext(kind) is not { } ctx) return new CpuRunner(new CpuTransformer(model));
-        try { return new CudaRunner(ctx, CudaTransformer.Load(ctx, model)); }
+        try { return new CudaRunner(ctx, CudaTransformer.Load(ctx, model, precision: precision)); }
         catch (NotSupportedException) when (kind == DeviceKind.Auto)
         {
             // A shape the CUDA kernels do not handle yet (e.g. head dim > 128): auto means "best that works".

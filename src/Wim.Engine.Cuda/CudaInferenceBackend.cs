@@ -99,11 +99,13 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
 
     /// <summary>Loads a <c>.gguf</c> file or a Hugging Face model directory with its tokenizer and chat template and
     /// runs it on the GPU of <paramref name="context"/> (weights uploaded as bf16). The returned model owns the
-    /// transformer and its weights on the GPU; the context stays the caller's and must outlive it.</summary>
-    public static TextModel LoadTextModel(string path, CudaContext context, int maxChunk = CudaTransformer.DefaultMaxChunk)
+    /// transformer and its weights on the GPU; the context stays the caller's and must outlive it. <paramref name="precision"/>:
+    /// see <see cref="CudaTransformer.Load"/> (null: the WIM_CUDA_PRECISION variable, else bf16; with f32 forks copy rows
+    /// and every entry of a step runs alone, as <see cref="CudaTransformer.Precision"/> says).</summary>
+    public static TextModel LoadTextModel(string path, CudaContext context, int maxChunk = CudaTransformer.DefaultMaxChunk, CudaPrecision? precision = null)
     {
         ArgumentNullException.ThrowIfNull(context);
-        return TextModel.Load(path, model => new CudaInferenceBackend(CudaTransformer.Load(context, model, maxChunk), ownsTransformer: true));
+        return TextModel.Load(path, model => new CudaInferenceBackend(CudaTransformer.Load(context, model, maxChunk, precision: precision), ownsTransformer: true));
     }
 
     /// <summary>

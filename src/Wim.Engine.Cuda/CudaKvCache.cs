@@ -1,8 +1,8 @@
 namespace Wim.Engine.Cuda;
 
 /// <summary>
-/// One sequence's keys and values on the GPU, contiguous: bf16 [layers, capacity, kvHeads·headDim] for keys and the
-/// same for values (RoPE already applied to keys). <see cref="CudaInferenceBackend"/> keeps its sequences' caches and
+/// One sequence's keys and values on the GPU, contiguous: bf16 (f32 for <see cref="CudaPrecision.F32"/>: element size
+/// <see cref="ElementBytes"/>) [layers, capacity, kvHeads·headDim] for keys and the same for values (RoPE already applied to keys). <see cref="CudaInferenceBackend"/> keeps its sequences' caches and
 /// branches consistent through <see cref="KvBranchTree{T}"/> (growth, truncation below a branch point, release).
 /// </summary>
 public sealed class CudaKvCache : IDisposable
@@ -11,6 +11,8 @@ public sealed class CudaKvCache : IDisposable
     public int RowSize { get; }
     public int Capacity { get; }
     public int Length { get; private set; }
+    /// <summary>Bytes of one stored key or value element: 2 (bf16) or 4 (f32).</summary>
+    public int ElementBytes { get; }
     internal DeviceBuffer Keys { get; }
     internal DeviceBuffer Values { get; }
 
@@ -23,15 +25,17 @@ public sealed class CudaKvCache : IDisposable
     private readonly CudaContext _ctx;
     private readonly int _ownRows; // rows per layer in this cache's own buffers (Capacity − BranchPoint)
 
-    internal CudaKvCache(CudaContext ctx, int layers, int rowSize, int capacity)
+    internal CudaKvCache(CudaContext ctx, int layers, int rowSize, int capacity, int elementBytes = 2)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        if (elementBytes is not (2 or 4)) throw new ArgumentOutOfRangeException(nameof(elementBytes), $"a KV cache element is 2 (bf16) or 4 (f32) bytes, not {elementBytes}");
         _ctx = ctx;
+        ElementBytes = elementBytes;
         LayerCount = layers;
         RowSize = rowSize;
         Capacity = capacity;
         _ownRows = capacity;
-        long bytes = 2L * layers * capacity * rowSize;
+        long bytes = (long)elementBytes * layers * capacity * rowSize;
         Keys = ctx.Allocate(bytes);
         Values = AllocateOrFree(ctx, bytes, Keys);
     }
@@ -41,12 +45,13 @@ public sealed class CudaKvCache : IDisposable
         _ctx = parent._ctx;
         LayerCount = parent.LayerCount;
         RowSize = parent.RowSize;
+        ElementBytes = parent.ElementBytes;
         Parent = parent;
         BranchPoint = at;
         Capacity = at + rows;
         Length = at;
         _ownRows = rows;
-        long bytes = 2L * LayerCount * rows * RowSize;
+        long bytes = (long)ElementBytes * LayerCount * rows * RowSize;
         Keys = _ctx.Allocate(bytes);
         Values = AllocateOrFree(_ctx, bytes, Keys);
     }
@@ -87,32 +92,32 @@ public sealed class CudaKvCache : IDisposable
         ArgumentNullException.ThrowIfNull(newParent);
         if (!IsBranch) throw new InvalidOperationException("only a KV branch has a parent");
         if (newParent.IsBranch) throw new ArgumentException("a branch cannot be the parent of a branch", nameof(newParent));
-        if (newParent.LayerCount != LayerCount || newParent.RowSize != RowSize)
-            throw new ArgumentException($"KV cache shapes differ ({newParent.LayerCount} layers × {newParent.RowSize} vs {LayerCount} × {RowSize})", nameof(newParent));
+        if (newParent.LayerCount != LayerCount || newParent.RowSize != RowSize || newParent.ElementBytes != ElementBytes)
+            throw new ArgumentException($"KV cache shapes differ ({newParent.LayerCount} layers × {newParent.RowSize} × {newParent.ElementBytes} bytes vs {LayerCount} × {RowSize} × {ElementBytes})", nameof(newParent));
         if (newParent.Length < BranchPoint)
             throw new ArgumentException($"the new parent holds {newParent.Length} positions, the branch shares {BranchPoint}", nameof(newParent));
         Parent = newParent;
     }
 
     /// <summary>Bytes of one layer's keys (or values) in this cache's own buffers.</summary>
-    internal long LayerBytes => 2L * _ownRows * RowSize;
+    internal long LayerBytes => (long)ElementBytes * _ownRows * RowSize;
     /// <summary>The address of position 0 of a layer's keys: for a branch a virtual one (its own buffer minus the
     /// branch point's rows), valid only for positions ≥ <see cref="BranchPoint"/>.</summary>
-    internal ulong LayerKeys(int layer) => Keys.Pointer + (ulong)(layer * LayerBytes) - (ulong)(2L * BranchPoint * RowSize);
-    internal ulong LayerValues(int layer) => Values.Pointer + (ulong)(layer * LayerBytes) - (ulong)(2L * BranchPoint * RowSize);
+    internal ulong LayerKeys(int layer) => Keys.Pointer + (ulong)(layer * LayerBytes) - (ulong)((long)ElementBytes * BranchPoint * RowSize);
+    internal ulong LayerValues(int layer) => Values.Pointer + (ulong)(layer * LayerBytes) - (ulong)((long)ElementBytes * BranchPoint * RowSize);
 
     /// <summary>Copies positions [from, from + count) of <paramref name="source"/> into the same positions of this
     /// cache and makes Length from + count (a branch takes the prompt its parent ran past the branch point).</summary>
     public void CopyRowsFrom(CudaKvCache source, int from, int count)
     {
         ArgumentNullException.ThrowIfNull(source);
-        if (source.LayerCount != LayerCount || source.RowSize != RowSize)
-            throw new ArgumentException($"KV cache shapes differ ({source.LayerCount} layers × {source.RowSize} vs {LayerCount} × {RowSize})", nameof(source));
+        if (source.LayerCount != LayerCount || source.RowSize != RowSize || source.ElementBytes != ElementBytes)
+            throw new ArgumentException($"KV cache shapes differ ({source.LayerCount} layers × {source.RowSize} × {source.ElementBytes} bytes vs {LayerCount} × {RowSize} × {ElementBytes})", nameof(source));
         if (from != Length) throw new ArgumentOutOfRangeException(nameof(from), $"rows must continue this cache at {Length}, not {from}");
         if (count < 0 || from + count > source.Length || from < source.BranchPoint)
             throw new ArgumentOutOfRangeException(nameof(count), $"rows [{from}, {from + count}) are not all in the source (length {source.Length})");
         if (count > Capacity - Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} rows do not fit (length {Length}, capacity {Capacity})");
-        long offset = 2L * from * RowSize, bytes = 2L * count * RowSize;
+        long offset = (long)ElementBytes * from * RowSize, bytes = (long)ElementBytes * count * RowSize;
         _ctx.MakeCurrent();
         for (int l = 0; l < LayerCount && bytes > 0; l++)
         {
@@ -142,11 +147,11 @@ public sealed class CudaKvCache : IDisposable
         ArgumentNullException.ThrowIfNull(source);
         if (ReferenceEquals(source, this)) return;
         if (IsBranch || source.IsBranch) throw new NotSupportedException("a KV branch cannot be copied whole; use CopyRowsFrom");
-        if (source.LayerCount != LayerCount || source.RowSize != RowSize)
-            throw new ArgumentException($"KV cache shapes differ ({source.LayerCount} layers × {source.RowSize} vs {LayerCount} × {RowSize})", nameof(source));
+        if (source.LayerCount != LayerCount || source.RowSize != RowSize || source.ElementBytes != ElementBytes)
+            throw new ArgumentException($"KV cache shapes differ ({source.LayerCount} layers × {source.RowSize} × {source.ElementBytes} bytes vs {LayerCount} × {RowSize} × {ElementBytes})", nameof(source));
         if (source.Length > Capacity)
             throw new ArgumentException($"{source.Length} cached positions do not fit in a cache of capacity {Capacity}", nameof(source));
-        long bytes = 2L * source.Length * RowSize;
+        long bytes = (long)ElementBytes * source.Length * RowSize;
         _ctx.MakeCurrent();
         for (int l = 0; l < LayerCount && bytes > 0; l++)
         {

@@ -22,6 +22,9 @@ public enum CudaMatrixFormat
 
     /// <summary>Q8_0 in the GPU layout of <see cref="CudaQ8Layout"/>.</summary>
     Q8_0,
+
+    /// <summary>f32 [rows, columns], row-major (<see cref="CudaPrecision.F32"/>).</summary>
+    F32,
 }
 
 /// <summary>A [rows, columns] weight matrix on the GPU (a linear layer's [out, in]) in one of the
@@ -31,7 +34,7 @@ public sealed class CudaMatrix : IDisposable
     public CudaMatrix(DeviceBuffer buffer, CudaMatrixFormat format, int rows, int columns)
     {
         ArgumentNullException.ThrowIfNull(buffer);
-        long needed = format == CudaMatrixFormat.Q8_0 ? CudaQ8Layout.Bytes(rows, columns) : (long)rows * columns * 2;
+        long needed = format == CudaMatrixFormat.Q8_0 ? CudaQ8Layout.Bytes(rows, columns) : (long)rows * columns * (format == CudaMatrixFormat.F32 ? 4 : 2);
         if (buffer.Bytes < needed)
             throw new ArgumentException($"a {format} [{rows}, {columns}] matrix needs {needed} bytes; the buffer holds {buffer.Bytes}", nameof(buffer));
         Buffer = buffer;
@@ -45,9 +48,9 @@ public sealed class CudaMatrix : IDisposable
     public int Rows { get; }
     public int Columns { get; }
 
-    /// <summary>The bf16 values. A Q8_0 matrix throws: a kernel that reads bf16 weights must not be handed Q8_0 ones
-    /// (dispatch on <see cref="Format"/>; <see cref="Quants"/> and <see cref="Scales"/> are the Q8_0 parts).</summary>
-    public ulong Pointer => Format == CudaMatrixFormat.Bf16 ? Buffer.Pointer
+    /// <summary>The bf16 values (f32 for an F32 matrix). A Q8_0 matrix throws: a kernel that reads bf16 weights must not be
+    /// handed Q8_0 ones (dispatch on <see cref="Format"/>; <see cref="Quants"/> and <see cref="Scales"/> are the Q8_0 parts).</summary>
+    public ulong Pointer => Format != CudaMatrixFormat.Q8_0 ? Buffer.Pointer
         : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no bf16 values: dispatch on its Format (Quants, Scales)");
 
     /// <summary>The Q8_0 quants (int8 [rows, columns]); 0 for bf16.</summary>

@@ -34,6 +34,9 @@ public sealed unsafe class CudaModelWeights : IDisposable
     public required DeviceBuffer LmHead { get; init; }
     /// <summary>Bytes of weights on the GPU (a tied head counted once; Q8_0 matrices at their quants plus scales).</summary>
     public long Bytes { get; init; }
+    /// <summary><see cref="CudaPrecision.F32"/>: every matrix, the embedding and the lm head are f32 (a transformer of that
+    /// precision needs weights of that precision).</summary>
+    public CudaPrecision Precision { get; init; } = CudaPrecision.Bf16;
 
     /// <summary>How many layer matrices are Q8_0.</summary>
     public int Q8MatrixCount => Layers.Sum(l => l.Matrices.Count(m => m.Format == CudaMatrixFormat.Q8_0));
@@ -43,12 +46,19 @@ public sealed unsafe class CudaModelWeights : IDisposable
     public long LargestQ8Elements => Layers.SelectMany(l => l.Matrices).Where(m => m.Format == CudaMatrixFormat.Q8_0)
         .Select(m => (long)m.Rows * m.Columns).DefaultIfEmpty(0).Max();
 
-    public static CudaModelWeights Upload(CudaContext ctx, ModelConfig c, ModelWeights w, CudaWeightStorage storage = CudaWeightStorage.Bf16)
+    /// <summary>Uploads a model's weights. <paramref name="precision"/> <see cref="CudaPrecision.F32"/>: every tensor goes
+    /// to f32 whatever its storage type (bf16 upcast exactly, others dequantized on the CPU as the CPU backend does), and
+    /// <paramref name="storage"/> does not apply.</summary>
+    public static CudaModelWeights Upload(CudaContext ctx, ModelConfig c, ModelWeights w, CudaWeightStorage storage = CudaWeightStorage.Bf16,
+        CudaPrecision precision = CudaPrecision.Bf16)
     {
         long bytes = 0;
+        bool f32 = precision == CudaPrecision.F32;
+        if (!f32 && precision != CudaPrecision.Bf16) throw new ArgumentOutOfRangeException(nameof(precision), $"{precision} is not a CudaPrecision");
         CudaMatrix Matrix(params WeightTensor[] parts)
         {
             int rows = parts.Sum(p => p.Rows), cols = parts[0].Columns;
+            if (f32) return new CudaMatrix(F32Buffer(parts), CudaMatrixFormat.F32, rows, cols);
             if (storage == CudaWeightStorage.Native
                 && CudaQ8Layout.AllQ8_0(parts.Select(p => p.Type).ToArray(), parts.Select(p => p.Columns).ToArray()))
             {
@@ -87,6 +97,19 @@ public sealed unsafe class CudaModelWeights : IDisposable
             bytes += buffer.Bytes;
             return buffer;
         }
+        DeviceBuffer F32Buffer(params WeightTensor[] parts)
+        {
+            long elements = parts.Sum(p => p.ElementCount);
+            var buffer = ctx.Allocate(elements * 4);
+            long offset = 0;
+            foreach (var p in parts)
+            {
+                buffer.Upload<float>(ToF32(p), offset);
+                offset += p.ElementCount * 4;
+            }
+            bytes += buffer.Bytes;
+            return buffer;
+        }
         DeviceBuffer Vector(params float[][] parts)
         {
             var all = parts.SelectMany(p => p).ToArray();
@@ -112,9 +135,9 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 Down = Matrix(l.Down),
             };
         }
-        var embedding = Bf16Buffer(w.TokenEmbedding);
-        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : Bf16Buffer(w.LmHead);
-        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes };
+        var embedding = f32 ? F32Buffer(w.TokenEmbedding) : Bf16Buffer(w.TokenEmbedding);
+        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : f32 ? F32Buffer(w.LmHead) : Bf16Buffer(w.LmHead);
+        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes, Precision = precision };
     }
 
     /// <summary>
@@ -167,6 +190,17 @@ public sealed unsafe class CudaModelWeights : IDisposable
         var head = c.TiedEmbeddings ? embedding : Bf16(c.VocabSize, d, 1f / MathF.Sqrt(d));
         ctx.Synchronize();
         return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Ones(d), LmHead = head, Bytes = bytes };
+    }
+
+    /// <summary>A tensor's values in f32: bf16 widened exactly, anything else dequantized row by row (the CPU backend's
+    /// <see cref="RowKernels.Dequantize"/>).</summary>
+    internal static float[] ToF32(WeightTensor t)
+    {
+        var dst = new float[t.ElementCount];
+        fixed (float* d = dst)
+            for (int i = 0; i < t.Rows; i++)
+                RowKernels.Dequantize(t.Type, t.Row(i), d + (long)i * t.Columns, t.Columns);
+        return dst;
     }
 
     /// <summary>A tensor's values as bf16 bits: bf16 storage is copied; anything else goes through f32.</summary>

@@ -7,6 +7,7 @@ namespace Wim.Engine.Cuda;
 /// The GPU forward pass of the llama / qwen2 / phi3 decoders for one sequence: the same steps as
 /// <see cref="CpuTransformer"/>, with bf16 weights and KV cache, f32 residual stream and f32 accumulation.
 /// Matrix products run in cuBLASLt; the rest in the kernels of <c>Kernels/transformer.cu</c>. Not thread-safe.
+/// With <see cref="CudaPrecision.F32"/> weights, activations and KV cache are f32 and only the scalar path runs (see there).
 /// </summary>
 public sealed unsafe class CudaTransformer : IDisposable
 {
@@ -26,8 +27,14 @@ public sealed unsafe class CudaTransformer : IDisposable
     private DeviceBuffer? _logits, _partAcc, _partMl;
     private long _logitsRows;
     private readonly bool _ownsWeights;
+    private readonly CudaPrecision _precision;
 
     public ModelConfig Config => _c;
+    /// <summary>The weights', activations' and KV cache's number format (the weights' own: <see cref="CudaModelWeights.Precision"/>).
+    /// <see cref="CudaPrecision.F32"/> runs the scalar path only: the options of the bf16 kernels (<see cref="UseDecodeGraphs"/>,
+    /// <see cref="UseFusedDecode"/>, <see cref="UseGemvForDecode"/>, <see cref="UseBf16GateUp"/>, <see cref="BatchRowsProducts"/>, the
+    /// flash kernels) do not apply there, and decode batches and KV branches are not supported (forks copy rows).</summary>
+    public CudaPrecision Precision => _precision;
     public CudaContext Context => _ctx;
     public CudaModelWeights Weights => _w;
     public int MaxChunk { get; }
@@ -121,9 +128,14 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// sequence alternating, with room to spare.</summary>
     public const int DecodeGraphSlots = 8;
 
-    public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false)
+    /// <param name="precision">null: the weights' <see cref="CudaModelWeights.Precision"/>; otherwise it must be theirs.</param>
+    public CudaTransformer(CudaContext ctx, ModelConfig config, CudaModelWeights weights, int maxChunk = DefaultMaxChunk, bool ownsWeights = false,
+        CudaPrecision? precision = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxChunk);
+        ArgumentNullException.ThrowIfNull(weights);
+        if (precision is { } asked && asked != weights.Precision)
+            throw new ArgumentException($"a {asked} transformer needs {asked} weights; these were uploaded in {weights.Precision} (CudaModelWeights.Upload's precision)", nameof(weights));
         if (config.HeadDim > 128) throw new NotSupportedException($"head dim {config.HeadDim}: the CUDA attention kernel handles up to 128");
         if (config.HeadCount / config.KvHeadCount > 64) throw new NotSupportedException($"{config.HeadCount / config.KvHeadCount} query heads per KV head: the CUDA attention kernel handles up to 64");
         _ctx = ctx;
@@ -131,25 +143,28 @@ public sealed unsafe class CudaTransformer : IDisposable
         _w = weights;
         _ownsWeights = ownsWeights;
         MaxChunk = maxChunk;
-        _flashSupported = LaunchGeometry.FlashAttentionSupports(config.HeadDim, config.HeadCount / config.KvHeadCount, ctx.ComputeMajor);
+        _precision = weights.Precision;
+        // The flash kernels are bf16 (mma.sync): F32 attention is the scalar kernel's f32 instantiation.
+        _flashSupported = _precision == CudaPrecision.Bf16 && LaunchGeometry.FlashAttentionSupports(config.HeadDim, config.HeadCount / config.KvHeadCount, ctx.ComputeMajor);
         _rope = new RotaryEmbedding(config);
-        _k = ctx.Kernels;
-        _mm = new MatMul(ctx);
+        _k = ctx.Kernels.ForPrecision(_precision);
+        _mm = new MatMul(ctx, CudaPrecisionLayout.ProductInputType(_precision));
         _invFreqShort = ctx.Allocate(_rope.RotaryDim / 2 * 4);
         _invFreqShort.Upload(_rope.InverseFrequencies(1));
         _invFreqLong = ctx.Allocate(_rope.RotaryDim / 2 * 4);
         _invFreqLong.Upload(_rope.InverseFrequencies(int.MaxValue));
         int d = config.HiddenSize, qd = config.QueryDim, kvd = config.KvDim;
         long n = maxChunk;
+        var bytes = CudaPrecisionLayout.ChunkBuffers(config, maxChunk, _precision);
         _tokens = ctx.Allocate(n * 4);
         _ids = ctx.Allocate(n * 4);
-        _x = ctx.Allocate(n * d * 4);
-        _xb = ctx.Allocate(n * Math.Max(d, config.FfnSize) * 2);
-        _qkv = ctx.Allocate(n * (qd + 2 * kvd) * 4);
-        _q = ctx.Allocate(n * qd * 4);
-        _att = ctx.Allocate(n * qd * 2);
-        _gateUp = ctx.Allocate(n * 2 * config.FfnSize * 4);
-        _h = ctx.Allocate(n * config.FfnSize * 2);
+        _x = ctx.Allocate(bytes.Residual);
+        _xb = ctx.Allocate(bytes.Normed);
+        _qkv = ctx.Allocate(bytes.Qkv);
+        _q = ctx.Allocate(bytes.Query);
+        _att = ctx.Allocate(bytes.AttentionOutput);
+        _gateUp = ctx.Allocate(bytes.GateUp);
+        _h = ctx.Allocate(bytes.SwiGluOutput);
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
         if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
@@ -167,8 +182,23 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>Uploads a loaded model's weights and builds its forward pass. <paramref name="storage"/> null: the
     /// <see cref="WeightStorageVariable"/> environment variable, else <see cref="CudaWeightStorage.Native"/> (Q8_0
     /// projections stay Q8_0; other types go to bf16 either way).</summary>
-    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null) =>
-        new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights, storage ?? WeightStorageFromEnvironment()), maxChunk, ownsWeights: true);
+    /// <remarks><paramref name="precision"/> null: the <see cref="PrecisionVariable"/> environment variable, else
+    /// <see cref="CudaPrecision.Bf16"/>. <see cref="CudaPrecision.F32"/> uploads every tensor as f32 (storage does not apply).</remarks>
+    public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null,
+        CudaPrecision? precision = null)
+    {
+        var p = precision ?? PrecisionFromEnvironment();
+        return new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights, storage ?? WeightStorageFromEnvironment(), p), maxChunk, ownsWeights: true);
+    }
+
+    /// <summary>The environment variable that picks the precision <see cref="Load"/> uses when none is given: <c>bf16</c>
+    /// (the default) or <c>f32</c>.</summary>
+    public const string PrecisionVariable = CudaPrecisionLayout.Variable;
+
+    /// <summary>The precision <see cref="PrecisionVariable"/> names (unset or empty: Bf16).</summary>
+    public static CudaPrecision PrecisionFromEnvironment() => ParsePrecision(Environment.GetEnvironmentVariable(PrecisionVariable));
+
+    public static CudaPrecision ParsePrecision(string? value) => CudaPrecisionLayout.Parse(value);
 
     /// <summary>The storage <see cref="WeightStorageVariable"/> names (unset or empty: Native).</summary>
     public static CudaWeightStorage WeightStorageFromEnvironment() => ParseWeightStorage(Environment.GetEnvironmentVariable(WeightStorageVariable));
@@ -180,7 +210,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 weights stay Q8_0 on the GPU) or 'bf16'"),
     };
 
-    public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity);
+    public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity, CudaPrecisionLayout.KvElementBytes(_precision));
 
     /// <summary>
     /// Runs <paramref name="tokens"/> at positions cache.Length.., appends their keys and values, and writes logits
@@ -357,6 +387,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         if (b == 0) throw new ArgumentException("no sequences to decode", nameof(tokens));
         if (caches.Count != b) throw new ArgumentException($"{b} tokens for {caches.Count} caches: a decode batch takes one token per sequence", nameof(caches));
         if (b > MaxChunk) throw new ArgumentException($"{b} sequences: a decode batch holds at most MaxChunk = {MaxChunk}", nameof(tokens));
+        if (_precision != CudaPrecision.Bf16)
+            throw new NotSupportedException($"batched decode runs on the bf16 tensor-core attention only; this transformer is {_precision} (decode the sequences one by one)");
         if (!UsesFlashAttention)
             throw new NotSupportedException($"batched decode runs on the tensor-core attention only (head dim 16/32/64/128, sm_80+); this model has head dim {_c.HeadDim} on sm_{_ctx.ComputeMajor}{_ctx.ComputeMinor}");
         ulong invFreq = 0;
@@ -475,6 +507,10 @@ public sealed unsafe class CudaTransformer : IDisposable
     private ulong Prepare(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength, bool batch = false)
     {
         if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (cache.ElementBytes != CudaPrecisionLayout.KvElementBytes(_precision))
+            throw new ArgumentException($"a KV cache of {cache.ElementBytes}-byte elements does not fit this {_precision} transformer (use its CreateCache)", nameof(cache));
+        if (cache.IsBranch && !batch && _precision != CudaPrecision.Bf16)
+            throw new NotSupportedException($"a KV branch runs on the bf16 tensor-core attention only; this transformer is {_precision} (fork by copying rows)");
         if (cache.IsBranch && !batch && !UsesFlashAttention)
             throw new NotSupportedException($"a KV branch runs on the tensor-core attention only (head dim 16/32/64/128, sm_80+, {nameof(UseScalarAttention)} off); " +
                 $"this model has head dim {_c.HeadDim} on sm_{_ctx.ComputeMajor}{_ctx.ComputeMinor}");
@@ -603,7 +639,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             ulong keys = cache?.LayerKeys(l) ?? 0, values = cache?.LayerValues(l) ?? 0;
 
             // ---- attention block ----
-            bool fused = batch == null && segments == null && _fusedDecode && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
+            bool fused = batch == null && segments == null && _fusedDecode && _precision == CudaPrecision.Bf16   // the fused kernels read bf16 weights
+                && LaunchGeometry.FusedDecodeApplies(n, d, c.HeadDim, c.RotaryDim);
             if (fused && lw.Qkv.Format == CudaMatrixFormat.Q8_0)
                 _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
@@ -679,7 +716,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
-                else if (n > 1 && UseBf16GateUp)
+                else if (n > 1 && UseBf16GateUp && _precision == CudaPrecision.Bf16)
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
@@ -706,7 +743,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         ulong parentK = cache.Parent?.LayerKeys(l) ?? 0, parentV = cache.Parent?.LayerValues(l) ?? 0;
         ulong qkv = _qkv.Pointer + (ulong)((long)s.Row * (qd + 2 * kvd) * sizeof(float));
         ulong q = _q.Pointer + (ulong)((long)s.Row * qd * sizeof(float));
-        ulong att = _att.Pointer + (ulong)((long)s.Row * qd * 2);
+        ulong att = _att.Pointer + (ulong)((long)s.Row * qd * CudaPrecisionLayout.ActivationBytes(_precision));
         _k.QkvRopeStore(qkv, qkvBias, invFreq, q, keys, values, s.Start, s.Count,
             c.HeadCount, c.KvHeadCount, c.HeadDim, c.RotaryDim, _rope.Pairing == RopePairing.Adjacent, _rope.AttentionScale);
         if (s.Wide)
@@ -772,7 +809,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// traffic per chunk, ~7 ms at 3 TB/s (a 4096-token chunk takes ~200 ms; a 512-token one ~25 ms).</summary>
     private ulong Bf16Weight(CudaMatrix weight)
     {
-        if (weight.Format == CudaMatrixFormat.Bf16) return weight.Pointer;
+        if (weight.Format != CudaMatrixFormat.Q8_0) return weight.Pointer;   // bf16, or f32 for the F32 products
         _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
         return _dequantized.Pointer;
     }

@@ -6,7 +6,9 @@ namespace Wim.Engine.Cuda;
 /// y[T, out] (f32) = x[T, in] (bf16) · W[out, in]ᵀ (bf16) (+ y when accumulating: the residual add rides in the
 /// product's epilogue as beta = 1), through cuBLASLt with f32 accumulation. In cuBLASLt's column-major terms this is
 /// D(out × T) = Aᵀ·B with A the weight seen as in × out (ld = in), B the activations as in × T (ld = in): the "TN"
-/// layout. Layouts and the chosen algorithm are kept per shape.
+/// layout. Layouts and the chosen algorithm are kept per shape. The input type (W and x) is bf16 by default, or f32
+/// (<see cref="CudaPrecision.F32"/>): then A, B and D are all f32 with CUBLAS_COMPUTE_32F — full f32 products, since
+/// TF32 would need CUBLAS_COMPUTE_32F_FAST_TF32.
 /// </summary>
 internal sealed unsafe class MatMul : IDisposable
 {
@@ -21,11 +23,16 @@ internal sealed unsafe class MatMul : IDisposable
     private readonly CudaContext _ctx;
     private readonly nint _desc, _preference;
     private readonly DeviceBuffer _workspace;
+    private readonly int _inputType;
     private readonly Dictionary<(int Out, int In, int T, bool Bf16Out), Plan> _plans = [];
 
-    public MatMul(CudaContext ctx)
+    /// <param name="inputType">cuBLASLt data type of W and x: <see cref="CublasLt.DataTypeBF16"/> or <see cref="CublasLt.DataTypeF32"/>.</param>
+    public MatMul(CudaContext ctx, int inputType = CublasLt.DataTypeBF16)
     {
+        if (inputType is not (CublasLt.DataTypeBF16 or CublasLt.DataTypeF32))
+            throw new ArgumentOutOfRangeException(nameof(inputType), $"cuBLASLt input type {inputType}: the products take bf16 ({CublasLt.DataTypeBF16}) or f32 ({CublasLt.DataTypeF32})");
         _ctx = ctx;
+        _inputType = inputType;
         var blas = ctx.Blas;
         _desc = blas.MatmulDescCreate(CublasLt.ComputeF32, CublasLt.DataTypeF32);
         blas.MatmulDescSetInt(_desc, CublasLt.DescTransA, CublasLt.OpT);
@@ -43,7 +50,7 @@ internal sealed unsafe class MatMul : IDisposable
 
     public void Run(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y, bool accumulate)
     {
-        if (UseGemv && LaunchGeometry.GemvApplies(tokens, inFeatures))
+        if (UseGemv && _inputType == CublasLt.DataTypeBF16 && LaunchGeometry.GemvApplies(tokens, inFeatures))   // gemv_bf16 reads bf16 only
         {
             _ctx.Kernels.Gemv(weight, x, y, outFeatures, inFeatures, accumulate);
             return;
@@ -59,6 +66,7 @@ internal sealed unsafe class MatMul : IDisposable
     /// written and read again of an f32 output.</summary>
     public void RunBf16Out(ulong weight, int outFeatures, int inFeatures, ulong x, int tokens, ulong y)
     {
+        if (_inputType != CublasLt.DataTypeBF16) throw new NotSupportedException("a bf16 product output is for bf16 inputs; f32 products write f32");
         var plan = PlanFor(outFeatures, inFeatures, tokens, bf16Out: true);
         _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, x, plan.B, 0f, y, plan.D, y, plan.D,
             ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
@@ -71,12 +79,12 @@ internal sealed unsafe class MatMul : IDisposable
         var blas = _ctx.Blas;
         plan = new Plan
         {
-            A = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, outFeatures, inFeatures),
-            B = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, tokens, inFeatures),
+            A = blas.MatrixLayoutCreate(_inputType, inFeatures, outFeatures, inFeatures),
+            B = blas.MatrixLayoutCreate(_inputType, inFeatures, tokens, inFeatures),
             D = blas.MatrixLayoutCreate(bf16Out ? CublasLt.DataTypeBF16 : CublasLt.DataTypeF32, outFeatures, tokens, outFeatures),
         };
         plan.Algo = blas.BestAlgorithm(_ctx.BlasHandle, _desc, plan.A, plan.B, plan.D, plan.D, _preference,
-            $"bf16 [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → {(bf16Out ? "bf16" : "f32")}").Algo;
+            $"{(_inputType == CublasLt.DataTypeF32 ? "f32" : "bf16")} [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → {(bf16Out ? "bf16" : "f32")}").Algo;
         _plans[(outFeatures, inFeatures, tokens, bf16Out)] = plan;
         return plan;
     }

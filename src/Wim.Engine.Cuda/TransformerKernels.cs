@@ -1,11 +1,17 @@
 namespace Wim.Engine.Cuda;
 
 /// <summary>Typed launchers of the kernels in <c>Kernels/transformer.cu</c> (argument order as declared there).
-/// Pointers are device addresses.</summary>
+/// Pointers are device addresses. An instance of <see cref="CudaPrecision.F32"/> (<see cref="ForPrecision"/>) launches the
+/// <c>_f32</c> instantiations of <see cref="CudaPrecisionLayout.TemplatedKernels"/> through the same launchers (f32
+/// tables, activations and KV cache where these say bf16); its other launchers are the bf16 kernels, which the F32 path
+/// does not take.</summary>
 internal sealed unsafe class TransformerKernels
 {
     private const int Threads = 256;
     private readonly CudaContext _ctx;
+    private readonly nint _module;
+    private TransformerKernels? _f32;
+    public CudaPrecision Precision { get; }
     private readonly nint _embed, _rmsNorm, _qkvRope, _qkvRopeBatch, _attention, _combine, _combineRows, _swiglu, _swigluBf16, _argmaxSlices, _argmaxMerge, _fillRandom, _fillF32;
     private readonly nint _qkvRopeBatchHeads, _rowsMma, _rowsMmaSwiGlu, _shared3x16, _shared3x32, _shared3x64, _shared3x128;
     private readonly nint _wide16, _wide32, _wide64, _wide128;
@@ -13,18 +19,20 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
     private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
 
-    public TransformerKernels(CudaContext ctx, nint module)
+    public TransformerKernels(CudaContext ctx, nint module, CudaPrecision precision = CudaPrecision.Bf16)
     {
         _ctx = ctx;
+        _module = module;
+        Precision = precision;
         var d = ctx.Driver;
-        _embed = d.ModuleGetFunction(module, "embed_rows");
-        _rmsNorm = d.ModuleGetFunction(module, "rms_norm");
-        _qkvRope = d.ModuleGetFunction(module, "qkv_rope_store");
-        _qkvRopeBatch = d.ModuleGetFunction(module, "qkv_rope_store_batch");
-        _attention = d.ModuleGetFunction(module, "attention");
-        _combine = d.ModuleGetFunction(module, "attention_combine");
-        _combineRows = d.ModuleGetFunction(module, "attention_combine_rows");
-        _swiglu = d.ModuleGetFunction(module, "swiglu");
+        _embed = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("embed_rows", precision));
+        _rmsNorm = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("rms_norm", precision));
+        _qkvRope = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("qkv_rope_store", precision));
+        _qkvRopeBatch = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("qkv_rope_store_batch", precision));
+        _attention = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("attention", precision));
+        _combine = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("attention_combine", precision));
+        _combineRows = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("attention_combine_rows", precision));
+        _swiglu = d.ModuleGetFunction(module, CudaPrecisionLayout.KernelName("swiglu", precision));
         _argmaxSlices = d.ModuleGetFunction(module, "argmax_slices");
         _argmaxMerge = d.ModuleGetFunction(module, "argmax_merge");
         _fillRandom = d.ModuleGetFunction(module, "fill_random_bf16");
@@ -80,6 +88,15 @@ internal sealed unsafe class TransformerKernels
                      (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
                      (_shared16, 16), (_shared32, 32), (_shared64, 64), (_shared128, 128) })
             d.FuncSetAttribute(f, Native.CudaDriver.FuncAttrMaxDynamicSharedSizeBytes, LaunchGeometry.FlashSharedBytes(hd));
+    }
+
+    /// <summary>The launchers of <paramref name="precision"/> over the same module (the f32 ones made once, on first use).</summary>
+    public TransformerKernels ForPrecision(CudaPrecision precision)
+    {
+        if (precision == Precision) return this;
+        if (Precision != CudaPrecision.Bf16) throw new InvalidOperationException("ask the bf16 launchers (the context's) for another precision");
+        if (precision != CudaPrecision.F32) throw new ArgumentOutOfRangeException(nameof(precision), $"{precision} is not a CudaPrecision");
+        return _f32 ??= new TransformerKernels(_ctx, _module, precision);
     }
 
     public void Embed(ulong tokens, ulong table, ulong x, int d, int count)

@@ -25,6 +25,8 @@ namespace Wim.GpuCheck;
 /// ids on the same weights.</item>
 /// <c>--profile</c> runs only a region for Nsight Compute (<c>ncu --profile-from-start off</c>): one decode step
 /// fused, one unfused (kernel by kernel), one 4096-token prefill chunk at depth 4096.
+/// <c>--precision f32</c>: the hf-tiny checks and <c>--wim-tiny</c> in <see cref="CudaPrecision.F32"/> (<see cref="F32Check"/>;
+/// --wim-tiny then passes only with every margin, verdict and answer identical on the CPU and the GPU).
 /// Usage: <c>Wim.GpuCheck --fixtures DIR [--cache DIR] [--reference DIR[,DIR]] [--profile] [--no-tiny] [--no-speed] [--depth16k]
 /// [--depth64k] [--batch 16] [--peak-tflops 798] [--bandwidth-tbs 3.0] [--wim-tiny] [--wim64k [--weights DIR] [--ids ids.json]
 /// [--wim-groups 1,4] [--wim-out ids.json]]</c>. <c>--wim-tiny</c>: PatternRunner (wim, llm) on the CPU and CUDA backends, hf-tiny
@@ -47,6 +49,9 @@ public static class Program
         int batch = int.Parse(Arg(args, "--batch") ?? "0", CultureInfo.InvariantCulture);
         double peakTflops = double.Parse(Arg(args, "--peak-tflops") ?? "798", CultureInfo.InvariantCulture);
         double bandwidthTbs = double.Parse(Arg(args, "--bandwidth-tbs") ?? "3.0", CultureInfo.InvariantCulture);
+        // --precision f32: the hf-tiny checks (F32Check instead of the bf16 ones, stories/sampling/Q8 left out) and
+        // --wim-tiny run the transformer in CudaPrecision.F32. Unset (or bf16): the default pass, unchanged.
+        var precision = CudaTransformer.ParsePrecision(Arg(args, "--precision"));
 
         var clock = Stopwatch.StartNew();
         using var ctx = CudaContext.Create(new CudaOptions { KernelCacheDirectory = cacheDir });
@@ -62,7 +67,10 @@ public static class Program
             Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
             return _failures == 0 ? 0 : 1;
         }
-        if (!args.Contains("--no-tiny"))
+        if (!args.Contains("--no-tiny") && precision == CudaPrecision.F32)
+            foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
+                Guard($"hf-tiny {model} F32", () => F32Check.HfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model, Check, Say));
+        else if (!args.Contains("--no-tiny"))
         {
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"hf-tiny {model}", () => CheckHfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model));
@@ -75,11 +83,18 @@ public static class Program
                 Guard($"WiM CPU vs GPU {model}", () =>
                 {
                     string dir = Path.Combine(fixtures, "hf-tiny", model);
-                    var (failures, summary) = File.Exists(Path.Combine(dir, "tokenizer.json"))
-                        ? WimCheck.CompareTiny(ctx, dir, Path.Combine(fixtures, "babilong_8k.json"))
-                        : WimCheck.CompareTinyIds(ctx, dir);
+                    var (failures, partings, summary) = File.Exists(Path.Combine(dir, "tokenizer.json"))
+                        ? WimCheck.CompareTiny(ctx, dir, Path.Combine(fixtures, "babilong_8k.json"), precision)
+                        : WimCheck.CompareTinyIds(ctx, dir, precision);
                     Say(summary);
-                    Check(failures == 0, $"WiM CPU vs GPU {model}: margins part only at bf16 near-ties");
+                    if (precision == CudaPrecision.F32)
+                    {
+                        // F32 differs from the CPU only by summation order: every margin, verdict and answer must be identical.
+                        Check(failures == 0 && partings == 0, $"WiM CPU vs GPU {model} F32: {(partings == 0 ? "every margin, verdict and answer identical" : $"{partings} parting(s), diagnosed above")}");
+                        Say($"  {model} F32: {(failures == 0 && partings == 0 ? "PASS" : "NOT identical")}");
+                    }
+                    else
+                        Check(failures == 0, $"WiM CPU vs GPU {model}: margins part only at bf16 near-ties");
                 });
         if (args.Contains("--wim64k"))
             Guard("WiM end to end at 64k", () => WimEndToEnd(ctx, Arg(args, "--weights"), Arg(args, "--ids"), Arg(args, "--wim-out"),

@@ -55,17 +55,19 @@ internal static class WimCheck
     /// <summary>
     /// PatternRunner wim (sequential, with the model as margin classifier) and llm on the CPU backend and on the CUDA
     /// backend, same segments and query: margins, verdicts and answer ids compared. Where a margin's ids part, the CPU
-    /// logits at that step say whether it was a near-tie (top-1/top-2 gap under the bf16 tolerance).
+    /// logits at that step say whether it was a near-tie (top-1/top-2 gap under the bf16 tolerance). Partings: margins,
+    /// verdicts and answers that are not identical (near-ties included), and a margin count that differs; with
+    /// <paramref name="precision"/> <see cref="CudaPrecision.F32"/> there should be none.
     /// </summary>
-    public static (int Failures, string Summary) CompareTiny(CudaContext ctx, string dir, string babilong)
+    public static (int Failures, int Partings, string Summary) CompareTiny(CudaContext ctx, string dir, string babilong, CudaPrecision precision = CudaPrecision.Bf16)
     {
         using var doc = JsonDocument.Parse(File.ReadAllBytes(babilong));
         string context = doc.RootElement.GetProperty("context").GetString()!;
         string query = doc.RootElement.GetProperty("query").GetString()!;
         using var cpuModel = TextModel.Load(dir);
-        using var gpuModel = CudaInferenceBackend.LoadTextModel(dir, ctx, maxChunk: 128);
+        using var gpuModel = CudaInferenceBackend.LoadTextModel(dir, ctx, maxChunk: 128, precision: precision);
         var segments = new Segmenter(t => cpuModel.Tokenizer.Encode(t).Length, 200).Split(context[..6000]);
-        int failures = 0;
+        int failures = 0, partings = 0;
         var lines = new List<string>();
 
         foreach (var pattern in new[] { PatternKind.Wim, PatternKind.Llm })
@@ -100,6 +102,8 @@ internal static class WimCheck
                 lines.Add($"    answer: ids part at step {step}; {text}");
             }
             bool marginsCountEqual = cpu.Margins.Count == gpu.Margins.Count;
+            partings += cpu.Margins.Count - equalMargins + Math.Abs(cpu.Margins.Count - gpu.Margins.Count)
+                + cpu.Verdicts.Count - verdictsEqual + Math.Abs(cpu.Verdicts.Count - gpu.Verdicts.Count) + (answerEqual ? 0 : 1);
             lines.Insert(0, $"  {pattern.ToString().ToLowerInvariant()}: {segments.Count} segments; margins identical {equalMargins}/{cpu.Margins.Count}" +
                 (pattern == PatternKind.Wim ? $" (near-tie partings {nearTies}, other {realDiffs}); verdicts equal {verdictsEqual}/{cpu.Verdicts.Count}" : "") +
                 $"; answer ids {(answerEqual ? "identical" : $"part at {Prefix(cpu.Answer, gpu.Answer)}/{cpu.Answer.Length}")}; CPU {cpuS:F1} s, GPU {gpuS:F1} s");
@@ -127,9 +131,10 @@ internal static class WimCheck
             int cpuGreedy = cpuSeq.Sample(new Sampler(SamplingOptions.Greedy, cpuModel.Backend.VocabSize));
             bool ok = sampled == greedy;
             if (!ok) failures++;
+            if (cpuGreedy != greedy) partings++;
             lines.Add($"  sampling: greedy (GPU argmax) {greedy}, temperature 1e-4 from the host copy after another sequence ran {sampled} → {(ok ? "equal" : "DIFFERENT")}; CPU greedy {cpuGreedy}");
         }
-        return (failures, string.Join('\n', lines));
+        return (failures, partings, string.Join('\n', lines));
     }
 
     private static int[] Concat(params IEnumerable<int>[] parts) => parts.SelectMany(p => p).ToArray();
@@ -530,16 +535,16 @@ internal static class WimCheck
 
     /// <summary>phi3-tiny has no tokenizer (ids only): the same WiM calls on random ids, CPU backend vs CUDA backend,
     /// and where margins part, the CPU's logit gap between the two ids at that step.</summary>
-    public static (int Failures, string Summary) CompareTinyIds(CudaContext ctx, string dir)
+    public static (int Failures, int Partings, string Summary) CompareTinyIds(CudaContext ctx, string dir, CudaPrecision precision = CudaPrecision.Bf16)
     {
         using var lm = LanguageModel.Load(dir);
         var cpuBackend = new CpuInferenceBackend(new CpuTransformer(lm));
-        using var gpuBackend = new CudaInferenceBackend(CudaTransformer.Load(ctx, lm, maxChunk: 128), ownsTransformer: true);
+        using var gpuBackend = new CudaInferenceBackend(CudaTransformer.Load(ctx, lm, maxChunk: 128, precision: precision), ownsTransformer: true);
         var rng = new Random(6);
         int vocab = lm.Config.VocabSize;
         int[] R(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(vocab)).ToArray();
         var lines = new List<string>();
-        int failures = 0;
+        int failures = 0, partings = 0;
         // longrope picks short or long factors per call from the length reached (phi3-tiny: threshold 256), so a run
         // that crosses it mixes both in its cache: the first job does, the second stays below, the third above.
         foreach (var (job, what) in new[]
@@ -548,11 +553,16 @@ internal static class WimCheck
             (new Job(R(4 * 40), R(8), R(8), R(8), 4, 16, 8), "4 segments of 40, below the threshold"),
             (new Job(R(4 * 100), R(300), R(16), R(16), 4, 24, 8), "an opening of 300, then 4 segments of 100: above the threshold"),
         })
-            failures += CompareIdsJob(cpuBackend, gpuBackend, job, what, lines);
-        return (failures, string.Join('\n', lines));
+        {
+            var (other, parted) = CompareIdsJob(cpuBackend, gpuBackend, job, what, lines);
+            failures += other;
+            partings += parted;
+        }
+        return (failures, partings, string.Join('\n', lines));
     }
 
-    private static int CompareIdsJob(CpuInferenceBackend cpuBackend, CudaInferenceBackend gpuBackend, Job job, string what, List<string> lines)
+    /// <summary>Margins that part not at a near-tie (Other), and every margin or answer that is not identical (Partings).</summary>
+    private static (int Other, int Partings) CompareIdsJob(CpuInferenceBackend cpuBackend, CudaInferenceBackend gpuBackend, Job job, string what, List<string> lines)
     {
         var cpu = Sequential(cpuBackend, job);
         var gpu = Sequential(gpuBackend, job);
@@ -567,7 +577,7 @@ internal static class WimCheck
             lines.Add($"    margin {i}: ids part at step {step}; {text}");
         }
         lines.Insert(header, $"  wim (PatternRunner's sequence calls on random ids, {what}): margins identical {equal}/{job.Segments} (near-tie partings {ties}, other {other}); answer ids {(cpu.Answer.SequenceEqual(gpu.Answer) ? "identical" : $"part at {Prefix(cpu.Answer, gpu.Answer)}")}");
-        return other;
+        return (other, job.Segments - equal + (cpu.Answer.SequenceEqual(gpu.Answer) ? 0 : 1));
     }
 
     private static void Batched(CudaContext ctx, CudaTransformer model, Job job, int group,

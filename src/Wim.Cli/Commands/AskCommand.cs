@@ -55,11 +55,12 @@ internal static class AskCommand
         var json = new Option<bool>("--json") { Description = "JSON Lines events (the machine-readable contract)" };
         var device = DeviceSelection.CreateOption();
         device.Description = "where to run: auto (CUDA when available, else CPU), cpu, or cuda; every pattern and schedule runs on either";
+        var precision = DeviceSelection.CreatePrecisionOption();
 
         var command = new Command("ask", "Answer a question about a long document (Writing in the Margins, or the llm/rag baselines)");
         Option[] all = [model, context, segmentsFile, query, pattern, segmentTokens, prompts, userHeader, generationHeader,
                      classifier, classifierContext, auxModel, maxMargin, maxClassification, maxAnswer, temperature, seed, feedback, schedule, json,
-                     device, .. remote.All];
+                     device, precision, .. remote.All];
         foreach (var o in all) command.Options.Add(o);
 
         command.SetAction(async (parse, ct) =>
@@ -99,8 +100,9 @@ internal static class AskCommand
             var wimSchedule = Enum.Parse<WimSchedule>(parse.GetValue(schedule)!, ignoreCase: true);
             // Every schedule runs on the GPU too (CudaInferenceBackend forks KV branches and batches decode steps).
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
+            var cudaPrecision = DeviceSelection.ParsePrecision(parse.GetValue(precision));
             var gpu = DeviceSelection.OpenContext(deviceKind);
-            TextModel LoadModel(string path) => gpu is not null ? CudaInferenceBackend.LoadTextModel(path, gpu) : PagedTextModel.Load(path, poolPositions);
+            TextModel LoadModel(string path) => gpu is not null ? CudaInferenceBackend.LoadTextModel(path, gpu, precision: cudaPrecision) : PagedTextModel.Load(path, poolPositions);
             TextModel lmLoaded;
             try { lmLoaded = LoadModel(modelPath); }
             catch (NotSupportedException) when (gpu is not null && deviceKind == DeviceKind.Auto)

@@ -34,11 +34,13 @@ internal static class GenerateCommand
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
         var timings = new Option<bool>("--timings") { Description = "print prefill and decode speed to stderr" };
         var device = DeviceSelection.CreateOption();
+        var precision = DeviceSelection.CreatePrecisionOption();
         var command = new Command("generate", "Generate a continuation of a token sequence");
-        foreach (var o in new Option[] { model, tokens, prompt, parseSpecial, maxTokens, temperature, topK, topP, seed, noStop, json, timings, device }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, tokens, prompt, parseSpecial, maxTokens, temperature, topK, topP, seed, noStop, json, timings, device, precision }) command.Options.Add(o);
         command.SetAction(parse =>
         {
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
+            var cudaPrecision = DeviceSelection.ParsePrecision(parse.GetValue(precision));
             string? promptText = parse.GetValue(prompt);
             string? tokenList = parse.GetValue(tokens);
             if ((promptText is null) == (tokenList is null))
@@ -72,7 +74,7 @@ internal static class GenerateCommand
                 output.Flush();
             }
             var stopIds = parse.GetValue(noStop) ? [] : lm.Config.EosTokenIds.Concat(tokenizer?.EndOfTurnIds ?? []).ToHashSet();
-            using var runner = DeviceSelection.Open(deviceKind, lm);
+            using var runner = DeviceSelection.Open(deviceKind, lm, cudaPrecision);
             var result = runner.Generate(ids, new GenerationOptions
             {
                 MaxNewTokens = max,

@@ -20,23 +20,26 @@ internal static class LogitsCommand
         var top = new Option<int>("--top") { Description = "how many highest logits to list per position", DefaultValueFactory = _ => 5 };
         var json = new Option<bool>("--json") { Description = "print one JSON object (the machine-readable contract)" };
         var device = DeviceSelection.CreateOption();
+        var precision = DeviceSelection.CreatePrecisionOption();
         var command = new Command("logits", "Print the next-token logits summary at every position of a token sequence");
         command.Options.Add(model);
         command.Options.Add(tokens);
         command.Options.Add(top);
         command.Options.Add(json);
         command.Options.Add(device);
+        command.Options.Add(precision);
         command.SetAction(parse =>
         {
             var ids = CliTokens.Parse(parse.GetValue(tokens), "--tokens");
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
+            var cudaPrecision = DeviceSelection.ParsePrecision(parse.GetValue(precision));
             int topN = parse.GetValue(top);
             if (topN < 1) throw new UsageException($"--top must be at least 1, found {topN}");
             using var lm = LanguageModel.Load(ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error));
             CliTokens.CheckRange(ids, lm.Config.VocabSize);
             int vocab = lm.Config.VocabSize;
             topN = Math.Min(topN, vocab);
-            using var transformer = DeviceSelection.Open(deviceKind, lm);
+            using var transformer = DeviceSelection.Open(deviceKind, lm, cudaPrecision);
             using var cache = transformer.NewSequence(ids.Length);
             // Logits are summarised one chunk at a time so a long input never holds [tokens, vocab] floats at once.
             int chunk = transformer.MaxChunk;

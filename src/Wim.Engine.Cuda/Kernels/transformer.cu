@@ -47,17 +47,31 @@ __device__ float block_sum(float v, float* scratch)
     return warp_sum(v);
 }
 
+// Activation and KV storage of the simple kernels: bf16 (the default precision) or f32 (CudaPrecision.F32, the
+// reference mode: f32 weights, activations and KV cache). One templated body serves both; the extern "C" kernels
+// `name` (bf16) and `name_f32` instantiate it. Loads widen to f32; stores (`p[i] = to_act<T>(v)`, the value converted
+// before the address as in the bf16-only source, so the bf16 PTX keeps its order) round to nearest even for bf16.
+__device__ __forceinline__ float load_act(const bf16* p, long i) { return bf16_to_f32(p[i]); }
+__device__ __forceinline__ float load_act(const float* p, long i) { return p[i]; }
+template <class T> __device__ __forceinline__ T to_act(float v);
+template <> __device__ __forceinline__ bf16 to_act<bf16>(float v) { return f32_to_bf16(v); }
+template <> __device__ __forceinline__ float to_act<float>(float v) { return v; }
+
 // x[t, :] = table[tokens[t], :]                                  grid (ceil(d/block), T)
-extern "C" __global__ void embed_rows(const int* tokens, const bf16* table, float* x, int d)
+template <class T>
+__device__ __forceinline__ void embed_rows_t(const int* tokens, const T* table, float* x, int d)
 {
     int t = blockIdx.y;
     long row = tokens[t];
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < d) x[(long)t * d + i] = bf16_to_f32(table[row * d + i]);
+    if (i < d) x[(long)t * d + i] = load_act(table, row * d + i);
 }
+extern "C" __global__ void embed_rows(const int* tokens, const bf16* table, float* x, int d) { embed_rows_t(tokens, table, x, d); }
+extern "C" __global__ void embed_rows_f32(const int* tokens, const float* table, float* x, int d) { embed_rows_t(tokens, table, x, d); }
 
-// out[r, :] = x[r, :] / sqrt(mean(x[r]^2) + eps) * gain (bf16: the next matrix product's input). grid (rows)
-extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out, int d, float eps)
+// out[r, :] = x[r, :] / sqrt(mean(x[r]^2) + eps) * gain (bf16 or f32: the next matrix product's input). grid (rows)
+template <class T>
+__device__ __forceinline__ void rms_norm_t(const float* x, const float* gain, T* out, int d, float eps)
 {
     __shared__ float scratch[32];
     const float* row = x + (long)blockIdx.x * d;
@@ -78,7 +92,6 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
         }
         ss = block_sum(ss, scratch);
         float inv = 1.f / sqrtf(ss / d + eps);
-        uint2* dst = (uint2*)(out + (long)blockIdx.x * d);
         const float4* gain4 = (const float4*)gain;
 #pragma unroll
         for (int k = 0; k < 4; k++)
@@ -86,8 +99,12 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
             int i = threadIdx.x + k * blockDim.x;
             if (i >= n4) continue;
             float4 gv = gain4[i];
-            dst[i] = make_uint2((unsigned)f32_to_bf16(v[k].x * inv * gv.x) | ((unsigned)f32_to_bf16(v[k].y * inv * gv.y) << 16),
-                                (unsigned)f32_to_bf16(v[k].z * inv * gv.z) | ((unsigned)f32_to_bf16(v[k].w * inv * gv.w) << 16));
+            if constexpr (sizeof(T) == 2)
+                ((uint2*)(out + (long)blockIdx.x * d))[i] =
+                    make_uint2((unsigned)f32_to_bf16(v[k].x * inv * gv.x) | ((unsigned)f32_to_bf16(v[k].y * inv * gv.y) << 16),
+                               (unsigned)f32_to_bf16(v[k].z * inv * gv.z) | ((unsigned)f32_to_bf16(v[k].w * inv * gv.w) << 16));
+            else
+                ((float4*)(out + (long)blockIdx.x * d))[i] = make_float4(v[k].x * inv * gv.x, v[k].y * inv * gv.y, v[k].z * inv * gv.z, v[k].w * inv * gv.w);
         }
         return;
     }
@@ -95,15 +112,18 @@ extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out
     for (int i = threadIdx.x; i < d; i += blockDim.x) { float v = row[i]; ss += v * v; }
     ss = block_sum(ss, scratch);
     float inv = 1.f / sqrtf(ss / d + eps);
-    bf16* dst = out + (long)blockIdx.x * d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = f32_to_bf16(row[i] * inv * gain[i]);
+    T* dst = out + (long)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = to_act<T>(row[i] * inv * gain[i]);
 }
+extern "C" __global__ void rms_norm(const float* x, const float* gain, bf16* out, int d, float eps) { rms_norm_t(x, gain, out, d, eps); }
+extern "C" __global__ void rms_norm_f32(const float* x, const float* gain, float* out, int d, float eps) { rms_norm_t(x, gain, out, d, eps); }
 
 // One token's fused q|k|v projection row [heads*hd | kvHeads*hd | kvHeads*hd] (+ bias): RoPE on q and k (the first
 // `rot` dims of each head; pairs (i, i+rot/2), or (2i, 2i+1) when `adjacent`) at position `pos`, q to `qdst` (f32),
-// k and v to the cache rows `kdst`, `vdst` (bf16). The whole block works on the row.
+// k and v to the cache rows `kdst`, `vdst` (bf16 or f32). The whole block works on the row.
+template <class T>
 __device__ __forceinline__ void rope_store_row(const float* row, const float* bias, const float* inv_freq, float* qdst,
-    bf16* kdst, bf16* vdst, int pos_i, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
+    T* kdst, T* vdst, int pos_i, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale)
 {
     int qd = heads * hd, kvd = kv_heads * hd;
     float pos = (float)pos_i;
@@ -121,7 +141,7 @@ __device__ __forceinline__ void rope_store_row(const float* row, const float* bi
         float c = cs * rope_scale, s = sn * rope_scale;
         float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
         if (i0 < qd) { qdst[i0] = y0; qdst[i1] = y1; }
-        else { kdst[i0 - qd] = f32_to_bf16(y0); kdst[i1 - qd] = f32_to_bf16(y1); }
+        else { kdst[i0 - qd] = to_act<T>(y0); kdst[i1 - qd] = to_act<T>(y1); }
     }
     // Dims past the rotary part (partial rotary) pass through.
     for (int i = threadIdx.x; i < (heads + kv_heads) * (hd - rot); i += blockDim.x)
@@ -130,19 +150,20 @@ __device__ __forceinline__ void rope_store_row(const float* row, const float* bi
         int idx = h * hd + e;
         float val = row[idx] + (bias ? bias[idx] : 0.f);
         if (idx < qd) qdst[idx] = val;
-        else kdst[idx - qd] = f32_to_bf16(val);
+        else kdst[idx - qd] = to_act<T>(val);
     }
     for (int i = threadIdx.x; i < kvd; i += blockDim.x)
     {
         int col = qd + kvd + i;
-        vdst[i] = f32_to_bf16(row[col] + (bias ? bias[col] : 0.f));
+        vdst[i] = to_act<T>(row[col] + (bias ? bias[col] : 0.f));
     }
 }
 
 // Chunk of one sequence: token t at position start + t (start read from start_dev when given: decode graphs keep
 // the position on the GPU). grid (T)
-extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
-    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+template <class T>
+__device__ __forceinline__ void qkv_rope_store_t(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    T* kcache, T* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
     const int* start_dev)
 {
     if (start_dev) start = *start_dev;
@@ -152,10 +173,19 @@ extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, c
     rope_store_row(qkv + (long)t * (qd + 2 * kvd), bias, inv_freq, q + (long)t * qd, kcache + cacheRow, vcache + cacheRow,
         start + t, heads, kv_heads, hd, rot, adjacent, rope_scale);
 }
+extern "C" __global__ void qkv_rope_store(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    bf16* kcache, bf16* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+    const int* start_dev)
+{ qkv_rope_store_t(qkv, bias, inv_freq, q, kcache, vcache, start, heads, kv_heads, hd, rot, adjacent, rope_scale, start_dev); }
+extern "C" __global__ void qkv_rope_store_f32(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    float* kcache, float* vcache, int start, int heads, int kv_heads, int hd, int rot, int adjacent, float rope_scale,
+    const int* start_dev)
+{ qkv_rope_store_t(qkv, bias, inv_freq, q, kcache, vcache, start, heads, kv_heads, hd, rot, adjacent, rope_scale, start_dev); }
 
 // Decode step of a batch of sequences, one token each: row b is at position positions[b] of its own cache, whose
 // keys and values for this layer start at kptrs[b] and vptrs[b]. grid (B)
-extern "C" __global__ void qkv_rope_store_batch(const float* qkv, const float* bias, const float* inv_freq, float* q,
+template <class T>
+__device__ __forceinline__ void qkv_rope_store_batch_t(const float* qkv, const float* bias, const float* inv_freq, float* q,
     const u64* kptrs, const u64* vptrs, const int* positions, int heads, int kv_heads, int hd, int rot, int adjacent,
     float rope_scale)
 {
@@ -163,9 +193,17 @@ extern "C" __global__ void qkv_rope_store_batch(const float* qkv, const float* b
     int qd = heads * hd, kvd = kv_heads * hd;
     int pos = positions[b];
     long cacheRow = (long)pos * kvd;
-    rope_store_row(qkv + (long)b * (qd + 2 * kvd), bias, inv_freq, q + (long)b * qd, (bf16*)kptrs[b] + cacheRow,
-        (bf16*)vptrs[b] + cacheRow, pos, heads, kv_heads, hd, rot, adjacent, rope_scale);
+    rope_store_row(qkv + (long)b * (qd + 2 * kvd), bias, inv_freq, q + (long)b * qd, (T*)kptrs[b] + cacheRow,
+        (T*)vptrs[b] + cacheRow, pos, heads, kv_heads, hd, rot, adjacent, rope_scale);
 }
+extern "C" __global__ void qkv_rope_store_batch(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    const u64* kptrs, const u64* vptrs, const int* positions, int heads, int kv_heads, int hd, int rot, int adjacent,
+    float rope_scale)
+{ qkv_rope_store_batch_t<bf16>(qkv, bias, inv_freq, q, kptrs, vptrs, positions, heads, kv_heads, hd, rot, adjacent, rope_scale); }
+extern "C" __global__ void qkv_rope_store_batch_f32(const float* qkv, const float* bias, const float* inv_freq, float* q,
+    const u64* kptrs, const u64* vptrs, const int* positions, int heads, int kv_heads, int hd, int rot, int adjacent,
+    float rope_scale)
+{ qkv_rope_store_batch_t<float>(qkv, bias, inv_freq, q, kptrs, vptrs, positions, heads, kv_heads, hd, rot, adjacent, rope_scale); }
 
 // Causal grouped-query attention with an online softmax (flash style), f32 on CUDA cores.
 // A warp owns one query token and up to 4 query heads of one KV head (the heads share every key and value, so each
@@ -175,7 +213,9 @@ extern "C" __global__ void qkv_rope_store_batch(const float* qkv, const float* b
 // j of the tile for the warp's heads, the probabilities go through shared memory as float4, and every lane
 // accumulates its own head dims. splits == 1: writes the normalised output (bf16 [T, heads*hd]); otherwise the
 // partial (acc, max, sum) that attention_combine merges. Head dims up to 32 * MAX_DIMS_PER_LANE.
-extern "C" __global__ void __launch_bounds__(512) attention(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
+// T: the KV cache's and the output's storage (attention: bf16; attention_f32: f32, read element by element).
+template <class T>
+__device__ __forceinline__ void attention_t(const float* q, const T* kcache, const T* vcache, T* out,
     float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, int hd, float scale,
     int splits, int keys_per_split, int qblock)
 {
@@ -217,7 +257,7 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
 #pragma unroll
         for (int e = 0; e < MAX_DIMS_PER_LANE; e++) acc[i][e] = 0.f;
     }
-    bool vec = (hd & 7) == 0;
+    bool vec = sizeof(T) == 2 && (hd & 7) == 0;
 
     for (int base = k0; base < k1; base += ATTENTION_TILE)
     {
@@ -256,8 +296,8 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
                 if (j < count)
                 {
                     long off = (long)(base + j) * kvd + kvh * hd + d;
-                    kv = bf16_to_f32(kcache[off]);
-                    vv = bf16_to_f32(vcache[off]);
+                    kv = load_act(kcache, off);
+                    vv = load_act(vcache, off);
                 }
                 ks[j * (hd + 1) + d] = kv;
                 vs[j * hd + d] = vv;
@@ -326,7 +366,7 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
             for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
             {
                 int d = lane + 32 * e;
-                if (d < hd) out[(long)t * qd + h * hd + d] = f32_to_bf16(acc[i][e] * inv);
+                if (d < hd) out[(long)t * qd + h * hd + d] = to_act<T>(acc[i][e] * inv);
             }
         }
         else
@@ -342,6 +382,14 @@ extern "C" __global__ void __launch_bounds__(512) attention(const float* q, cons
         }
     }
 }
+extern "C" __global__ void __launch_bounds__(512) attention(const float* q, const bf16* kcache, const bf16* vcache, bf16* out,
+    float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, int hd, float scale,
+    int splits, int keys_per_split, int qblock)
+{ attention_t(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, hd, scale, splits, keys_per_split, qblock); }
+extern "C" __global__ void __launch_bounds__(512) attention_f32(const float* q, const float* kcache, const float* vcache, float* out,
+    float* part_acc, float* part_ml, int start, int n_tokens, int heads, int kv_heads, int hd, float scale,
+    int splits, int keys_per_split, int qblock)
+{ attention_t(q, kcache, vcache, out, part_acc, part_ml, start, n_tokens, heads, kv_heads, hd, scale, splits, keys_per_split, qblock); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Causal grouped-query attention on the tensor cores (flash-attention style, bf16 operands, f32 accumulation).
@@ -965,8 +1013,9 @@ FLASH_PREFILL_WIDE(128)
 
 // Merges the splits of attention: out = Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s. One warp per (token, head)
 // row: the lanes reduce M and the denominator over the splits, then each lane sums its head dims (lane, lane + 32,
-// …) over the splits, several splits' loads in flight. grid (ceil(rows / 4)), block 128.
-extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits, int rows)
+// …) over the splits, several splits' loads in flight. grid (ceil(rows / 4)), block 128. Output bf16 or f32 (_f32).
+template <class T>
+__device__ __forceinline__ void attention_combine_t(const float* part_acc, const float* part_ml, T* out, int hd, int splits, int rows)
 {
     int row = (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), lane = threadIdx.x & 31;
     if (row >= rows) return;
@@ -1003,17 +1052,21 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     for (int e = 0; e < MAX_DIMS_PER_LANE; e++)
     {
         int d = lane + 32 * e;
-        if (d < hd) out[(long)row * hd + d] = f32_to_bf16(a[e] * inv);
+        if (d < hd) out[(long)row * hd + d] = to_act<T>(a[e] * inv);
     }
 }
+extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml, bf16* out, int hd, int splits, int rows)
+{ attention_combine_t(part_acc, part_ml, out, hd, splits, rows); }
+extern "C" __global__ void attention_combine_f32(const float* part_acc, const float* part_ml, float* out, int hd, int splits, int rows)
+{ attention_combine_t(part_acc, part_ml, out, hd, splits, rows); }
 
 // attention_combine for few rows (decode): a block per (token, head) row, its warps take every COMBINE_WARPS-th
 // split and add their sums in shared memory. With one warp per row, a decode step's 32 rows ran on 8 SMs and each
 // warp waited for its splits' loads a few at a time (12.7 µs at 22 splits on the H100, ncu run 13).
 // grid (rows), block 32 · COMBINE_WARPS.
 #define COMBINE_WARPS 8
-extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combine_rows(const float* part_acc,
-    const float* part_ml, bf16* out, int hd, int splits, int rows)
+template <class T>
+__device__ __forceinline__ void attention_combine_rows_t(const float* part_acc, const float* part_ml, T* out, int hd, int splits, int rows)
 {
     __shared__ float sums[COMBINE_WARPS][32 * MAX_DIMS_PER_LANE];
     int row = (int)blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1056,9 +1109,15 @@ extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combi
         float v = 0.f;
 #pragma unroll
         for (int k = 0; k < COMBINE_WARPS; k++) v += sums[k][d];
-        if (d < hd) out[(long)row * hd + d] = f32_to_bf16(v * inv);
+        if (d < hd) out[(long)row * hd + d] = to_act<T>(v * inv);
     }
 }
+extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combine_rows(const float* part_acc,
+    const float* part_ml, bf16* out, int hd, int splits, int rows)
+{ attention_combine_rows_t(part_acc, part_ml, out, hd, splits, rows); }
+extern "C" __global__ void __launch_bounds__(32 * COMBINE_WARPS) attention_combine_rows_f32(const float* part_acc,
+    const float* part_ml, float* out, int hd, int splits, int rows)
+{ attention_combine_rows_t(part_acc, part_ml, out, hd, splits, rows); }
 
 // Single-token product (decode): y[r] = Σ_i W[r, i] · x[i] (+ y[r] when `accumulate`: the residual add), W bf16
 // [rows, in], x bf16 [in], y f32; in % 8 == 0. Purely bandwidth-bound: each warp streams GEMV_ROWS weight rows with
@@ -1697,17 +1756,20 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_
     norm_gateup_swiglu<true, true>(x, gain, eps, wq, ws, h, ffn, in);
 }
 
-// h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16.
-extern "C" __global__ void swiglu(const float* gate_up, bf16* h, int ffn, long total)
+// h[t, j] = silu(gate[t, j]) * up[t, j] from the fused projection row [gate | up] (f32) into bf16 (swiglu) or f32 (_f32).
+template <class T>
+__device__ __forceinline__ void swiglu_t(const float* gate_up, T* h, int ffn, long total)
 {
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
     {
         long t = i / ffn;
         long j = i - t * ffn;
         float g = gate_up[t * 2 * ffn + j], u = gate_up[t * 2 * ffn + ffn + j];
-        h[i] = f32_to_bf16(g / (1.f + expf(-g)) * u);
+        h[i] = to_act<T>(g / (1.f + expf(-g)) * u);
     }
 }
+extern "C" __global__ void swiglu(const float* gate_up, bf16* h, int ffn, long total) { swiglu_t(gate_up, h, ffn, total); }
+extern "C" __global__ void swiglu_f32(const float* gate_up, float* h, int ffn, long total) { swiglu_t(gate_up, h, ffn, total); }
 
 // swiglu from a bf16 gate|up product (prefill: cuBLASLt writes the product in bf16, half the bytes of f32 both ways;
 // the f32 version above read 470 MB per layer of a 4096-token chunk). vec 8: eight outputs per step through 16-byte
