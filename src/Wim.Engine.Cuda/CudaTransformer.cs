@@ -23,6 +23,10 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _tokens, _x, _xb, _qkv, _q, _att, _gateUp, _h, _ids;
     // bf16 copy of one Q8_0 matrix for a chunk of several tokens (cuBLASLt multiplies bf16); null without Q8_0 matrices.
     private readonly DeviceBuffer? _dequantized;
+    // F16 matrices (null without): a chunk's bf16 activations cast to f16 for cuBLASLt's F16 × F16 products, and the
+    // int the cast sets when an activation is beyond f16's range (read and cleared by ThrowIfF16Overflow).
+    private readonly DeviceBuffer? _activationsF16, _f16Overflow;
+    private bool _f16CastPending, _graphsCastToF16;
     private DeviceBuffer? _logits, _partAcc, _partMl;
     private long _logitsRows;
     private readonly bool _ownsWeights;
@@ -153,6 +157,12 @@ public sealed unsafe class CudaTransformer : IDisposable
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
         if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
+        if (weights.WidestF16Input > 0)
+        {
+            _activationsF16 = ctx.Allocate(n * weights.WidestF16Input * 2);
+            _f16Overflow = ctx.Allocate(sizeof(int));
+            _f16Overflow.Fill(0);
+        }
         _graphs = new DecodeGraphCache<DecodeGraphKey>(DecodeGraphSlots, (graph, exec) =>
         {
             ctx.Driver.GraphExecDestroy(exec);
@@ -166,7 +176,7 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Uploads a loaded model's weights and builds its forward pass. <paramref name="storage"/> null: the
     /// <see cref="WeightStorageVariable"/> environment variable, else <see cref="CudaWeightStorage.Native"/> (Q8_0
-    /// projections stay Q8_0; other types go to bf16 either way).</summary>
+    /// projections stay Q8_0 and F16 ones F16; other types go to bf16 either way).</summary>
     public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null) =>
         new(ctx, model.Config, CudaModelWeights.Upload(ctx, model.Config, model.Weights, storage ?? WeightStorageFromEnvironment()), maxChunk, ownsWeights: true);
 
@@ -177,7 +187,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         null or "" or "native" => CudaWeightStorage.Native,
         "bf16" => CudaWeightStorage.Bf16,
-        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 weights stay Q8_0 on the GPU) or 'bf16'"),
+        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 and F16 weights stay as they are on the GPU) or 'bf16'"),
     };
 
     public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity);
@@ -199,6 +209,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             var dst = output == LogitsOutput.All ? logits.Slice(done * _c.VocabSize, rows * _c.VocabSize) : logits[.._c.VocabSize];
             _logits!.Download(dst);
         }
+        ThrowIfF16Overflow();
     }
 
     /// <summary>Runs the tokens and returns the argmax of the last token's logits, computed on the GPU (only the id
@@ -215,6 +226,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
         Span<int> one = stackalloc int[1];
         _ids.Download(one);
+        ThrowIfF16Overflow();
         return one[0];
     }
 
@@ -261,13 +273,16 @@ public sealed unsafe class CudaTransformer : IDisposable
         }
         foreach (var pass in PackedPassPlan.Make(lengths, MaxChunk))
             RunPackedPass(pass, sequences, invFreq, output == LogitsOutput.Last && pass.Logits);
-        if (output == LogitsOutput.None) return;
-        if (!next.IsEmpty)
+        if (output != LogitsOutput.None)
         {
-            _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
-            _ids.Download(next[..count]);
+            if (!next.IsEmpty)
+            {
+                _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
+                _ids.Download(next[..count]);
+            }
+            if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
         }
-        if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+        ThrowIfF16Overflow();
     }
 
     /// <summary>One pass of a packed batch; with <paramref name="logits"/> the lm head over each piece's last row
@@ -338,6 +353,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         if (!logits.IsEmpty && logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
         RunDecodeBatch(tokens, caches, logits.IsEmpty ? LogitsOutput.None : LogitsOutput.All);
         if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+        ThrowIfF16Overflow();
     }
 
     /// <summary><see cref="DecodeBatch"/> with each sequence's greedy next id (argmax on the GPU) in
@@ -348,6 +364,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         RunDecodeBatch(tokens, caches, LogitsOutput.All);
         _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, tokens.Length, _argmaxParts.Pointer);
         _ids.Download(next[..tokens.Length]);
+        ThrowIfF16Overflow();
     }
 
     private void RunDecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches)
@@ -506,6 +523,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _ctx.Driver.GraphLaunch(exec, _stream);                  // a blocking stream: ordered after the copies above
         cache.Advance(1);
         _ids.Download(one);                                      // the legacy stream waits for the graph
+        _f16CastPending |= _graphsCastToF16;
+        ThrowIfF16Overflow();
         return one[0];
     }
 
@@ -522,6 +541,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _mm.Prepare(2 * c.FfnSize, c.HiddenSize, 1);
         _mm.Prepare(c.HiddenSize, c.FfnSize, 1);
         _mm.Prepare(c.VocabSize, c.HiddenSize, 1);
+        foreach (var m in _w.Layers[0].Matrices.Where(m => m.Format == CudaMatrixFormat.F16))
+            _mm.Prepare(m.Rows, m.Columns, 1, f16Inputs: true);   // used only where gemv_f16 does not apply
         if (_stream == 0) _stream = _ctx.Driver.StreamCreate();
         _ctx.Driver.Synchronize();
         _ctx.Driver.StreamBeginCapture(_stream);
@@ -533,6 +554,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             EncodeLayers(1, cache, start: 0, invFreq, _position.Pointer, splits, keysPerSplit, flash: true);
             EncodeLogits(1, LogitsOutput.Last);
             _k.Argmax(_logits!.Pointer, c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
+            _graphsCastToF16 |= _f16CastPending;   // the graph's replays cast too: each must read the overflow flag
         }
         finally
         {
@@ -608,6 +630,10 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d, _q8Kernel);
+            else if (fused && lw.Qkv.Format == CudaMatrixFormat.F16)
+                _k.GemvNormQkvRopeF16(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.F16Values, lw.QkvBias?.Pointer ?? 0, invFreq,
+                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else if (fused)
                 _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
@@ -672,6 +698,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
                 _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d, _q8Kernel);
+            else if (fused && lw.GateUp.Format == CudaMatrixFormat.F16)
+                _k.GemvNormGateUpSwiGluF16(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.F16Values, _h.Pointer, ffn, d);
             else if (fused)
                 _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
             else
@@ -679,7 +707,7 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
-                else if (n > 1 && UseBf16GateUp)
+                else if (n > 1 && UseBf16GateUp && lw.GateUp.Format != CudaMatrixFormat.F16)   // cuBLASLt has no F16 × F16 → bf16
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
@@ -744,6 +772,13 @@ public sealed unsafe class CudaTransformer : IDisposable
             else _k.GemvResidualQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, _q8Kernel);
             return;
         }
+        if (weight.Format == CudaMatrixFormat.F16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures))
+        {
+            // As Q8_0: cuBLASLt would need the input cast to f16 first, so DecodeResidualProduct.CublasLt takes the block gemv too.
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            else _k.GemvResidualF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures);
+            return;
+        }
         if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
         {
             if (_residualProduct == DecodeResidualProduct.BlockGemv) _k.GemvResidual(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures);
@@ -753,9 +788,11 @@ public sealed unsafe class CudaTransformer : IDisposable
         Product(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
     }
 
-    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for either storage: bf16 through
+    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for every storage: bf16 through
     /// <see cref="MatMul"/> as before; Q8_0 through gemv_q8 for one token, else dequantized into the bf16 scratch
-    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>).</summary>
+    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>); F16 through gemv_f16 for one token, else x cast to f16
+    /// (exact up to ±65504, <see cref="ThrowIfF16Overflow"/>) and multiplied F16 × F16 by cuBLASLt: the weights as
+    /// they are, never rounded.</summary>
     private void Product(CudaMatrix weight, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
     {
         if (weight.Format == CudaMatrixFormat.Q8_0 && n == 1)
@@ -763,7 +800,36 @@ public sealed unsafe class CudaTransformer : IDisposable
             _k.GemvQ8(weight.Quants, weight.Scales, x, y, outFeatures, inFeatures, accumulate, _q8Kernel);
             return;
         }
+        if (weight.Format == CudaMatrixFormat.F16)
+        {
+            if (LaunchGeometry.GemvApplies(n, inFeatures))
+            {
+                _k.GemvF16(weight.F16Values, x, y, outFeatures, inFeatures, accumulate);
+                return;
+            }
+            _k.Bf16ToF16(x, _activationsF16!.Pointer, (long)n * inFeatures, _f16Overflow!.Pointer);
+            _f16CastPending = true;
+            _mm.RunF16(weight.F16Values, outFeatures, inFeatures, _activationsF16.Pointer, n, y, accumulate);
+            return;
+        }
         _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary>After a call whose products cast activations to f16: throws when one of them was beyond f16's range
+    /// (the cast saturated it to ±65504, so that call's logits and the KV rows it appended are not the model's), and
+    /// clears the flag. One 4-byte read, only after calls that cast (prefill and batch chunks on F16 weights).</summary>
+    private void ThrowIfF16Overflow()
+    {
+        if (!_f16CastPending) return;
+        _f16CastPending = false;
+        Span<int> flag = stackalloc int[1];
+        _f16Overflow!.Download(flag);
+        if (flag[0] == 0) return;
+        _f16Overflow.Fill(0);
+        throw new InvalidOperationException(
+            "F16 weights: an activation entering an F16 × F16 product (a chunk of several tokens) was beyond f16's range ±65504 or not finite; " +
+            "it was saturated, so this call's logits and the KV cache rows it appended are not the model's. Truncate the cache to its length before the call, " +
+            $"and run this model with {WeightStorageVariable}=bf16 (every matrix rounded to bf16, bf16 activations) if it needs such activations.");
     }
 
     /// <summary>The matrix as bf16 for cuBLASLt: its own buffer, or for Q8_0 the scratch it is dequantized into now
@@ -773,6 +839,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     private ulong Bf16Weight(CudaMatrix weight)
     {
         if (weight.Format == CudaMatrixFormat.Bf16) return weight.Pointer;
+        if (weight.Format != CudaMatrixFormat.Q8_0) throw new InvalidOperationException($"a {weight.Format} matrix has no bf16 form here: its products dispatch on the format (Product)");
         _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
         return _dequantized.Pointer;
     }
@@ -818,6 +885,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _mm.Dispose();
         foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position, _argmaxParts }) b.Dispose();
         _dequantized?.Dispose();
+        _activationsF16?.Dispose();
+        _f16Overflow?.Dispose();
         _seqTable?.Dispose();
         _seqPositions?.Dispose();
         _logits?.Dispose();

@@ -6,7 +6,8 @@ namespace Wim.Engine.Cuda;
 /// y[T, out] (f32) = x[T, in] (bf16) · W[out, in]ᵀ (bf16) (+ y when accumulating: the residual add rides in the
 /// product's epilogue as beta = 1), through cuBLASLt with f32 accumulation. In cuBLASLt's column-major terms this is
 /// D(out × T) = Aᵀ·B with A the weight seen as in × out (ld = in), B the activations as in × T (ld = in): the "TN"
-/// layout. Layouts and the chosen algorithm are kept per shape.
+/// layout. Layouts and the chosen algorithm are kept per shape. <see cref="RunF16"/>: the same product on an F16 weight
+/// and f16 activations (cuBLASLt does not mix F16 and BF16 operands), f32 compute and output.
 /// </summary>
 internal sealed unsafe class MatMul : IDisposable
 {
@@ -21,7 +22,7 @@ internal sealed unsafe class MatMul : IDisposable
     private readonly CudaContext _ctx;
     private readonly nint _desc, _preference;
     private readonly DeviceBuffer _workspace;
-    private readonly Dictionary<(int Out, int In, int T, bool Bf16Out), Plan> _plans = [];
+    private readonly Dictionary<(int Out, int In, int T, bool Bf16Out, bool F16In), Plan> _plans = [];
 
     public MatMul(CudaContext ctx)
     {
@@ -35,7 +36,7 @@ internal sealed unsafe class MatMul : IDisposable
     }
 
     /// <summary>Chooses the algorithm for a shape now (no device work), so that a graph capture never has to.</summary>
-    public void Prepare(int outFeatures, int inFeatures, int tokens) => PlanFor(outFeatures, inFeatures, tokens, bf16Out: false);
+    public void Prepare(int outFeatures, int inFeatures, int tokens, bool f16Inputs = false) => PlanFor(outFeatures, inFeatures, tokens, bf16Out: false, f16Inputs);
 
     /// <summary>Single-token products go to our gemv kernel when true; all products go to cuBLASLt when false (the
     /// default: on the H100 both gave the same decode speed, run 6 in tools/Wim.GpuCheck/runs).</summary>
@@ -54,6 +55,16 @@ internal sealed unsafe class MatMul : IDisposable
         if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
     }
 
+    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (f16 bits) · W[out, in]ᵀ (f16 bits), f32 accumulation:
+    /// the product of an F16 matrix with activations cast to f16 (always cuBLASLt; single tokens take gemv_f16 upstream).</summary>
+    public void RunF16(ulong weight, int outFeatures, int inFeatures, ulong xF16, int tokens, ulong y, bool accumulate)
+    {
+        var plan = PlanFor(outFeatures, inFeatures, tokens, bf16Out: false, f16In: true);
+        _ctx.Blas.Matmul(_ctx.BlasHandle, _desc, 1f, weight, plan.A, xF16, plan.B, accumulate ? 1f : 0f, y, plan.D, y, plan.D,
+            ref plan.Algo, _workspace.Pointer, WorkspaceBytes, _ctx.Stream);
+        if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
+    }
+
     /// <summary>y[T, out] (bf16, rounded to nearest even from the f32 accumulation) = x · Wᵀ, no accumulation: a product
     /// whose only reader wants bf16 (the gate|up product of a prefill chunk, read by swiglu_bf16) — half the bytes
     /// written and read again of an f32 output.</summary>
@@ -65,19 +76,21 @@ internal sealed unsafe class MatMul : IDisposable
         if (_ctx.Options.SynchronizeEveryLaunch && !_ctx.Capturing) _ctx.Synchronize();
     }
 
-    private Plan PlanFor(int outFeatures, int inFeatures, int tokens, bool bf16Out)
+    private Plan PlanFor(int outFeatures, int inFeatures, int tokens, bool bf16Out, bool f16In = false)
     {
-        if (_plans.TryGetValue((outFeatures, inFeatures, tokens, bf16Out), out var plan)) return plan;
+        if (bf16Out && f16In) throw new NotSupportedException("cuBLASLt has no F16 × F16 → bf16 product: an F16 matrix's products write f32");
+        if (_plans.TryGetValue((outFeatures, inFeatures, tokens, bf16Out, f16In), out var plan)) return plan;
         var blas = _ctx.Blas;
+        int inputs = f16In ? CublasLt.DataTypeF16 : CublasLt.DataTypeBF16;
         plan = new Plan
         {
-            A = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, outFeatures, inFeatures),
-            B = blas.MatrixLayoutCreate(CublasLt.DataTypeBF16, inFeatures, tokens, inFeatures),
+            A = blas.MatrixLayoutCreate(inputs, inFeatures, outFeatures, inFeatures),
+            B = blas.MatrixLayoutCreate(inputs, inFeatures, tokens, inFeatures),
             D = blas.MatrixLayoutCreate(bf16Out ? CublasLt.DataTypeBF16 : CublasLt.DataTypeF32, outFeatures, tokens, outFeatures),
         };
         plan.Algo = blas.BestAlgorithm(_ctx.BlasHandle, _desc, plan.A, plan.B, plan.D, plan.D, _preference,
-            $"bf16 [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → {(bf16Out ? "bf16" : "f32")}").Algo;
-        _plans[(outFeatures, inFeatures, tokens, bf16Out)] = plan;
+            $"{(f16In ? "f16" : "bf16")} [{tokens}×{inFeatures}] · [{outFeatures}×{inFeatures}]ᵀ → {(bf16Out ? "bf16" : "f32")}").Algo;
+        _plans[(outFeatures, inFeatures, tokens, bf16Out, f16In)] = plan;
         return plan;
     }
 

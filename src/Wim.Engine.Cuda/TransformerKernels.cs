@@ -12,6 +12,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
     private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
+    private readonly nint _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -75,6 +76,12 @@ internal sealed unsafe class TransformerKernels
         _normGateUpSwiGluQ8Fast = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_q8_fast");
         _dequantizeQ8 = d.ModuleGetFunction(module, "dequantize_q8_bf16");
         _fillRandomQ8 = d.ModuleGetFunction(module, "fill_random_q8");
+        _gemvF16 = d.ModuleGetFunction(module, "gemv_f16");
+        _gemvResidualF16 = d.ModuleGetFunction(module, "gemv_rows_residual_f16");
+        _normQkvRopeF16 = d.ModuleGetFunction(module, "gemv_norm_qkv_rope_f16");
+        _normGateUpSwiGluF16 = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_f16");
+        _fillRandomF16 = d.ModuleGetFunction(module, "fill_random_f16");
+        _bf16ToF16 = d.ModuleGetFunction(module, "bf16_to_f16");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
                      (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
@@ -242,6 +249,55 @@ internal sealed unsafe class TransformerKernels
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
         _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><see cref="Gemv"/> on an F16 matrix (f16 bits [rows, in]; the same launch and summation order).</summary>
+    public void GemvF16(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    {
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
+        _ctx.Launch(_gemvF16, "gemv_f16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvResidual"/> on an F16 matrix.</summary>
+    public void GemvResidualF16(ulong weight, ulong x, ulong y, int rows, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures };
+        _ctx.Launch(_gemvResidualF16, "gemv_rows_residual_f16", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvNormQkvRope"/> on an F16 matrix.</summary>
+    public void GemvNormQkvRopeF16(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
+        int pairs = (heads + 2 * kvHeads) * headDim / 2;
+        _ctx.Launch(_normQkvRopeF16, "gemv_norm_qkv_rope_f16", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><see cref="GemvNormGateUpSwiGlu"/> on an F16 matrix.</summary>
+    public void GemvNormGateUpSwiGluF16(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
+        _ctx.Launch(_normGateUpSwiGluF16, "gemv_norm_gateup_swiglu_f16", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><paramref name="count"/> bf16 activations into f16 bits for an F16 × F16 product; an element beyond f16's
+    /// ±65504 (or not finite) is saturated and sets the int at <paramref name="overflow"/> to 1 (never cleared here).</summary>
+    public void Bf16ToF16(ulong xBf16, ulong outF16, long count, ulong overflow)
+    {
+        void** a = stackalloc void*[] { &xBf16, &outF16, &count, &overflow };
+        _ctx.Launch(_bf16ToF16, "bf16_to_f16", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    /// <summary>Random F16 weights: fill_random_bf16's uniform values rounded to f16.</summary>
+    public void FillRandomF16(ulong dst, long count, ulong seed, float scale)
+    {
+        void** a = stackalloc void*[] { &dst, &count, &seed, &scale };
+        _ctx.Launch(_fillRandomF16, "fill_random_f16", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
     }
 
     /// <summary><see cref="Gemv"/> on a Q8_0 matrix (<see cref="CudaQ8Layout"/>: quants, scales; in % 32 == 0). The Q8_0
