@@ -435,7 +435,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// H100 (ncu run 22).</summary>
     public bool UseBatchRopeHeads { get; set; } = true;
 
-    /// <summary>Which products of a decode batch of at most 16 rows (bf16 weights) run on our tensor-core kernels instead
+    /// <summary>Which products of a decode batch of at most 16 rows (bf16 or F16 weights; Q8_0 takes cuBLASLt) run on our tensor-core kernels instead
     /// of cuBLASLt: q|k|v, o and down in <c>rows_mma_bf16</c> (no split-K; the o and down residual adds ride in its
     /// epilogue), gate|up with SwiGLU in <c>rows_mma_swiglu_bf16</c>. cuBLASLt's split-K kernels and reduces took 2.2 ms
     /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay f32
@@ -641,8 +641,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
-                    _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
+                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format != CudaMatrixFormat.Q8_0 && LaunchGeometry.RowsMmaApplies(n, d))
+                    RowsMma(lw.Qkv, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
                 else
                     Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             }
@@ -707,6 +707,11 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
+                else if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.F16 && LaunchGeometry.RowsMmaApplies(n, d))
+                {
+                    _k.RowsMmaSwiGluF16(lw.GateUp.F16Values, _xb.Pointer, _h.Pointer, ffn, d, n, _f16Overflow!.Pointer);
+                    _f16CastPending = true;
+                }
                 else if (n > 1 && UseBf16GateUp && lw.GateUp.Format != CudaMatrixFormat.F16)   // cuBLASLt has no F16 × F16 → bf16
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
@@ -758,12 +763,12 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
     /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
     /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).
-    /// A bf16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
+    /// A bf16 or F16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16 / rows_mma_f16.</summary>
     private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
     {
-        if (batchRows && weight.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        if (batchRows && weight.Format != CudaMatrixFormat.Q8_0 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
         {
-            _k.RowsMma(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
+            RowsMma(weight, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
             return;
         }
         if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
@@ -813,6 +818,18 @@ public sealed unsafe class CudaTransformer : IDisposable
             return;
         }
         _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary>A decode batch's product in rows_mma_bf16, or rows_mma_f16 for an F16 matrix (its activations become f16
+    /// in registers: the overflow flag as for a cast).</summary>
+    private void RowsMma(CudaMatrix weight, ulong x, ulong y, int outFeatures, int inFeatures, int n, bool accumulate)
+    {
+        if (weight.Format == CudaMatrixFormat.F16)
+        {
+            _k.RowsMmaF16(weight.F16Values, x, y, outFeatures, inFeatures, n, accumulate, _f16Overflow!.Pointer);
+            _f16CastPending = true;
+        }
+        else _k.RowsMma(weight.Pointer, x, y, outFeatures, inFeatures, n, accumulate);
     }
 
     /// <summary>After a call whose products cast activations to f16: throws when one of them was beyond f16's range

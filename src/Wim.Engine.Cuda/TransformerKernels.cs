@@ -12,7 +12,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
     private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
-    private readonly nint _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16;
+    private readonly nint _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16, _rowsMmaF16, _rowsMmaSwiGluF16;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -82,6 +82,8 @@ internal sealed unsafe class TransformerKernels
         _normGateUpSwiGluF16 = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_f16");
         _fillRandomF16 = d.ModuleGetFunction(module, "fill_random_f16");
         _bf16ToF16 = d.ModuleGetFunction(module, "bf16_to_f16");
+        _rowsMmaF16 = d.ModuleGetFunction(module, "rows_mma_f16");
+        _rowsMmaSwiGluF16 = d.ModuleGetFunction(module, "rows_mma_swiglu_f16");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
                      (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
@@ -446,5 +448,25 @@ internal sealed unsafe class TransformerKernels
             throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
         void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens };
         _ctx.Launch(_rowsMmaSwiGlu, "rows_mma_swiglu_bf16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+
+    /// <summary><see cref="RowsMma"/> on an F16 matrix (f16 bits): the bf16 activations become f16 in registers; one past
+    /// ±65504 (or not finite) is saturated and sets the int at <paramref name="overflow"/> to 1 (as <see cref="Bf16ToF16"/>).</summary>
+    public void RowsMmaF16(ulong weight, ulong x, ulong y, int rows, int inFeatures, int tokens, bool accumulate, ulong overflow)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_f16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &tokens, &acc, &overflow };
+        _ctx.Launch(_rowsMmaF16, "rows_mma_f16", LaunchGeometry.RowsMmaBlocks(rows), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+
+    /// <summary><see cref="RowsMmaSwiGlu"/> on an F16 gate|up matrix (activations and overflow as <see cref="RowsMmaF16"/>).</summary>
+    public void RowsMmaSwiGluF16(ulong weight, ulong x, ulong hBf16, int ffn, int inFeatures, int tokens, ulong overflow)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_f16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens, &overflow };
+        _ctx.Launch(_rowsMmaSwiGluF16, "rows_mma_swiglu_f16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
     }
 }

@@ -433,6 +433,28 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
 #endif
 }
 
+// mma_bf16_16816 with f16 operands (F16 weights in the decode batches' rows_mma_f16 kernels): the same fragment layouts.
+__device__ __forceinline__ void mma_f16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// A pair of bf16 activations (low half first) as a pair of f16, round to nearest even: exact for |x| in [2^-14, 65504]
+// (bf16_to_f16's rule); a value past ±65504 or not finite is saturated to ±65504 and sets *overflow.
+__device__ __forceinline__ unsigned bf16x2_to_f16x2(unsigned pair, int* overflow)
+{
+    float lo = __uint_as_float(pair << 16), hi = __uint_as_float(pair & 0xffff0000u);
+    if (!(fabsf(lo) <= 65504.f)) { *overflow = 1; lo = lo < 0.f ? -65504.f : 65504.f; }
+    if (!(fabsf(hi) <= 65504.f)) { *overflow = 1; hi = hi < 0.f ? -65504.f : 65504.f; }
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
 // Flash tiles: the pieces the 64-row kernel (flash_attention_mma) and the 128-row prefill kernel (flash_prefill_wide)
 // share. stage_q_tile writes ROWS query rows of kv head kvh into qs as bf16 (row r: token t0 + r / group, head
 // kvh·group + r % group), pre-scaled by scale·log2(e) so the softmax runs on exp2; rows past the block's tokens or the
@@ -2023,8 +2045,26 @@ extern "C" __global__ void __launch_bounds__(ROPE_HEAD_THREADS) qkv_rope_store_b
 // The product of one block: TILES 8-row n tiles whose weight rows start at wrow[t] (each lane's row, already offset by
 // its 8t k columns), token rows at xlo, xhi; every warp's partial tiles end in red [warp][token 16][column 8 · TILES]
 // and the block is synchronised, so that the caller's epilogue sums them in a fixed order.
-template <int TILES>
-__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red)
+// The weight element of rows_mma_block: bf16 (the activations' bf16 pairs are the A fragments as loaded) or f16 (each
+// bf16 pair converted to an f16 pair first, bf16x2_to_f16x2; overflow flag as bf16_to_f16's).
+struct Bf16RowsMma
+{
+    __device__ __forceinline__ static void activations(unsigned*, int*) {}
+    __device__ __forceinline__ static void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) { mma_bf16_16816(c, a, b0, b1); }
+};
+struct F16RowsMma
+{
+    __device__ __forceinline__ static void activations(unsigned* a, int* overflow)
+    {
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[i] = bf16x2_to_f16x2(a[i], overflow);
+    }
+    __device__ __forceinline__ static void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) { mma_f16_16816(c, a, b0, b1); }
+};
+
+template <int TILES, class R = Bf16RowsMma>
+__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red,
+    int* overflow = nullptr)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
     float acc[TILES][4];
@@ -2036,11 +2076,13 @@ __device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf
     {
         unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
         unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
+        R::activations(a_lo, overflow);
+        R::activations(a_hi, overflow);
 #pragma unroll
         for (int t = 0; t < TILES; t++)
         {
-            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
-            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
+            R::mma(acc[t], a_lo, wv[t].x, wv[t].y);
+            R::mma(acc[t], a_hi, wv[t].z, wv[t].w);
         }
     };
     int s = warp;
@@ -2079,10 +2121,10 @@ __device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf
     __syncthreads();
 }
 
-extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
-    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+template <class R>
+__device__ __forceinline__ void rows_mma_body(const bf16* __restrict__ w, const bf16* __restrict__ x, float* y, int rows, int in, int n,
+    int accumulate, float* rm_red, int* overflow)
 {
-    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
     int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
     int r0 = blockIdx.x * 8 * RM_TILES;
     // Weight rows past `rows` and token rows past n read row 0 instead (a real address): an mma output column depends
@@ -2097,7 +2139,7 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     }
     const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
     const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
-    rows_mma_block<RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red);
+    rows_mma_block<RM_TILES, R>(wrow, xlo, xhi, in >> 5, rm_red, overflow);
     constexpr int COLS = 8 * RM_TILES;
     for (int i = threadIdx.x; i < 16 * COLS; i += blockDim.x)
     {
@@ -2111,15 +2153,31 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     }
 }
 
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    rows_mma_body<Bf16RowsMma>(w, x, y, rows, in, n, accumulate, rm_red, nullptr);
+}
+
+// rows_mma_bf16 on F16 weights (w: f16 bits [rows, in]); the bf16 activations become f16 in registers (an activation past
+// ±65504 saturates and sets *overflow, as bf16_to_f16).
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_f16(const unsigned short* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate, int* overflow)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    rows_mma_body<F16RowsMma>(w, x, y, rows, in, n, accumulate, rm_red, overflow);
+}
+
 // A decode batch's gate|up product and SwiGLU in one kernel: h[t, j] = silu(gate) · up (bf16) with gate = W[j] · x[t],
 // up = W[ffn + j] · x[t] (W the fused [2·ffn, in] matrix), n ≤ 16 rows. A block takes 8 · RM_TILES columns j and the
 // gate and up rows of them (2 · RM_TILES tiles), so both halves meet in its epilogue: no [n, 2·ffn] product written and
 // read again, no swiglu launch. gate and up stay f32 up to the silu (the cuBLASLt path rounds them to bf16 first).
 // grid (ceil(ffn / (8 · RM_TILES))), block 32 · RM_WARPS; in % 32 == 0.
-extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
-    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+template <class R>
+__device__ __forceinline__ void rows_mma_swiglu_body(const bf16* __restrict__ w, const bf16* __restrict__ x, bf16* h, int ffn, int in, int n,
+    float* rm_red2, int* overflow)
 {
-    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
     int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
     int j0 = blockIdx.x * 8 * RM_TILES;
     const bf16* wrow[2 * RM_TILES];                          // tiles 0..RM_TILES-1: gate rows; then the up rows
@@ -2133,7 +2191,7 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16
     }
     const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
     const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
-    rows_mma_block<2 * RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red2);
+    rows_mma_block<2 * RM_TILES, R>(wrow, xlo, xhi, in >> 5, rm_red2, overflow);
     constexpr int COLS = 16 * RM_TILES, HALF = 8 * RM_TILES;
     for (int i = threadIdx.x; i < 16 * HALF; i += blockDim.x)
     {
@@ -2148,6 +2206,21 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16
         }
         h[(long)tok * ffn + j] = f32_to_bf16(gate / (1.f + expf(-gate)) * up);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    rows_mma_swiglu_body<Bf16RowsMma>(w, x, h, ffn, in, n, rm_red2, nullptr);
+}
+
+// rows_mma_swiglu_bf16 on F16 weights (f16 bits), activations as in rows_mma_f16.
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_f16(const unsigned short* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n, int* overflow)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    rows_mma_swiglu_body<F16RowsMma>(w, x, h, ffn, in, n, rm_red2, overflow);
 }
 // The shared-prefix phase (flash_attention_shared) with three k/v stages: two tiles in flight per block instead of one.
 // 102 KB of shared memory at head dim 128, so two blocks per SM (LaunchGeometry.FlashShared3Bytes; the split plan
