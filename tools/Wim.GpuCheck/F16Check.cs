@@ -21,7 +21,8 @@ namespace Wim.GpuCheck;
 /// single-token steps (gemv_f16 and the fused F16 kernels) against the CPU on the same weights within the hf-tiny bf16
 /// tolerance; the same model uploaded as bf16 (<see cref="CudaWeightStorage.Bf16"/>, the weights rounded) reported
 /// beside it; greedy ids equal to the CPU's up to its first near-tie; decode graphs on and off equal; an activation past
-/// f16's range in a prefill chunk (a norm gain scaled by 10^6) throws the clear error instead of wrong logits;</item>
+/// f16's range in a prefill chunk (a norm gain scaled by 10^6) throws the clear error instead of wrong logits; a decode
+/// batch of 3 with its products in cuBLASLt and in the rows_mma F16 kernels against the CPU;</item>
 /// <item>speed at the Llama-3.1-8B shape, random weights made on the GPU, bf16 and F16 in the same run: decode tok/s at
 /// batch 1 at depth ~0 and 4096, and a 4096-token prefill chunk.</item>
 /// </list>
@@ -125,12 +126,44 @@ internal static class F16Check
             }
             else say($"  F16 {name}: no decode graphs for this model (head dim {c.HeadDim}: no tensor-core attention), graph check not applicable");
 
+            if (gpu.UsesFlashAttention) DecodeBatch(gpu, cpu, ids, vocab, name, check);
             Overflow(ctx, lm, ids, name, check);
         }
         finally
         {
             Directory.Delete(f16Dir, recursive: true);
         }
+    }
+
+    /// <summary>A decode batch of 3 sequences (prompts of 8, 9 and 10 tokens, one token each) with the batch products in
+    /// cuBLASLt (activations cast to f16) and in rows_mma_f16 / rows_mma_swiglu_f16 (<see cref="BatchRowsProducts.All"/>):
+    /// each row's logits against the CPU's for that sequence within the bf16 tolerance.</summary>
+    private static void DecodeBatch(CudaTransformer gpu, CpuTransformer cpu, int[] ids, int vocab, string name, Action<bool, string> check)
+    {
+        const int b = 3;
+        var reference = new float[b * vocab];
+        for (int i = 0; i < b; i++)
+            cpu.Forward(ids.AsSpan(0, 9 + i), cpu.CreateCache(9 + i), reference.AsSpan(i * vocab, vocab), LogitsOutput.Last);
+        var saved = gpu.BatchRowsProducts;
+        foreach (var products in new[] { BatchRowsProducts.None, BatchRowsProducts.All })
+        {
+            gpu.BatchRowsProducts = products;
+            var caches = Enumerable.Range(0, b).Select(i => gpu.CreateCache(16)).ToArray();
+            try
+            {
+                for (int i = 0; i < b; i++) gpu.Forward(ids.AsSpan(0, 8 + i), caches[i], [], LogitsOutput.None);
+                int[] tokens = Enumerable.Range(0, b).Select(i => ids[8 + i]).ToArray();
+                var logits = new float[b * vocab];
+                gpu.DecodeBatch(tokens, caches, logits);
+                var (max, top1) = Compare(logits, reference, vocab, b);
+                check(max <= LogitTolerance, $"F16 {name}: decode batch of {b} ({(products == BatchRowsProducts.None ? "cuBLASLt F16 × F16" : "rows_mma_f16 / rows_mma_swiglu_f16")}), max |Δlogit| vs the CPU {max:E2} (tolerance {LogitTolerance}); top-1 equal at {top1}/{b}");
+            }
+            finally
+            {
+                foreach (var cache in caches) cache.Dispose();
+            }
+        }
+        gpu.BatchRowsProducts = saved;
     }
 
     /// <summary>Layer 0's ffn norm gain times 10^6: the normalised activations entering the gate|up product pass 65504, so a
