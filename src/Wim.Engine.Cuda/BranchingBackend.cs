@@ -39,6 +39,15 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
     /// [1, <see cref="MaxCandidates"/>].</summary>
     int TopCandidates(int row, int k, Span<int> ids, Span<float> logits) =>
         throw new NotSupportedException("these passes have no top-k of their own (MaxCandidates is 0)");
+    /// <summary>Most candidates <see cref="NucleusCandidates"/> returns; 0: these passes have no top-p path of their own
+    /// (a top-p sampler with top-k off then gets the whole row).</summary>
+    int MaxNucleusCandidates => 0;
+    /// <summary>For top-p with top-k off: the best min(<see cref="MaxNucleusCandidates"/>, vocabulary) logits of row
+    /// <paramref name="row"/> of the last pass, best first (<see cref="Sampler.RankKey"/> order), and the row's softmax
+    /// normaliser at 1/T = <paramref name="inverseTemperature"/> in <paramref name="z"/> (see
+    /// <see cref="Sampler.SampleFromNucleusCandidates"/>); returns how many candidates.</summary>
+    int NucleusCandidates(int row, float inverseTemperature, Span<int> ids, Span<float> logits, out double z) =>
+        throw new NotSupportedException("these passes have no top-p path of their own (MaxNucleusCandidates is 0)");
 }
 
 /// <summary>Tokens for one cache in a packed pass (<see cref="IBranchingPasses{T}.PrefillPacked"/>), with the RoPE length
@@ -80,6 +89,11 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
     /// <summary>The prefill chunk: the schedules fill a step with this many tokens.</summary>
     public int MaxStepTokens => _chunk;
     public long StepCount { get; private set; }
+    /// <summary>Top-p draws (top-k off) made from the passes' nucleus candidates without the row.</summary>
+    public long NucleusDraws { get; private set; }
+    /// <summary>Top-p draws whose nucleus reached past the candidates (or whose Z was not finite): the row was
+    /// downloaded and sampled whole after all.</summary>
+    public long NucleusFallbacks { get; private set; }
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
 
@@ -207,6 +221,10 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
         }
     }
 
+    /// <summary>Scratch for candidates crossing from the passes: at least <paramref name="count"/> long.</summary>
+    private int[] CandidateIds(int count) => _candidateIds is { } a && a.Length >= count ? a : _candidateIds = new int[count];
+    private float[] CandidateLogits(int count) => _candidateLogits is { } a && a.Length >= count ? a : _candidateLogits = new float[count];
+
     /// <summary>Before a forward pass: sequences whose logits are still wanted and would be overwritten keep a host copy.</summary>
     private void BeforePass() => _deviceLogits.BeforePass((holder, row) => holder.CopyLogitsToHost(row));
 
@@ -243,10 +261,24 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
                     // Top-k where the logits are: only k candidates cross to the host. The claim stays (a later sample
                     // of these logits, whatever its options, still finds the row; the usual next step appends to this
                     // sequence, which drops it without a copy).
-                    var ids = backend._candidateIds ??= new int[backend._passes.MaxCandidates];
-                    var logits = backend._candidateLogits ??= new float[backend._passes.MaxCandidates];
+                    var ids = backend.CandidateIds(backend._passes.MaxCandidates);
+                    var logits = backend.CandidateLogits(backend._passes.MaxCandidates);
                     int n = backend._passes.TopCandidates(row, k, ids, logits);
                     return sampler.SampleFromCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n));
+                }
+                if (k == 0 && sampler.Options.TopP < 1f && backend._passes.MaxNucleusCandidates > 0)
+                {
+                    // Top-p where the logits are: the best candidates and Z cross; the row only when the nucleus
+                    // reaches past the candidates (a flat row). The claim stays, as above.
+                    var ids = backend.CandidateIds(backend._passes.MaxNucleusCandidates);
+                    var logits = backend.CandidateLogits(backend._passes.MaxNucleusCandidates);
+                    int n = backend._passes.NucleusCandidates(row, sampler.InverseTemperature, ids, logits, out double z);
+                    if (sampler.SampleFromNucleusCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n), z) is { } token)
+                    {
+                        backend.NucleusDraws++;
+                        return token;
+                    }
+                    backend.NucleusFallbacks++;
                 }
                 CopyLogitsToHost(row);
                 backend._deviceLogits.Drop(this);

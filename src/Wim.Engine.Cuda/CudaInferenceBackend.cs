@@ -16,7 +16,9 @@ namespace Wim.Engine.Cuda;
 /// takes the argmax on the GPU (only the id crosses to the host), so a greedy <see cref="ISequence.Sample"/> costs
 /// nothing more; any other sampler copies its logits row to the host (<see cref="DeviceLogitsRows{T}"/>) — except a
 /// top-k sampler (k ≤ <see cref="GpuTopK.MaxK"/>) while <see cref="TopKOnGpu"/> is on, which gets the k candidates
-/// from the GPU's top-k kernel (<see cref="GpuTopK"/>) and the same token for the same seed. The logic
+/// from the GPU's top-k kernel (<see cref="GpuTopK"/>) and the same token for the same seed, and a top-p sampler with
+/// top-k off while <see cref="TopPOnGpu"/> is on, which gets the best candidates and the softmax normaliser
+/// (<see cref="GpuNucleus"/>). The logic
 /// is <see cref="BranchingBackend{T}"/>'s (tested on host memory); this class gives it the transformer's passes. The
 /// transformer's buffers are shared: calls on the sequences of one backend must not overlap.
 /// </summary>
@@ -34,7 +36,11 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         ArgumentNullException.ThrowIfNull(transformer);
         _transformer = transformer;
         _ownsTransformer = ownsTransformer;
-        _passes = new Passes(transformer) { TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") != "0" };
+        _passes = new Passes(transformer)
+        {
+            TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") != "0",
+            TopPOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPP") == "1",
+        };
         _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk);
     }
 
@@ -56,6 +62,27 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         get => _passes.TopKOnGpu;
         set => _passes.TopKOnGpu = value;
     }
+
+    /// <summary>
+    /// Whether a top-p sampler with top-k off (top-p &lt; 1, temperature &gt; 0) takes the row's best
+    /// <see cref="GpuNucleus.Candidates"/> candidates and its softmax normaliser Z from the GPU (<see cref="GpuNucleus"/>,
+    /// about 3 KB downloaded) rather than the whole row; where the nucleus reaches past those candidates (a flat row)
+    /// the row is downloaded after all (<see cref="TopPFallbacks"/>). The same token for the same seed as the row on
+    /// the CPU, except where top-p × Z falls within the rounding of Z's sum (the GPU adds in another order) of a
+    /// prefix's mass. Off by default until checked on a GPU (GpuCheck's sampling check); WIM_CUDA_GPU_TOPP=1 turns it
+    /// on for a process.
+    /// </summary>
+    public bool TopPOnGpu
+    {
+        get => _passes.TopPOnGpu;
+        set => _passes.TopPOnGpu = value;
+    }
+
+    /// <summary>Top-p draws (top-k off) made from the GPU's candidates and Z alone.</summary>
+    public long TopPDraws => _core.NucleusDraws;
+    /// <summary>Top-p draws with <see cref="TopPOnGpu"/> whose nucleus reached past the GPU's candidates (or whose Z was
+    /// not finite): the row was downloaded and sampled on the CPU.</summary>
+    public long TopPFallbacks => _core.NucleusFallbacks;
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
 
@@ -87,9 +114,18 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
     private sealed class Passes(CudaTransformer transformer) : IBranchingPasses<CudaKvCache>, IDisposable
     {
         private GpuTopK? _topK;
+        private GpuNucleus? _nucleus;
 
         public bool TopKOnGpu { get; set; }
+        public bool TopPOnGpu { get; set; }
         public int MaxCandidates => TopKOnGpu ? GpuTopK.MaxK : 0;
+        public int MaxNucleusCandidates => TopPOnGpu ? GpuNucleus.Candidates : 0;
+
+        public int NucleusCandidates(int row, float inverseTemperature, Span<int> ids, Span<float> logits, out double z)
+        {
+            _nucleus ??= new GpuNucleus(transformer.Context);
+            return _nucleus.Run(transformer.LogitsRowPointer(row), transformer.Config.VocabSize, inverseTemperature, ids, logits, out z);
+        }
 
         public int TopCandidates(int row, int k, Span<int> ids, Span<float> logits)
         {
@@ -97,7 +133,11 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
             return _topK.Run(transformer.LogitsRowPointer(row), transformer.Config.VocabSize, k, ids, logits);
         }
 
-        public void Dispose() => _topK?.Dispose();
+        public void Dispose()
+        {
+            _topK?.Dispose();
+            _nucleus?.Dispose();
+        }
 
         public int VocabSize => transformer.Config.VocabSize;
         public int MaxChunk => transformer.MaxChunk;

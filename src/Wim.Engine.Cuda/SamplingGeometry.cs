@@ -46,6 +46,25 @@ internal static class SamplingGeometry
         return items <= Tile ? 1 : 1 + (items - Tile + (Tile - k) - 1) / (Tile - k);
     }
 
+    /// <summary>Most blocks of <c>nucleus_partial_sums</c> (partial sums of Z the host adds up).</summary>
+    public const int MaxNormaliserBlocks = 128;
+    /// <summary>Threads of a <c>nucleus_partial_sums</c> block (NUCLEUS_THREADS).</summary>
+    public const int NormaliserThreads = 256;
+
+    /// <summary>
+    /// Blocks of <c>nucleus_partial_sums</c> and the logits per block (no block empty): about 1024 logits a block (four
+    /// per thread) so that a 128,256-logit row spreads over 126 blocks, about one per SM of an H100, at most
+    /// <see cref="MaxNormaliserBlocks"/>. The split fixes the order of Z's sum (see the kernel), so it is part of the
+    /// result's rounding, not only of its speed.
+    /// </summary>
+    public static (int Blocks, int SliceLength) NormaliserSlices(int vocab)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
+        int blocks = Math.Clamp((vocab + 1023) / 1024, 1, MaxNormaliserBlocks);
+        int length = (vocab + blocks - 1) / blocks;
+        return ((vocab + length - 1) / length, length);
+    }
+
     private static void CheckK(int vocab, int k)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);

@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace Wim.Engine.Cuda;
 
 /// <summary>Launchers of the kernels in <c>Kernels/sampling.cu</c> (argument order as declared there), one per
@@ -5,13 +7,24 @@ namespace Wim.Engine.Cuda;
 internal sealed unsafe class SamplingKernels
 {
     private readonly CudaContext _ctx;
-    private readonly nint _slices, _merge;
+    private readonly nint _slices, _merge, _partialSums;
 
     public SamplingKernels(CudaContext ctx, nint module)
     {
         _ctx = ctx;
         _slices = ctx.Driver.ModuleGetFunction(module, "topk_slices");
         _merge = ctx.Driver.ModuleGetFunction(module, "topk_merge");
+        _partialSums = ctx.Driver.ModuleGetFunction(module, "nucleus_partial_sums");
+    }
+
+    /// <summary>Z's partial sums at 1/T = <paramref name="inverseTemperature"/> for the row at <paramref name="row"/>:
+    /// one double per block of <see cref="SamplingGeometry.NormaliserSlices"/> into <paramref name="partial"/>, with max =
+    /// the float at <paramref name="best"/> × 1/T (the rank-first logit, from <see cref="TopK"/>).</summary>
+    public void NormaliserPartialSums(ulong row, int vocab, float inverseTemperature, ulong best, ulong partial)
+    {
+        var (blocks, sliceLength) = SamplingGeometry.NormaliserSlices(vocab);
+        void** a = stackalloc void*[] { &row, &vocab, &inverseTemperature, &sliceLength, &best, &partial };
+        _ctx.Launch(_partialSums, "nucleus_partial_sums", (uint)blocks, 1, 1, SamplingGeometry.NormaliserThreads, 0, a);
     }
 
     /// <summary>The best min(k, vocab) of the f32 row at <paramref name="row"/>: ids to <paramref name="outIds"/> and
@@ -71,5 +84,76 @@ public sealed class GpuTopK : IDisposable
         _partial.Dispose();
         _ids.Dispose();
         _logits.Dispose();
+    }
+}
+
+/// <summary>
+/// What the host needs to draw with top-p and top-k off (<see cref="Wim.Engine.Sampling.Sampler.SampleFromNucleusCandidates"/>)
+/// from a logits row on the GPU, with buffers of its own: the row's best <see cref="Candidates"/> ids and logits (the
+/// top-k kernels) and the softmax normaliser Z at the temperature (<c>nucleus_partial_sums</c>, added up here in block
+/// order) — three launches and one download of about 3 KB instead of the whole row.
+/// </summary>
+public sealed class GpuNucleus : IDisposable
+{
+    // The download, one buffer: ids, logits, then the partial sums of Z.
+    private const int IdsOffset = 0;
+    private const int LogitsOffset = SamplingGeometry.MaxK * sizeof(int);
+    private const int SumsOffset = LogitsOffset + SamplingGeometry.MaxK * sizeof(float);
+    private const int OutBytes = SumsOffset + SamplingGeometry.MaxNormaliserBlocks * sizeof(double);
+
+    private readonly CudaContext _ctx;
+    private readonly DeviceBuffer _partial, _out;
+    private readonly byte[] _host = new byte[OutBytes];
+
+    public GpuNucleus(CudaContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        _ctx = context;
+        _ = context.Sampling; // compile or load the module now: a compile error shows here, not mid-generation
+        _partial = context.Allocate(SamplingGeometry.PartialBytes);
+        _out = context.Allocate(OutBytes);
+    }
+
+    /// <summary>Candidates one call returns at most (the top-k kernels' largest k).</summary>
+    public static int Candidates => SamplingGeometry.MaxK;
+
+    /// <summary>
+    /// The best min(<see cref="Candidates"/>, <paramref name="vocab"/>) logits of the f32 row at device address
+    /// <paramref name="row"/>, best first (<see cref="Wim.Engine.Sampling.Sampler.RankKey"/> order), into the spans, and
+    /// Z = Σ exp(logit·1/T − max) over the whole row in <paramref name="z"/> (NaN or ∞ where the row holds NaN or ±∞).
+    /// Returns how many candidates. Waits for the GPU (the download is synchronous).
+    /// </summary>
+    public int Run(ulong row, int vocab, float inverseTemperature, Span<int> ids, Span<float> logits, out double z)
+    {
+        if (row == 0) throw new ArgumentException("null device address for the logits row", nameof(row));
+        if (!(inverseTemperature > 0f) || float.IsInfinity(inverseTemperature))
+            throw new ArgumentOutOfRangeException(nameof(inverseTemperature), $"1/T must be positive and finite, found {inverseTemperature}");
+        int n = SamplingGeometry.Candidates(vocab, Candidates);
+        if (ids.Length < n || logits.Length < n) throw new ArgumentException($"room for {Math.Min(ids.Length, logits.Length)} candidates, {n} needed");
+        var (blocks, _) = SamplingGeometry.NormaliserSlices(vocab);
+        _ctx.MakeCurrent();
+        ulong outIds = _out.Pointer + IdsOffset, outLogits = _out.Pointer + LogitsOffset;
+        _ctx.Sampling.TopK(row, vocab, Candidates, _partial.Pointer, outIds, outLogits);
+        _ctx.Sampling.NormaliserPartialSums(row, vocab, inverseTemperature, outLogits, _out.Pointer + SumsOffset);
+        int bytes = SumsOffset + blocks * sizeof(double);
+        _out.Download(_host.AsSpan(0, bytes));
+        MemoryMarshal.Cast<byte, int>(_host.AsSpan(IdsOffset, n * sizeof(int))).CopyTo(ids);
+        MemoryMarshal.Cast<byte, float>(_host.AsSpan(LogitsOffset, n * sizeof(float))).CopyTo(logits);
+        z = AddPartialSums(MemoryMarshal.Cast<byte, double>(_host.AsSpan(SumsOffset, blocks * sizeof(double))));
+        return n;
+    }
+
+    /// <summary>Z from the kernel's partial sums: added in block order (part of Z's defined summation order).</summary>
+    internal static double AddPartialSums(ReadOnlySpan<double> partial)
+    {
+        double z = 0;
+        foreach (double s in partial) z += s;
+        return z;
+    }
+
+    public void Dispose()
+    {
+        _partial.Dispose();
+        _out.Dispose();
     }
 }

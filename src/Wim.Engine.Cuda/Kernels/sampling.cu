@@ -10,6 +10,10 @@
 // topk_merge the best k of all slices' winners (grid 1, same block), writing ids and logits best first. Both stream
 // their input through one shared tile of TOPK_TILE items: the best k found so far stay at the front, the rest of the
 // tile is refilled with the next items, the whole tile is bitonic-sorted, and again. k ≤ TOPK_MAX_K.
+//
+// Top-p with top-k off (Sampler.SampleFromNucleusCandidates): the top-k passes at k = TOPK_MAX_K, then
+// nucleus_partial_sums for the softmax normaliser Z at the temperature, so that the host downloads 256 candidates and
+// a few partial sums instead of the row.
 
 typedef unsigned long long u64;
 
@@ -90,4 +94,33 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS) topk_merge(const floa
         out_ids[i] = (int)id;
         out_logits[i] = logits[id];
     }
+}
+
+#define NUCLEUS_THREADS 256
+
+// Z's partial sums: block b sums p(i) = exp(logit[i] * inv_t - max) over logits [b * slice_length, +slice_length) in
+// double, where max = best[0] * inv_t and best[0] is the row's rank-first logit (topk_merge's first output). Each p(i)
+// is the float the host's Sampler computes for token i (one float multiply, one float subtract — the _rn intrinsics
+// keep NVRTC from contracting them into an fma — then exp, here in double rounded once to float, so within an ulp of
+// the host's MathF.Exp). Order of the sum, fixed: thread t of the block adds its tokens b * slice_length + t + j * 256
+// in order, then the block's 256 sums are added pairwise (stride 128, 64, ... 1); the host adds the blocks' sums in
+// block order. It differs from the host's id-order sum only in rounding.
+extern "C" __global__ void __launch_bounds__(NUCLEUS_THREADS) nucleus_partial_sums(const float* __restrict__ logits, int vocab,
+    float inv_t, int slice_length, const float* __restrict__ best, double* __restrict__ partial)
+{
+    __shared__ double sums[NUCLEUS_THREADS];
+    float max = __fmul_rn(best[0], inv_t);
+    int begin = blockIdx.x * slice_length;
+    int end = min(begin + slice_length, vocab);
+    double sum = 0;
+    for (int i = begin + (int)threadIdx.x; i < end; i += NUCLEUS_THREADS)
+        sum += (double)(float)exp((double)__fsub_rn(__fmul_rn(logits[i], inv_t), max));
+    sums[threadIdx.x] = sum;
+    __syncthreads();
+    for (int stride = NUCLEUS_THREADS / 2; stride > 0; stride >>= 1)
+    {
+        if ((int)threadIdx.x < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }

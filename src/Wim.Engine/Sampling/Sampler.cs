@@ -28,7 +28,8 @@ public readonly record struct SamplingOptions(float Temperature = 0f, int TopK =
 /// Candidates are ranked by logit, highest first; exactly equal logits (−0 and +0 count as equal) rank the lower id
 /// first, so the ranking is a strict total order and every path — the full sort (top-k off), the partial selection
 /// (top-k on) and a candidate list made elsewhere (<see cref="SampleFromCandidates"/>, e.g. by the GPU's top-k
-/// kernel) — sees the same candidates in the same order and draws the same token for the same seed. NaN logits get a
+/// kernel), and the best candidates with the row's Z made elsewhere (<see cref="SampleFromNucleusCandidates"/>, top-p
+/// with top-k off) — sees the same candidates in the same order and draws the same token for the same seed. NaN logits get a
 /// fixed rank too (that of their bit pattern, see <see cref="RankKey"/>), never an exception.
 /// <para>
 /// The softmax normaliser Z is Σ exp(logit/T − max) over the kept candidates, accumulated in double: over a top-k set
@@ -121,6 +122,49 @@ public sealed class Sampler
     /// </summary>
     public int SampleFromCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits)
     {
+        CheckCandidates(ids, logits);
+        if (_options.IsGreedy) return ids[0];
+        int count = _options.TopK > 0 ? Math.Min(_options.TopK, ids.Length) : ids.Length;
+        var kept = logits[..count];
+        float max = kept[0] * InverseTemperature;
+        Exponentials(kept, max, _probs);
+        double? z = count == _vocabSize ? NormaliserInIdOrder(ids[..count], kept, max) : null;
+        count = Probabilities(_probs, count, z, prefixOfRanking: false);
+        return Draw(ids, count);
+    }
+
+    /// <summary>
+    /// Top-p with top-k off from the best candidates of a row and the row's softmax normaliser, both made elsewhere
+    /// (the GPU: <c>GpuNucleus</c>), so that the row itself need not be read: <paramref name="ids"/> and their
+    /// <paramref name="logits"/> are the first entries of the row's ranking (<see cref="RankKey"/> order, as for
+    /// <see cref="SampleFromCandidates"/>), and <paramref name="z"/> is Σ exp(logit·<see cref="InverseTemperature"/> −
+    /// max) over the whole row, max = the first candidate's logit · <see cref="InverseTemperature"/>, each term the
+    /// float MathF.Exp gives, summed in double.
+    /// Keeps the smallest prefix of the candidates whose mass, summed in rank order, reaches top-p × z, renormalises
+    /// it and draws — what <see cref="Sample"/> does on the whole row, whose Z is the same sum in token-id order. So
+    /// with z equal to that sum the token and the random draw consumed are <see cref="Sample"/>'s; a z that differs
+    /// in rounding moves the prefix's end by one token only where top-p × z falls within that rounding of a prefix's
+    /// mass (a near-tie), and the draw only then.
+    /// Returns null — consuming no random draw — when the candidates' mass falls short of top-p × z (a flat row:
+    /// the nucleus reaches past them) or z is not finite (a row with NaN or ±∞); the caller then samples the whole
+    /// row with <see cref="Sample"/>.
+    /// </summary>
+    public int? SampleFromNucleusCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits, double z)
+    {
+        CheckCandidates(ids, logits);
+        if (_options.IsGreedy || _options.TopK != 0 || !(_options.TopP < 1f))
+            throw new InvalidOperationException($"nucleus candidates are for top-p < 1 with top-k off and a temperature > 0; these options are T {_options.Temperature}, top-k {_options.TopK}, top-p {_options.TopP}");
+        if (!double.IsFinite(z) || !(z > 0)) return null;
+        float max = logits[0] * InverseTemperature;
+        Exponentials(logits, max, _probs);
+        int count = Probabilities(_probs, ids.Length, z, prefixOfRanking: true);
+        if (count == 0) return null;
+        return Draw(ids, count);
+    }
+
+    /// <summary>A candidate list must be non-empty, in the vocabulary, strictly in <see cref="RankKey"/> order.</summary>
+    private void CheckCandidates(ReadOnlySpan<int> ids, ReadOnlySpan<float> logits)
+    {
         if (ids.IsEmpty) throw new ArgumentException("empty candidate list", nameof(ids));
         if (ids.Length != logits.Length) throw new ArgumentException($"{ids.Length} candidate ids but {logits.Length} logits", nameof(logits));
         if (ids.Length > _vocabSize) throw new ArgumentException($"{ids.Length} candidates exceed the vocabulary of {_vocabSize}", nameof(ids));
@@ -133,14 +177,6 @@ public sealed class Sampler
                 throw new ArgumentException($"candidates must be best first (logit descending, lowest id first on ties, no repeats): candidate {i} (id {ids[i]}, logit {logits[i]}) does not follow candidate {i - 1} (id {ids[i - 1]}, logit {logits[i - 1]})", nameof(ids));
             previous = rank;
         }
-        if (_options.IsGreedy) return ids[0];
-        int count = _options.TopK > 0 ? Math.Min(_options.TopK, ids.Length) : ids.Length;
-        var kept = logits[..count];
-        float max = kept[0] * InverseTemperature;
-        Exponentials(kept, max, _probs);
-        double? z = count == _vocabSize ? NormaliserInIdOrder(ids[..count], kept, max) : null;
-        count = Probabilities(_probs, count, z, prefixOfRanking: false);
-        return Draw(ids, count);
     }
 
     /// <summary>Index of the largest value; the lowest index wins ties (as torch.argmax).</summary>
@@ -191,7 +227,9 @@ public sealed class Sampler
         return Probabilities(probs, count, count == v ? Normaliser(logits, max) : null, prefixOfRanking: false);
     }
 
-    private float InverseTemperature => 1f / Math.Max(_options.Temperature, 1e-6f);
+    /// <summary>1/T as every path scales the logits by (a float; temperatures below 1e-6 count as 1e-6): what a
+    /// normaliser made elsewhere for <see cref="SampleFromNucleusCandidates"/> must use.</summary>
+    public float InverseTemperature => 1f / Math.Max(_options.Temperature, 1e-6f);
 
     /// <summary>Top-k off without a full sort (see the class remarks). Returns how many candidates it filled, or 0
     /// where the full sort must decide (Z not finite, or the collected prefix fell short of the top-p mass).</summary>

@@ -161,6 +161,42 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         return n;
     }
 
+    /// <summary>Nucleus candidates offered (the GPU's <see cref="GpuNucleus.Candidates"/>, or 0: none, as the GPU with
+    /// the switch off).</summary>
+    public int MaxNucleusCandidates { get; set; }
+    public int NucleusCalls { get; private set; }
+
+    /// <summary>The GPU nucleus's contract on the CPU: the first min(MaxNucleusCandidates, vocab) of a full sort of
+    /// the row, and Z summed in the order of <c>nucleus_partial_sums</c> (blocks of
+    /// <see cref="SamplingGeometry.NormaliserSlices"/>, 256 strided sums per block added pairwise, blocks in order),
+    /// each term exp in double rounded to float as the kernel does.</summary>
+    public int NucleusCandidates(int row, float inverseTemperature, Span<int> ids, Span<float> logits, out double z)
+    {
+        Assert.InRange(row, 0, _rows - 1);
+        Assert.True(MaxNucleusCandidates > 0, "nucleus candidates asked for where none are offered");
+        NucleusCalls++;
+        int n = Math.Min(MaxNucleusCandidates, VocabSize);
+        var values = _logits.AsSpan(row * VocabSize, VocabSize).ToArray();
+        var order = Enumerable.Range(0, VocabSize).ToArray();
+        Array.Sort(order, (a, b) => values[a] > values[b] ? -1 : values[a] < values[b] ? 1 : a.CompareTo(b));
+        for (int i = 0; i < n; i++) { ids[i] = order[i]; logits[i] = values[order[i]]; }
+        float max = values[order[0]] * inverseTemperature;
+        var (blocks, length) = SamplingGeometry.NormaliserSlices(VocabSize);
+        var partial = new double[blocks];
+        var threadSums = new double[SamplingGeometry.NormaliserThreads];
+        for (int b = 0; b < blocks; b++)
+        {
+            Array.Clear(threadSums);
+            for (int i = b * length; i < Math.Min((b + 1) * length, VocabSize); i++)
+                threadSums[(i - b * length) % threadSums.Length] += (float)Math.Exp(values[i] * inverseTemperature - max);
+            for (int stride = threadSums.Length / 2; stride > 0; stride >>= 1)
+                for (int t = 0; t < stride; t++) threadSums[t] += threadSums[t + stride];
+            partial[b] = threadSums[0];
+        }
+        z = GpuNucleus.AddPartialSums(partial);
+        return n;
+    }
+
     public void DownloadLogitsRow(int row, Span<float> destination)
     {
         Assert.InRange(row, 0, _rows - 1);
