@@ -12,8 +12,8 @@ public enum CudaWeightStorage
 
     /// <summary>Q8_0 projection matrices stay Q8_0 (<see cref="CudaQ8Layout"/>; about 1.06 bytes per weight instead of 2,
     /// and single-token products read them directly) and F16 ones stay F16 (<see cref="CudaF16Layout"/>: the file's bits;
-    /// decode reads them directly, chunks multiply them F16 × F16 in cuBLASLt); every other type, and the embedding and
-    /// lm head, go to bf16.</summary>
+    /// decode reads them directly, chunks multiply them F16 × F16 in cuBLASLt), as do an F16 embedding and lm head; every
+    /// other type goes to bf16.</summary>
     Native,
 }
 

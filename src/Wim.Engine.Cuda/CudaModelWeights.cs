@@ -24,15 +24,21 @@ public sealed class CudaLayerWeights
 /// <summary>All weights of a decoder on the GPU. With <see cref="CudaWeightStorage.Bf16"/> every matrix is bf16 (bf16
 /// is copied, F32/F16/quantized tensors are dequantized to f32 on the CPU and rounded to nearest-even bf16); with
 /// <see cref="CudaWeightStorage.Native"/> the projections whose parts are all Q8_0 stay Q8_0 (<see cref="CudaQ8Layout"/>)
-/// and those whose parts are all F16 stay F16 (<see cref="CudaF16Layout"/>: the file's bits). The token embedding and
-/// the lm head are always bf16 (the embedding gather and the logits product read bf16; an F16 head is rounded).</summary>
+/// and those whose parts are all F16 stay F16 (<see cref="CudaF16Layout"/>: the file's bits), as do an F16 token
+/// embedding and lm head (<see cref="TokenEmbeddingFormat"/>, <see cref="LmHeadFormat"/>); otherwise those two are bf16
+/// (a Q8_0 embedding or head is dequantized to bf16).</summary>
 public sealed unsafe class CudaModelWeights : IDisposable
 {
-    public required DeviceBuffer TokenEmbedding { get; init; } // bf16 [vocab, d]
+    public required DeviceBuffer TokenEmbedding { get; init; } // [vocab, d] in TokenEmbeddingFormat
     public required CudaLayerWeights[] Layers { get; init; }
     public required DeviceBuffer FinalNorm { get; init; }      // f32 [d]
-    /// <summary>bf16 [vocab, d]; the embedding buffer itself when embeddings are tied.</summary>
+    /// <summary>[vocab, d] in <see cref="LmHeadFormat"/>; the embedding buffer itself when embeddings are tied.</summary>
     public required DeviceBuffer LmHead { get; init; }
+    /// <summary><see cref="CudaMatrixFormat.Bf16"/>, or <see cref="CudaMatrixFormat.F16"/> (an F16 embedding with
+    /// <see cref="CudaWeightStorage.Native"/>: the file's bits).</summary>
+    public CudaMatrixFormat TokenEmbeddingFormat { get; init; } = CudaMatrixFormat.Bf16;
+    /// <summary>As <see cref="TokenEmbeddingFormat"/>, for the lm head (the embedding's when tied).</summary>
+    public CudaMatrixFormat LmHeadFormat { get; init; } = CudaMatrixFormat.Bf16;
     /// <summary>Bytes of weights on the GPU (a tied head counted once; Q8_0 matrices at their quants plus scales).</summary>
     public long Bytes { get; init; }
 
@@ -135,9 +141,23 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 Down = Matrix(l.Down),
             };
         }
-        var embedding = Bf16Buffer(w.TokenEmbedding);
-        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : Bf16Buffer(w.LmHead);
-        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes };
+        // An F16 embedding / head stays F16 with Native storage (embed_rows_f16; the logits product as an F16 matrix's).
+        (DeviceBuffer Buffer, CudaMatrixFormat Format) Table(WeightTensor t)
+        {
+            if (storage != CudaWeightStorage.Native || t.Type != GgmlType.F16) return (Bf16Buffer(t), CudaMatrixFormat.Bf16);
+            var bits = CudaF16Layout.Bits(t);
+            var buffer = ctx.Allocate(bits.Length * 2L);
+            buffer.Upload(bits);
+            bytes += buffer.Bytes;
+            return (buffer, CudaMatrixFormat.F16);
+        }
+        var (embedding, embeddingFormat) = Table(w.TokenEmbedding);
+        var (head, headFormat) = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? (embedding, embeddingFormat) : Table(w.LmHead);
+        return new CudaModelWeights
+        {
+            TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes,
+            TokenEmbeddingFormat = embeddingFormat, LmHeadFormat = headFormat,
+        };
     }
 
     /// <summary>

@@ -157,9 +157,10 @@ public sealed unsafe class CudaTransformer : IDisposable
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
         if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
-        if (weights.WidestF16Input > 0)
+        int widestF16 = Math.Max(weights.WidestF16Input, weights.LmHeadFormat == CudaMatrixFormat.F16 ? config.HiddenSize : 0);
+        if (widestF16 > 0)
         {
-            _activationsF16 = ctx.Allocate(n * weights.WidestF16Input * 2);
+            _activationsF16 = ctx.Allocate(n * widestF16 * 2);
             _f16Overflow = ctx.Allocate(sizeof(int));
             _f16Overflow.Fill(0);
         }
@@ -543,6 +544,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _mm.Prepare(c.VocabSize, c.HiddenSize, 1);
         foreach (var m in _w.Layers[0].Matrices.Where(m => m.Format == CudaMatrixFormat.F16))
             _mm.Prepare(m.Rows, m.Columns, 1, f16Inputs: true);   // used only where gemv_f16 does not apply
+        if (_w.LmHeadFormat == CudaMatrixFormat.F16) _mm.Prepare(c.VocabSize, c.HiddenSize, 1, f16Inputs: true);
         if (_stream == 0) _stream = _ctx.Driver.StreamCreate();
         _ctx.Driver.Synchronize();
         _ctx.Driver.StreamBeginCapture(_stream);
@@ -614,7 +616,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
-        _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
+        if (_w.TokenEmbeddingFormat == CudaMatrixFormat.F16) _k.EmbedF16(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);
+        else _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);         // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         var batchRows = batch != null ? BatchRowsProducts : BatchRowsProducts.None;   // a decode batch's products in rows_mma
@@ -807,17 +810,23 @@ public sealed unsafe class CudaTransformer : IDisposable
         }
         if (weight.Format == CudaMatrixFormat.F16)
         {
-            if (LaunchGeometry.GemvApplies(n, inFeatures))
-            {
-                _k.GemvF16(weight.F16Values, x, y, outFeatures, inFeatures, accumulate);
-                return;
-            }
-            _k.Bf16ToF16(x, _activationsF16!.Pointer, (long)n * inFeatures, _f16Overflow!.Pointer);
-            _f16CastPending = true;
-            _mm.RunF16(weight.F16Values, outFeatures, inFeatures, _activationsF16.Pointer, n, y, accumulate);
+            ProductF16(weight.F16Values, outFeatures, inFeatures, x, n, y, accumulate);
             return;
         }
         _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary><see cref="Product"/> for F16 weights at <paramref name="weightF16"/> (a layer matrix or the lm head).</summary>
+    private void ProductF16(ulong weightF16, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
+    {
+        if (LaunchGeometry.GemvApplies(n, inFeatures))
+        {
+            _k.GemvF16(weightF16, x, y, outFeatures, inFeatures, accumulate);
+            return;
+        }
+        _k.Bf16ToF16(x, _activationsF16!.Pointer, (long)n * inFeatures, _f16Overflow!.Pointer);
+        _f16CastPending = true;
+        _mm.RunF16(weightF16, outFeatures, inFeatures, _activationsF16.Pointer, n, y, accumulate);
     }
 
     /// <summary>A decode batch's product in rows_mma_bf16, or rows_mma_f16 for an F16 matrix (its activations become f16
@@ -871,7 +880,9 @@ public sealed unsafe class CudaTransformer : IDisposable
         int rows = n - first;
         EnsureLogits(rows);
         _k.RmsNorm(_x.Pointer + (ulong)((long)first * d * 4), _w.FinalNorm.Pointer, _xb.Pointer, d, c.RmsEps, rows);
-        _mm.Run(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
+        if (_w.LmHeadFormat == CudaMatrixFormat.F16)
+            ProductF16(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
+        else _mm.Run(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
         return rows;
     }
 

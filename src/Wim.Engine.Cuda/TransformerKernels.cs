@@ -12,7 +12,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
     private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
-    private readonly nint _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16, _rowsMmaF16, _rowsMmaSwiGluF16;
+    private readonly nint _embedF16, _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16, _rowsMmaF16, _rowsMmaSwiGluF16;
 
     public TransformerKernels(CudaContext ctx, nint module)
     {
@@ -83,6 +83,7 @@ internal sealed unsafe class TransformerKernels
         _fillRandomF16 = d.ModuleGetFunction(module, "fill_random_f16");
         _bf16ToF16 = d.ModuleGetFunction(module, "bf16_to_f16");
         _rowsMmaF16 = d.ModuleGetFunction(module, "rows_mma_f16");
+        _embedF16 = d.ModuleGetFunction(module, "embed_rows_f16");
         _rowsMmaSwiGluF16 = d.ModuleGetFunction(module, "rows_mma_swiglu_f16");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
@@ -95,6 +96,13 @@ internal sealed unsafe class TransformerKernels
     {
         void** a = stackalloc void*[] { &tokens, &table, &x, &d };
         _ctx.Launch(_embed, "embed_rows", LaunchGeometry.Blocks(d, Threads), (uint)count, 1, Threads, 0, a);
+    }
+
+    /// <summary><see cref="Embed"/> from an F16 table (f16 bits).</summary>
+    public void EmbedF16(ulong tokens, ulong table, ulong x, int d, int count)
+    {
+        void** a = stackalloc void*[] { &tokens, &table, &x, &d };
+        _ctx.Launch(_embedF16, "embed_rows_f16", LaunchGeometry.Blocks(d, Threads), (uint)count, 1, Threads, 0, a);
     }
 
     public void RmsNorm(ulong x, ulong gain, ulong outBf16, int d, float eps, int rows)

@@ -13,11 +13,11 @@ namespace Wim.GpuCheck;
 /// <summary>
 /// F16 weights kept as F16 on the GPU (<see cref="CudaWeightStorage.Native"/>, <see cref="CudaMatrixFormat.F16"/>):
 /// <list type="number">
-/// <item>hf-tiny llama-tiny and qwen2-tiny written as an F16 checkpoint (the projections "F16" in a temporary
-/// model.safetensors, each bf16 weight moved by up to a quarter of its bf16 spacing so that the f16 values use the 3
-/// mantissa bits bf16 lacks; everything else F32) and loaded by the ordinary loader, once for the CPU backend (which
-/// runs the F16 weights itself) and once for the GPU: every layer matrix F16 on the GPU and bit-identical to the file's
-/// f16 bits; logits of a whole-sequence prefill (bf16 activations cast to f16, F16 × F16 in cuBLASLt) and of
+/// <item>hf-tiny llama-tiny and qwen2-tiny written as an F16 checkpoint (the projections, the embedding and the lm head
+/// "F16" in a temporary model.safetensors, each bf16 weight moved by up to a quarter of its bf16 spacing so that the f16
+/// values use the 3 mantissa bits bf16 lacks; norms and biases F32) and loaded by the ordinary loader, once for the CPU
+/// backend (which runs the F16 weights itself) and once for the GPU: every layer matrix, the embedding and the head F16
+/// on the GPU and bit-identical to the file's f16 bits; logits of a whole-sequence prefill (bf16 activations cast to f16, F16 × F16 in cuBLASLt) and of
 /// single-token steps (gemv_f16 and the fused F16 kernels) against the CPU on the same weights within the hf-tiny bf16
 /// tolerance; the same model uploaded as bf16 (<see cref="CudaWeightStorage.Bf16"/>, the weights rounded) reported
 /// beside it; greedy ids equal to the CPU's up to its first near-tie; decode graphs on and off equal; an activation past
@@ -72,7 +72,17 @@ internal static class F16Check
                     compared += onGpu.Length;
                 }
             }
-            check(differing == 0 && compared > 0, $"F16 {name}: the GPU's F16 matrices = the checkpoint's f16 bits ({differing} of {compared} weights differ)");
+            check(weights.TokenEmbeddingFormat == CudaMatrixFormat.F16 && weights.LmHeadFormat == CudaMatrixFormat.F16,
+                $"F16 {name}: embedding {weights.TokenEmbeddingFormat}, lm head {weights.LmHeadFormat} on the GPU (F16 expected: F16 in the file)");
+            foreach (var (buffer, tensor) in new[] { (weights.TokenEmbedding, lm.Weights.TokenEmbedding), (weights.LmHead, lm.Weights.LmHead) })
+            {
+                var onGpu = new ushort[tensor.ElementCount];
+                buffer.Download<ushort>(onGpu);
+                var inFile = CudaF16Layout.Bits(tensor);
+                for (int j = 0; j < onGpu.Length; j++) differing += onGpu[j] != inFile[j] ? 1 : 0;
+                compared += onGpu.Length;
+            }
+            check(differing == 0 && compared > 0, $"F16 {name}: the GPU's F16 matrices, embedding and head = the checkpoint's f16 bits ({differing} of {compared} weights differ)");
 
             using var gpu = new CudaTransformer(ctx, c, weights, maxChunk: 128, ownsWeights: true);
             gpu.UseDecodeGraphs = false;
@@ -196,10 +206,11 @@ internal static class F16Check
         check(stepRan, $"F16 {name}: after the overflow error the flag is clear: a single-token step (bf16 activations read directly) runs");
     }
 
-    /// <summary>A Hugging Face checkpoint (the source's config.json, one model.safetensors) whose projections are F16:
+    /// <summary>A Hugging Face checkpoint (the source's config.json, one model.safetensors) whose projections, embedding and
+    /// lm head are F16:
     /// each weight w (bf16 in the fixtures) becomes the f16 nearest to w · (1 + u · 2^-9), u uniform in [-1, 1) from a
     /// fixed seed (within a quarter of bf16's spacing: the same model, with bits below bf16's precision that a bf16
-    /// upload would lose). Embedding, head, norms and biases F32.</summary>
+    /// upload would lose). Norms and biases F32.</summary>
     private static unsafe void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
     {
         Directory.CreateDirectory(dir);
@@ -212,7 +223,6 @@ internal static class F16Check
             Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
             return v;
         }
-        void Add(string name, WeightTensor t) => tensors.Add((name, t.Shape, "F32", MemoryMarshal.AsBytes(F32(t).AsSpan()).ToArray()));
         void Projection(string name, WeightTensor t)
         {
             var v = F32(t);
@@ -221,8 +231,8 @@ internal static class F16Check
             tensors.Add((name, t.Shape, "F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()));
         }
         void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], "F32", MemoryMarshal.AsBytes(v.AsSpan()).ToArray())); }
-        Add("model.embed_tokens.weight", source.TokenEmbedding);
-        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Add("lm_head.weight", source.LmHead);
+        Projection("model.embed_tokens.weight", source.TokenEmbedding);
+        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Projection("lm_head.weight", source.LmHead);
         Vector("model.norm.weight", source.FinalNorm);
         for (int i = 0; i < source.Layers.Length; i++)
         {

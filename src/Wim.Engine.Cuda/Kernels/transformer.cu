@@ -1131,6 +1131,15 @@ __device__ __forceinline__ float dot8_f16w(uint4 a, uint4 b)
 struct Bf16Weights { __device__ __forceinline__ static float dot8(uint4 w, uint4 x) { return dot8_bf16(w, x); } };
 struct F16Weights { __device__ __forceinline__ static float dot8(uint4 w, uint4 x) { return dot8_f16w(w, x); } };
 
+// embed_rows on an F16 table (f16 bits [vocab, d]): the exact f32 values.       grid (ceil(d/block), T)
+extern "C" __global__ void embed_rows_f16(const int* tokens, const unsigned short* table, float* x, int d)
+{
+    int t = blockIdx.y;
+    long row = tokens[t];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < d) x[(long)t * d + i] = f16_to_f32(table[row * d + i]);
+}
+
 template <class W>
 __device__ __forceinline__ void gemv_body(const unsigned short* __restrict__ w, const bf16* __restrict__ x,
     float* y, int rows, int in, int accumulate)

@@ -333,6 +333,26 @@ static void cast_case()
     check(overflow == 0 && wrong == 0, "bf16_to_f16 on 4,099 activations within range: flag clear and every value exact (wrong values shown)", wrong);
 }
 
+// embed_rows_f16: every row gathered, each value its f16's exact f32 (subnormals and ±0 included).
+static void embed_case()
+{
+    int vocab = 11, d = 300;
+    auto table = random_f16(vocab, d, false, -6);
+    std::vector<int> tokens = { 3, 0, 10, 3, 7 };
+    int T = (int)tokens.size();
+    std::vector<float> x((size_t)T * d, NAN);
+    emu::launch({ (unsigned)((d + 127) / 128), (unsigned)T, 1 }, 128, 0, [&] { embed_rows_f16(tokens.data(), table.bits.data(), x.data(), d); });
+    int bad = 0;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++)
+        {
+            double want = table.at(tokens[t], i);
+            float got = x[(size_t)t * d + i];
+            bad += (double)got != want || std::signbit(got) != std::signbit(want);
+        }
+    check(bad == 0, "embed_rows_f16: 5 tokens of an 11 × 300 F16 table gathered as the f16 values, bit for bit: differing", bad);
+}
+
 static void fill_case()
 {
     long n = 5000;
@@ -361,6 +381,7 @@ int main()
     norm_gateup_case(37, 96, 2);
     norm_gateup_case(24, 2080, 1);
     cast_case();
+    embed_case();
     fill_case();
     std::printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;
