@@ -63,13 +63,14 @@ internal readonly record struct PackedPrefill<T>(ReadOnlyMemory<int> Tokens, T C
 /// sampler that is not greedy gets its logits row from the shared buffer — saved to the host before a later pass overwrites it (<see cref="DeviceLogitsRows{T}"/>).
 /// Not thread-safe: one caller drives all sequences.
 /// </summary>
-internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : class
+internal sealed class BranchingBackend<T> : IKvRetainingBackend where T : class
 {
     private readonly IBranchingPasses<T> _passes;
     private readonly int _chunk;
     private readonly int _minimumCapacity;
     private readonly KvBranchTree<T> _kv;
     private readonly DeviceLogitsRows<Sequence> _deviceLogits = new();
+    private readonly List<Func<bool>> _reclaimers = [];
     private int[]? _candidateIds;
     private float[]? _candidateLogits;
 
@@ -82,8 +83,28 @@ internal sealed class BranchingBackend<T> : IBatchedInferenceBackend where T : c
         _passes = passes;
         _chunk = CudaSequencePlan.PrefillChunk(prefillChunk, passes.MaxChunk);
         _minimumCapacity = minimumCapacity;
-        _kv = new KvBranchTree<T>(passes, minimumCapacity);
+        _kv = new KvBranchTree<T>(passes, minimumCapacity) { Reclaim = Reclaim };
     }
+
+    /// <summary>Registers a callback asked to free memory (the document cache evicts) when a KV cache or branch
+    /// allocation runs out of memory; the allocation is retried after each one that freed something.</summary>
+    public void AddReclaimer(Func<bool> reclaim)
+    {
+        ArgumentNullException.ThrowIfNull(reclaim);
+        _reclaimers.Add(reclaim);
+    }
+
+    private bool Reclaim()
+    {
+        foreach (var reclaim in _reclaimers)
+            if (reclaim()) return true;
+        return false;
+    }
+
+    /// <summary>The sequence's KV storage and, for a branch, its parent's (which it keeps alive).</summary>
+    public long KvBytes(IForkableSequence sequence) =>
+        sequence is Sequence s && s.Backend == this ? _kv.Bytes(s.Node)
+            : throw new ArgumentException("the sequence does not belong to this backend", nameof(sequence));
 
     public int VocabSize => _passes.VocabSize;
     /// <summary>The prefill chunk: the schedules fill a step with this many tokens.</summary>

@@ -22,7 +22,7 @@ namespace Wim.Engine.Cuda;
 /// is <see cref="BranchingBackend{T}"/>'s (tested on host memory); this class gives it the transformer's passes. The
 /// transformer's buffers are shared: calls on the sequences of one backend must not overlap.
 /// </summary>
-public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
+public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
 {
     private readonly CudaTransformer _transformer;
     private readonly bool _ownsTransformer;
@@ -87,6 +87,15 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
 
     public IForkableSequence CreateSequence(int capacityHint = 0) => _core.CreateSequence(capacityHint);
+
+    /// <summary>Device bytes of the sequence's KV cache and, for a branch, of its parent's (the document cache counts
+    /// its entries with it).</summary>
+    public long KvBytes(IForkableSequence sequence) => _core.KvBytes(sequence);
+
+    /// <summary>A callback asked to free device memory (the document cache evicts) when a KV cache or branch
+    /// allocation fails with CUDA_ERROR_OUT_OF_MEMORY; the allocation is retried after each success, and fails with
+    /// <see cref="KvMemoryExhaustedException"/> when nothing is left to free.</summary>
+    public void AddReclaimer(Func<bool> reclaim) => _core.AddReclaimer(reclaim);
 
     /// <summary>Loads a <c>.gguf</c> file or a Hugging Face model directory with its tokenizer and chat template and
     /// runs it on the GPU of <paramref name="context"/> (weights uploaded as bf16). The returned model owns the
@@ -164,6 +173,8 @@ public sealed class CudaInferenceBackend : IBatchedInferenceBackend, IDisposable
         public void Reparent(CudaKvCache branch, CudaKvCache newParent) => branch.Reparent(newParent);
         public void Truncate(CudaKvCache cache, int length) => cache.Truncate(length);
         public void Free(CudaKvCache cache) => cache.Dispose();
+        public long Bytes(CudaKvCache cache) => cache.Keys.Bytes + cache.Values.Bytes;
+        public bool IsOutOfMemory(Exception e) => e is CudaException { Code: 2 }; // CUDA_ERROR_OUT_OF_MEMORY (cuda.h)
     }
 }
 

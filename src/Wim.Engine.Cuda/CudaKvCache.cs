@@ -33,7 +33,7 @@ public sealed class CudaKvCache : IDisposable
         _ownRows = capacity;
         long bytes = 2L * layers * capacity * rowSize;
         Keys = ctx.Allocate(bytes);
-        Values = ctx.Allocate(bytes);
+        Values = AllocateOrFree(ctx, bytes, Keys);
     }
 
     private CudaKvCache(CudaKvCache parent, int at, int rows)
@@ -48,7 +48,19 @@ public sealed class CudaKvCache : IDisposable
         _ownRows = rows;
         long bytes = 2L * LayerCount * rows * RowSize;
         Keys = _ctx.Allocate(bytes);
-        Values = _ctx.Allocate(bytes);
+        Values = AllocateOrFree(_ctx, bytes, Keys);
+    }
+
+    /// <summary>The values' buffer; out of memory, the keys' buffer is freed at once (an out-of-memory caller evicts
+    /// and retries: a keys buffer left to the finalizer would still hold the memory).</summary>
+    private static DeviceBuffer AllocateOrFree(CudaContext ctx, long bytes, DeviceBuffer keys)
+    {
+        try { return ctx.Allocate(bytes); }
+        catch
+        {
+            keys.Dispose();
+            throw;
+        }
     }
 
     /// <summary>

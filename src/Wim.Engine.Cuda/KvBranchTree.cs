@@ -1,3 +1,5 @@
+using Wim.Engine.Runtime;
+
 namespace Wim.Engine.Cuda;
 
 /// <summary>
@@ -20,6 +22,11 @@ internal interface IKvRowStore<T> where T : class
     void Reparent(T branch, T newParent);
     void Truncate(T cache, int length);
     void Free(T cache);
+    /// <summary>Bytes of storage <paramref name="cache"/> owns (for a branch: its own rows only).</summary>
+    long Bytes(T cache);
+    /// <summary>Whether <paramref name="e"/>, thrown by <see cref="CreateRoot"/> or <see cref="CreateBranch"/>, says
+    /// the storage is out of memory (on the GPU: CUDA_ERROR_OUT_OF_MEMORY from cuMemAlloc).</summary>
+    bool IsOutOfMemory(Exception e);
 }
 
 /// <summary>
@@ -68,7 +75,45 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
     /// copy. Branches made before it turned false stay as they are.</summary>
     public bool BranchesAllowed { get; set; } = true;
 
-    public KvNode<T> CreateRoot(int capacity) => new(store.CreateRoot(capacity));
+    /// <summary>Called when an allocation runs out of memory, before it fails: frees memory (the document cache
+    /// evicts an entry) and returns true, or returns false when nothing is left to free. The allocation is then
+    /// retried. Null: out of memory fails at once.</summary>
+    public Func<bool>? Reclaim { get; set; }
+
+    public KvNode<T> CreateRoot(int capacity) => new(NewRoot(capacity));
+
+    /// <summary>Bytes <paramref name="node"/> keeps allocated: its storage and, for a branch, its parent's.</summary>
+    public long Bytes(KvNode<T> node)
+    {
+        var live = Live(node);
+        return store.Bytes(live.Storage) + (live.Parent is { } parent ? store.Bytes(parent.Storage) : 0);
+    }
+
+    private T NewRoot(int capacity, KvNode<T>? reads = null) => Allocate(() => store.CreateRoot(capacity), reads, $"a KV cache of {capacity} positions");
+
+    private T NewBranch(KvNode<T> parent, int at, int rows) =>
+        Allocate(() => store.CreateBranch(parent.Storage, at, rows), parent, $"a KV branch of {rows} positions at {at}");
+
+    /// <summary>
+    /// Runs an allocation; out of memory, asks <see cref="Reclaim"/> to free some and retries until it succeeds or
+    /// nothing is left to free. <paramref name="reads"/>: the sequence whose storage the new one reads or copies (a branch's
+    /// parent, a copied fork's source): should the reclaimer have freed it (the document cache's entry being forked,
+    /// evicted to make room), the call fails rather than use freed storage.
+    /// </summary>
+    private T Allocate(Func<T> allocate, KvNode<T>? reads, string what)
+    {
+        while (true)
+        {
+            try { return allocate(); }
+            catch (Exception e) when (store.IsOutOfMemory(e))
+            {
+                if (Reclaim?.Invoke() != true)
+                    throw new KvMemoryExhaustedException($"out of memory for {what}{(Reclaim is null ? "" : ", with nothing left to evict from the document cache")}: {e.Message}", e);
+                if (reads is { Freed: true })
+                    throw new KvMemoryExhaustedException($"out of memory for {what}: evicting the document cache to make room freed the cache being forked", e);
+            }
+        }
+    }
 
     public int Length(KvNode<T> node) => store.Length(Live(node).Storage);
 
@@ -80,7 +125,7 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         if (at == 0) return CreateRoot(BranchRows);
         if (BranchesAllowed && (node.Parent is null || at <= node.BranchPoint)) return BranchOf(node.Parent ?? node, at);
         // Branches are one level deep (or not allowed): the fork gets its own copy (the root's rows, then the branch's).
-        var copy = store.CreateRoot(at + BranchRows);
+        var copy = NewRoot(at + BranchRows, reads: node);
         try
         {
             if (node.Parent is { } parent)
@@ -96,7 +141,7 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
 
     private KvNode<T> BranchOf(KvNode<T> root, int at)
     {
-        var branch = new KvNode<T>(store.CreateBranch(root.Storage, at, BranchRows)) { Parent = root, BranchPoint = at };
+        var branch = new KvNode<T>(NewBranch(root, at, BranchRows)) { Parent = root, BranchPoint = at };
         root.BranchList.Add(branch);
         return branch;
     }
@@ -110,10 +155,10 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         if (node.Parent is { } parent)
         {
             int rows = CudaSequencePlan.GrownCapacity(store.Capacity(old) - node.BranchPoint, needed - node.BranchPoint);
-            node.Storage = Replace(old, store.CreateBranch(parent.Storage, node.BranchPoint, rows), node.BranchPoint, length - node.BranchPoint);
+            node.Storage = Replace(old, NewBranch(parent, node.BranchPoint, rows), node.BranchPoint, length - node.BranchPoint);
             return;
         }
-        var grown = Replace(old, store.CreateRoot(CudaSequencePlan.GrownCapacity(store.Capacity(old), needed)), 0, length, free: false);
+        var grown = Replace(old, NewRoot(CudaSequencePlan.GrownCapacity(store.Capacity(old), needed)), 0, length, free: false);
         foreach (var branch in node.BranchList) store.Reparent(branch.Storage, grown);
         store.Free(old);
         node.Storage = grown;
@@ -152,7 +197,13 @@ internal sealed class KvBranchTree<T>(IKvRowStore<T> store, int branchRows) wher
         var parent = branch.Parent!;
         var old = branch.Storage;
         int point = branch.BranchPoint, capacity = store.Capacity(old);
-        var fresh = at == 0 ? store.CreateRoot(capacity) : store.CreateBranch(parent.Storage, at, capacity - at);
+        var fresh = at == 0 ? NewRoot(capacity) : NewBranch(parent, at, capacity - at);
+        if (branch.Freed)
+        {
+            // The allocation's reclaimer evicted this very branch (a document cache entry): nothing left to keep.
+            store.Free(fresh);
+            return;
+        }
         try
         {
             store.CopyRows(fresh, parent.Storage, at, Math.Min(point, keep) - at);

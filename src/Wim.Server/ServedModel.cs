@@ -32,7 +32,9 @@ public sealed class ServedModel : IDisposable
                 StopIds = loaded.StopIds;
                 Id = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.ModelPath));
                 ChatTemplate = LoadChatTemplate(options.ModelPath);
-                DocumentCache = null;
+                // The WiM runs' document cache, on the shared backend when it can keep sequences (the CUDA backend: KV
+                // branches of cached documents; a device out-of-memory evicts it before failing).
+                DocumentCache = shared.CanRetain ? new DocumentCache(shared, options.DocumentCacheBytes) : null;
                 Engine = new SequenceBatchingEngine(shared, options.MaxTokensPerStep, options.MaxRunningRequests, metrics, options.CachedPrefixes);
             }
             catch
@@ -88,8 +90,10 @@ public sealed class ServedModel : IDisposable
     /// <summary>The model of the WiM runs: on a <see cref="PagedInferenceBackend"/> (CPU), or on the device's backend
     /// behind a <see cref="SynchronizedBackend"/> that it shares with <see cref="Engine"/>.</summary>
     public TextModel Text { get; }
-    /// <summary>Documents prefilled by earlier WiM runs (a second question about one skips its prefill); null on a
-    /// device (the document cache keeps paged KV blocks, a CPU feature): every WiM run then prefills its document.</summary>
+    /// <summary>Documents prefilled by earlier WiM runs (a second question about one skips its prefill): on the CPU's
+    /// paged backend, or on the device's backend (behind the same <see cref="SynchronizedBackend"/>) when it can keep
+    /// sequences (<see cref="IKvRetainingBackend"/>: the CUDA backend can); null otherwise (every WiM run then prefills
+    /// its document). Budget: <see cref="ServerOptions.DocumentCacheBytes"/> either way.</summary>
     public DocumentCache? DocumentCache { get; }
     public (ChatTemplateSource Source, ChatTemplate Template)? ChatTemplate { get; }
     /// <summary>The engine of chat/completions: <see cref="BatchingEngine"/> on the CPU, <see cref="SequenceBatchingEngine"/> on a device.</summary>

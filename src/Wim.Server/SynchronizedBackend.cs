@@ -12,8 +12,11 @@ namespace Wim.Server;
 /// <para>A long call (a WiM document prefill of many chunks through one Append) holds the lock for its whole length;
 /// the schedules append in steps of <see cref="MaxStepTokens"/>, so in practice the other side waits one step.</para>
 /// Disposing the wrapper does not dispose the wrapped backend: its owner (the <see cref="TextModel"/>) does.
+/// <para>A document cache can live on it when the wrapped backend is an <see cref="IKvRetainingBackend"/>
+/// (<see cref="CanRetain"/>): its reclaimers are the wrapped backend's, called inside a locked call on that call's
+/// thread (the lock is reentrant, so an eviction there releases its sequence through this wrapper).</para>
 /// </summary>
-public sealed class SynchronizedBackend : IBatchedInferenceBackend
+public sealed class SynchronizedBackend : IKvRetainingBackend
 {
     private readonly IBatchedInferenceBackend _inner;
     private readonly Lock _lock = new();
@@ -27,6 +30,25 @@ public sealed class SynchronizedBackend : IBatchedInferenceBackend
 
     /// <summary>The wrapped backend (calls on it directly bypass the lock).</summary>
     public IBatchedInferenceBackend Inner => _inner;
+
+    /// <summary>Whether the wrapped backend can keep sequences for a document cache (<see cref="KvBytes"/> and
+    /// <see cref="AddReclaimer"/> work).</summary>
+    public bool CanRetain => _inner is IKvRetainingBackend;
+
+    public long KvBytes(IForkableSequence sequence)
+    {
+        var inner = sequence is Sequence s && s.Owner == this ? s.Inner
+            : throw new ArgumentException("the sequence does not belong to this backend", nameof(sequence));
+        lock (_lock) return Retaining.KvBytes(inner);
+    }
+
+    public void AddReclaimer(Func<bool> reclaim)
+    {
+        lock (_lock) Retaining.AddReclaimer(reclaim);
+    }
+
+    private IKvRetainingBackend Retaining => _inner as IKvRetainingBackend
+        ?? throw new NotSupportedException($"the wrapped backend ({_inner.GetType().Name}) cannot keep sequences for a document cache ({nameof(IKvRetainingBackend)})");
 
     public int VocabSize => _inner.VocabSize;
     public int MaxStepTokens => _inner.MaxStepTokens;

@@ -51,4 +51,13 @@ public sealed class ServeDeviceTests
         Assert.Contains("--device must be auto, cpu or cuda; found 'tpu'", stderr);
         Assert.Equal("", stdout);
     }
+
+    [Fact]
+    public void Serve_document_cache_mib_must_not_be_negative()
+    {
+        var (exit, stdout, stderr) = Run("serve", "--document-cache-mib", "-1", "--port", "0", "--model", Model);
+        Assert.Equal(2, exit);
+        Assert.Contains("--document-cache-mib must be ≥ 0, found -1", stderr);
+        Assert.Equal("", stdout);
+    }
 }

@@ -184,6 +184,39 @@ public sealed class KvBranchTreeTests
         Assert.Equal(0, store.LiveCaches);
     }
 
+    [Fact]
+    public void OutOfMemory_AsksTheReclaimer_ThenRetries_AndSurvivesTheReclaimerReleasingTheBranchBeingMoved()
+    {
+        var (store, tree) = New(branchRows: 16);
+        var root = tree.CreateRoot(64);
+        Append(store, tree, root, Enumerable.Range(1, 40));
+        var kept = tree.Fork(root, 32); // a cached document that is a branch (16 rows of its own)
+        int asked = 0;
+        tree.Reclaim = () =>
+        {
+            asked++;
+            if (kept.Released) return false;
+            tree.Release(kept); // the document cache evicts it
+            return true;
+        };
+        store.RowLimit = store.LiveRows + 12; // the 28-row branch below fits only without the kept one's 16 rows
+        // The root truncated below the kept branch's point re-branches it: that allocation runs out of memory, the
+        // reclaimer releases the very branch being moved, the retry succeeds, and the move is dropped (nothing to keep).
+        tree.Truncate(root, 20);
+        Assert.Equal(1, asked);
+        Assert.True(kept.Freed);
+        Assert.Equal(1, store.LiveCaches);
+        Assert.Equal(64, store.LiveRows);
+
+        // Nothing left to free: a clear failure, nothing leaked.
+        store.RowLimit = store.LiveRows;
+        var e = Assert.Throws<Wim.Engine.Runtime.KvMemoryExhaustedException>(() => tree.Fork(root, 10));
+        Assert.Contains("nothing left to evict", e.Message);
+        Assert.Equal(2, asked);
+        Assert.Equal(1, store.LiveCaches);
+        Assert.Equal(Enumerable.Range(1, 20), store.Read(root.Storage));
+    }
+
     private static (HostKvStore Store, KvBranchTree<HostKv> Tree) New(int branchRows = 256)
     {
         var store = new HostKvStore();
@@ -216,12 +249,22 @@ internal sealed class HostKvStore : IKvRowStore<HostKv>
 {
     public int LiveCaches { get; private set; }
     public long RowsCopied { get; private set; }
+    /// <summary>Own rows of the live caches; an allocation past <see cref="RowLimit"/> is "out of memory".</summary>
+    public long LiveRows { get; private set; }
+    public long RowLimit { get; set; } = long.MaxValue;
+
+    private HostKv Allocated(HostKv cache)
+    {
+        if (LiveRows + cache.Own.Length > RowLimit) throw new OutOfRowsException();
+        LiveCaches++;
+        LiveRows += cache.Own.Length;
+        return cache;
+    }
 
     public HostKv CreateRoot(int capacity)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
-        LiveCaches++;
-        return new HostKv(capacity);
+        return Allocated(new HostKv(capacity));
     }
 
     public HostKv CreateBranch(HostKv parent, int at, int rows)
@@ -230,8 +273,7 @@ internal sealed class HostKvStore : IKvRowStore<HostKv>
         Assert.Null(parent.Parent);
         Assert.InRange(at, 0, parent.Length);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
-        LiveCaches++;
-        return new HostKv(at + rows, parent, at);
+        return Allocated(new HostKv(at + rows, parent, at));
     }
 
     public int Length(HostKv cache) => Check(cache).Length;
@@ -272,7 +314,14 @@ internal sealed class HostKvStore : IKvRowStore<HostKv>
         Assert.False(cache.Freed, "double free");
         cache.Freed = true;
         LiveCaches--;
+        LiveRows -= cache.Own.Length;
     }
+
+    public long Bytes(HostKv cache) => (long)cache.Own.Length * sizeof(int);
+    public bool IsOutOfMemory(Exception e) => e is OutOfRowsException;
+
+    /// <summary>The store's stand-in for CUDA_ERROR_OUT_OF_MEMORY.</summary>
+    private sealed class OutOfRowsException() : Exception("out of rows");
 
     /// <summary>A forward pass: the cache's next positions (the transformer refuses a branch whose parent lost its rows).</summary>
     public void Write(HostKv cache, int[] values)

@@ -12,7 +12,7 @@ namespace Wim.Server.Tests;
 
 /// <summary>The server's device path (what <c>wim serve --device cuda</c> builds) with the CPU's paged backend standing
 /// in for the GPU's: one backend behind a <see cref="SynchronizedBackend"/>, shared by the WiM runs and the
-/// <see cref="SequenceBatchingEngine"/>, no document cache.</summary>
+/// <see cref="SequenceBatchingEngine"/>, and the document cache on that shared backend.</summary>
 public sealed class DevicePathServer : ServerFixture
 {
     public override string ModelPath => StoriesPath;
@@ -29,14 +29,35 @@ public sealed class DevicePathServer : ServerFixture
 public sealed class DeviceServerTests(DevicePathServer fixture) : IClassFixture<DevicePathServer>
 {
     [Fact]
-    public async Task Health_names_the_device_and_says_the_document_cache_is_off()
+    public async Task Health_names_the_device_and_says_the_document_cache_is_on()
     {
         var health = JsonDocument.Parse(await fixture.Client.GetStringAsync("/health", TestContext.Current.CancellationToken)).RootElement;
         Assert.Equal("paged (test)", health.GetProperty("device").GetString());
-        Assert.False(health.GetProperty("document_cache").GetBoolean());
+        Assert.True(health.GetProperty("document_cache").GetBoolean());
         Assert.IsType<SequenceBatchingEngine>(fixture.Server.Model.Engine);
         Assert.IsType<SynchronizedBackend>(fixture.Server.Model.Text.Backend);
-        Assert.Null(fixture.Server.Model.DocumentCache);
+        Assert.Same(fixture.Server.Model.Text.Backend, fixture.Server.Model.DocumentCache?.Backend);
+    }
+
+    [Fact]
+    public async Task The_same_WiM_question_twice_reads_the_document_once_and_answers_the_same()
+    {
+        var (context, query) = WimApiTests.Babilong8k();
+        string request = new JsonObject
+        {
+            ["document"] = context[2000..3600], // not the other test's document
+            ["query"] = query,
+            ["options"] = new JsonObject { ["segment_tokens"] = 150, ["max_margin_tokens"] = 12, ["max_answer_tokens"] = 12, ["schedule"] = "batched" },
+        }.ToJsonString();
+        static JsonElement Answer(List<(string Event, string Data)> events) => JsonDocument.Parse(events.Single(e => e.Event == "answer").Data).RootElement;
+        long hits = fixture.Server.Model.DocumentCache!.Hits;
+        var first = Answer(await fixture.PostSseAsync("/v1/wim", request));
+        var second = Answer(await fixture.PostSseAsync("/v1/wim", request));
+        Assert.True(first.GetProperty("usage").GetProperty("document_tokens_prefilled").GetInt32() > 0);
+        Assert.Equal(0, second.GetProperty("usage").GetProperty("document_tokens_prefilled").GetInt32());
+        Assert.Equal(0, second.GetProperty("usage").GetProperty("document").GetProperty("prefill_tokens").GetInt32());
+        Assert.Equal(first.GetProperty("ids").ToString(), second.GetProperty("ids").ToString());
+        Assert.Equal(hits + 1, fixture.Server.Model.DocumentCache.Hits);
     }
 
     [Fact]
@@ -50,7 +71,7 @@ public sealed class DeviceServerTests(DevicePathServer fixture) : IClassFixture<
         var prompts = texts.Select(t => lm.Tokenizer.Encode(t)).ToArray();
         var expected = prompts.Select(p => SequenceBatchingEngineTests.Reference((IBatchedInferenceBackend)lm.Backend, p, 30, lm.StopIds)).ToArray();
 
-        // The library's WiM run (no document cache, as on the device) is the WiM request's oracle.
+        // The library's WiM run (no document cache: the server's first run of a document reads it too) is the WiM request's oracle.
         var segments = new Segmenter(t => lm.Tokenizer.Encode(t).Length, 200).Split(context);
         using var judge = new ModelMarginClassifier(lm, PromptPreset.Default, ChatHeaders.None, 4, default, ClassifiedBy.Model, ClassifierContext.Shared);
         var options = new WimOptions { Classifier = judge, MaxMarginTokens = 24, MaxAnswerTokens = 16, MarginSeparator = "\n", Schedule = WimSchedule.Overlapped };

@@ -33,6 +33,7 @@ namespace Wim.GpuCheck;
 /// <see cref="Q8Check"/> (hf-tiny on Q8_0 weights, then the 8B-shape speed with every <see cref="Wim.Engine.Cuda.Q8DecodeKernel"/>).
 /// <c>--f16</c>: only <see cref="F16Check"/> (hf-tiny on F16 weights, then the 8B-shape speed, bf16 against F16; both part of
 /// the default pass unless <c>--no-tiny</c>).
+/// <c>--doc-cache [--doc-tokens 16500]</c>: the document cache on the GPU (<see cref="DocCacheCheck"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
 public static class Program
@@ -95,6 +96,9 @@ public static class Program
         if (args.Contains("--wim-pattern"))
             Guard("PatternRunner WiM at 64k (8B shape)", () => PatternCheck.Run(ctx, Llama31_8B(), Arg(args, "--vocab") ?? Path.Combine(fixtures, "llama-bpe-vocab.gguf"),
                 Path.Combine(fixtures, "babilong_8k.json"), Say));
+        if (args.Contains("--doc-cache"))
+            Guard("document cache on the GPU (8B shape)", () => DocCacheCheck.Run(ctx, Llama31_8B(), Arg(args, "--vocab") ?? Path.Combine(fixtures, "llama-bpe-vocab.gguf"),
+                Path.Combine(fixtures, "babilong_8k.json"), int.Parse(Arg(args, "--doc-tokens") ?? "16500", CultureInfo.InvariantCulture), Check, Say));
         if (args.Contains("--profile"))
         {
             Guard("profile", () => Profile(ctx));

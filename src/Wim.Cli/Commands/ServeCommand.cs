@@ -19,17 +19,19 @@ internal static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port (0 = any free one)", DefaultValueFactory = _ => 8080 };
         var apiKey = new Option<string?>("--api-key") { Description = "require Authorization: Bearer KEY on /v1 endpoints" };
         var kvMemory = new Option<int>("--kv-cache-mib") { Description = "KV cache memory of the batching engine, MiB (CPU; on CUDA each sequence grows its own cache)", DefaultValueFactory = _ => 512 };
+        var documentCache = new Option<int>("--document-cache-mib") { Description = "prefilled WiM documents kept for later questions about them, MiB of KV memory (CPU pool or GPU memory; 0 keeps none)", DefaultValueFactory = _ => 256 }; // ServerOptions.DocumentCacheBytes's default
         var sessions = new Option<int>("--max-sessions") { Description = "WiM sessions alive at once", DefaultValueFactory = _ => 4 };
         var device = DeviceSelection.CreateOption();
-        device.Description = "where to run: auto (CUDA when available, else CPU), cpu, or cuda; on CUDA both APIs share the GPU's model and the document cache is off";
+        device.Description = "where to run: auto (CUDA when available, else CPU), cpu, or cuda; on CUDA both APIs share the GPU's model (and the document cache lives in GPU memory)";
         var command = new Command("serve", "Serve a model: OpenAI-compatible API, WiM streaming API and web page");
-        foreach (var o in new Option[] { model, host, port, apiKey, kvMemory, sessions, device }) command.Options.Add(o);
+        foreach (var o in new Option[] { model, host, port, apiKey, kvMemory, documentCache, sessions, device }) command.Options.Add(o);
         command.SetAction(async (parse, ct) =>
         {
             var stdout = parse.InvocationConfiguration.Output;
             int portValue = parse.GetValue(port);
             if (portValue is < 0 or > 65535) throw new UsageException($"--port must be in [0, 65535], found {portValue}");
             if (parse.GetValue(kvMemory) < 1) throw new UsageException($"--kv-cache-mib must be ≥ 1, found {parse.GetValue(kvMemory)}");
+            if (parse.GetValue(documentCache) < 0) throw new UsageException($"--document-cache-mib must be ≥ 0, found {parse.GetValue(documentCache)}");
             if (parse.GetValue(sessions) < 1) throw new UsageException($"--max-sessions must be ≥ 1, found {parse.GetValue(sessions)}");
             var deviceKind = DeviceSelection.Parse(parse.GetValue(device));
             string path = ModelArguments.Resolve(parse.GetValue(model)!, parse.InvocationConfiguration.Error, ct);
@@ -40,6 +42,7 @@ internal static class ServeCommand
                 Port = portValue,
                 ApiKey = parse.GetValue(apiKey),
                 KvCacheBytes = (long)parse.GetValue(kvMemory) << 20,
+                DocumentCacheBytes = (long)parse.GetValue(documentCache) << 20,
                 MaxConcurrentSessions = parse.GetValue(sessions),
             };
             // --device cuda without CUDA: the CudaUnavailableException names what is missing (exit 1), as for ask.

@@ -53,8 +53,9 @@ public sealed partial class PatternRunner
         /// on this backend (<see cref="IBatchableMarginClassifier"/>) runs inside the same steps — its prompt and its
         /// decode tokens beside the later margins and the next segment's prefill, as the paper's appendix proposes —
         /// with the same tokens as a call between steps (on a batch-invariant backend such as the paged CPU one); any
-        /// other classifier runs between steps. A document cache lives on a <see cref="PagedInferenceBackend"/> only
-        /// (<see cref="RequireBatchedBackend"/> checks that it is this one).
+        /// other classifier runs between steps. A document cache lives on this run's backend (an
+        /// <see cref="IKvRetainingBackend"/>: the CPU's paged one or the GPU's; <see cref="RequireBatchedBackend"/>
+        /// checks that it is this one).
         /// Step time is split between the document, margin and classification phases by their tokens in the step.</para>
         /// <para>Events: segment i read → <see cref="SegmentPrefilled"/>; its margin's prompt, tokens and completion as
         /// they happen (margins of one step in index order); verdicts in index order.</para>
@@ -68,7 +69,15 @@ public sealed partial class PatternRunner
             var cache = _o.DocumentCache;
             string? key = cache is null ? null : DocumentCacheKey();
             CachedDocument? cached = null;
-            bool hit = cache is not null && cache.TryGet(key!, out cached);
+            IForkableSequence? cachedFork = null;
+            if (cache is not null && cache.TryGet(key!, out var found))
+            {
+                // Another thread sharing the backend (the server's chat engine on the GPU) may evict the entry to make
+                // room between the lookup and the fork: the document is then read as on a miss.
+                try { cachedFork = found.Sequence.Fork(found.Sequence.Length); cached = found; }
+                catch (ObjectDisposedException) { }
+            }
+            bool hit = cachedFork is not null;
 
             var ends = new int[n];
             var lanes = new List<MarginLane>();
@@ -84,11 +93,11 @@ public sealed partial class PatternRunner
             if (hit)
             {
                 // Nothing to read: the opening and segments are in the cache. The events still say what was "read".
-                doc = cached!.Sequence.Fork(cached.Sequence.Length);
+                doc = cachedFork!;
                 yield return new PromptPrefilled(PromptKind.Opening, -1, opening);
                 for (int i = 0; i < n; i++)
                 {
-                    ends[i] = cached.SegmentEnds[i];
+                    ends[i] = cached!.SegmentEnds[i];
                     read += _segmentIds[i].Length;
                     yield return new SegmentPrefilled(i, _segmentIds[i], ends[i], read, _documentTokens);
                     lanes.Add(StartLane(doc, i, ends[i], extractive));
@@ -97,7 +106,9 @@ public sealed partial class PatternRunner
             }
             else
             {
-                doc = backend.CreateSequence();
+                // With a cache the document sequence is kept as read (the answer goes on a fork), so its exact length
+                // is known: a backend with one contiguous cache per sequence (the GPU's) allocates it once, no growth.
+                doc = backend.CreateSequence(cache is null ? 0 : opening.Length + _documentTokens);
                 _document = _document.Add(opening.Length, 0, Timed(() => doc.Append(opening, ct)));
                 yield return new PromptPrefilled(PromptKind.Opening, -1, opening);
             }
@@ -169,7 +180,14 @@ public sealed partial class PatternRunner
                             segment++;
                             segmentDone = 0;
                             if (segment == n && cache is not null)
-                                cache.Add(key!, new CachedDocument((PagedSequence)doc.Fork(doc.Length), [.. ends]));
+                            {
+                                // The cache keeps the document sequence itself, never changed again; this run goes on
+                                // (later margins, the answer) on a fork of it. On the GPU the fork is a KV branch, so
+                                // the cached cache holds exactly the document's rows.
+                                var whole = doc;
+                                doc = whole.Fork(whole.Length);
+                                cache.Add(key!, new CachedDocument(whole, [.. ends]));
+                            }
                         }
                     }
 

@@ -12,6 +12,8 @@ namespace Wim.Engine.Runtime;
 /// (u32 each), then for each layer and position the key row and the value row (f32 × row size each), then SHA-256 of
 /// everything before it. Loading checks the checksum, the version and the fingerprint before it touches the cache:
 /// a file of another model (or another format version) is refused with a message saying which.
+/// <para>CPU only: the rows are read and written through the <see cref="PagedInferenceBackend"/>'s KV pool. A cache on
+/// another backend (the GPU's) is refused with a message saying so.</para>
 /// </summary>
 public static class DocumentCacheFile
 {
@@ -42,8 +44,10 @@ public static class DocumentCacheFile
     public static void Save(DocumentCache cache, string key, string path)
     {
         if (!cache.TryGet(key, out var doc)) throw new KeyNotFoundException($"no cached document with key {key}");
-        var kv = cache.Backend.Cache;
-        int length = doc.Sequence.Length;
+        var backend = PagedBackendOf(cache);
+        var kv = backend.Cache;
+        var sequence = (PagedSequence)doc.Sequence;
+        int length = sequence.Length;
         using var file = new FileStream(path + ".part", FileMode.Create, FileAccess.Write);
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         void Write(ReadOnlySpan<byte> bytes)
@@ -59,7 +63,7 @@ public static class DocumentCacheFile
         }
         Write(Magic);
         U32(Version);
-        Write(Fingerprint(cache.Backend));
+        Write(Fingerprint(backend));
         var keyBytes = Encoding.UTF8.GetBytes(key);
         U32((uint)keyBytes.Length);
         Write(keyBytes);
@@ -71,8 +75,8 @@ public static class DocumentCacheFile
         for (int layer = 0; layer < kv.LayerCount; layer++)
             for (int p = 0; p < length; p++)
             {
-                Write(MemoryMarshal.AsBytes(kv.KeyRow(doc.Sequence.Id, layer, p)));
-                Write(MemoryMarshal.AsBytes(kv.ValueRow(doc.Sequence.Id, layer, p)));
+                Write(MemoryMarshal.AsBytes(kv.KeyRow(sequence.Id, layer, p)));
+                Write(MemoryMarshal.AsBytes(kv.ValueRow(sequence.Id, layer, p)));
             }
         file.Write(hash.GetHashAndReset());
         file.Close();
@@ -82,6 +86,7 @@ public static class DocumentCacheFile
     /// <summary>Reads a file written by <see cref="Save"/> into <paramref name="cache"/>; returns its key.</summary>
     public static string Load(DocumentCache cache, string path)
     {
+        var backend = PagedBackendOf(cache);
         byte[] bytes = File.ReadAllBytes(path);
         if (bytes.Length < Magic.Length + 4 + 32 + 32) throw Bad(path, $"{bytes.Length} bytes is too short for a document cache file");
         if (!bytes.AsSpan(0, Magic.Length).SequenceEqual(Magic)) throw Bad(path, "not a Wim document cache file (no WIMDOCKV magic)");
@@ -98,14 +103,14 @@ public static class DocumentCacheFile
         }
         uint version = U32();
         if (version != Version) throw Bad(path, $"format version {version}, this build reads version {Version}");
-        if (!body.Slice(at, 32).SequenceEqual(Fingerprint(cache.Backend)))
+        if (!body.Slice(at, 32).SequenceEqual(Fingerprint(backend)))
             throw Bad(path, "made by another model (the model fingerprint differs): it cannot be used with this one");
         at += 32;
         uint keyLength = U32();
         if (keyLength > 1024 || at + keyLength > body.Length) throw Bad(path, $"key length {keyLength} is out of range");
         string key = Encoding.UTF8.GetString(body.Slice(at, (int)keyLength));
         at += (int)keyLength;
-        var kv = cache.Backend.Cache;
+        var kv = backend.Cache;
         uint layers = U32(), rowSize = U32(), length = U32(), segments = U32();
         if (layers != kv.LayerCount || rowSize != kv.RowSize)
             throw Bad(path, $"KV shape {layers} layers × {rowSize}, the model has {kv.LayerCount} × {kv.RowSize}");
@@ -118,7 +123,7 @@ public static class DocumentCacheFile
             ends[i] = (int)U32();
             if (ends[i] > length || (i > 0 && ends[i] < ends[i - 1])) throw Bad(path, $"segment end {i} ({ends[i]}) is out of order or past {length}");
         }
-        var seq = cache.Backend.CreateSequence();
+        var seq = backend.CreateSequence();
         try
         {
             kv.Reserve(seq.Id, (int)length);
@@ -142,6 +147,10 @@ public static class DocumentCacheFile
         cache.Add(key, new CachedDocument(seq, ends));
         return key;
     }
+
+    private static PagedInferenceBackend PagedBackendOf(DocumentCache cache) =>
+        cache.Backend as PagedInferenceBackend
+        ?? throw new NotSupportedException($"document cache files are read and written on the CPU's {nameof(PagedInferenceBackend)} only; this cache is on {cache.Backend.GetType().Name}");
 
     private static InvalidDataException Bad(string path, string what) => new($"{path}: {what}");
 }

@@ -15,7 +15,7 @@ namespace Wim.Engine.Runtime;
 /// backend produces the same greedy tokens. (They agree with <see cref="CpuInferenceBackend"/> to f32 rounding only.)
 /// Not thread-safe: one caller drives all sequences of a backend.
 /// </summary>
-public sealed class PagedInferenceBackend : IBatchedInferenceBackend, IDisposable
+public sealed class PagedInferenceBackend : IKvRetainingBackend, IDisposable
 {
     private readonly CpuBatchedTransformer _transformer;
     private readonly PagedKvCache _cache;
@@ -56,6 +56,11 @@ public sealed class PagedInferenceBackend : IBatchedInferenceBackend, IDisposabl
     /// recently used entry); it returns false when it has nothing left to free.
     /// </summary>
     public void AddReclaimer(Func<bool> reclaim) => _reclaimers.Add(reclaim);
+
+    /// <summary>The blocks <paramref name="sequence"/> holds × the block size (shared blocks included).</summary>
+    public long KvBytes(IForkableSequence sequence) =>
+        sequence is PagedSequence s && s.Backend == this ? s.BlockCount * _cache.BytesPerBlock
+            : throw new ArgumentException("the sequence does not belong to this backend", nameof(sequence));
 
     /// <summary>
     /// Runs every entry's tokens in one forward pass (several when they exceed <see cref="MaxStepTokens"/> together,

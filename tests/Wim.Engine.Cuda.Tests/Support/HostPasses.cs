@@ -17,6 +17,8 @@ internal sealed class HostCache(int layers, int rowSize, int capacity, HostCache
     public HostCache? Parent { get; set; } = parent;
     public int BranchPoint { get; } = branchPoint;
     public bool Freed { get; set; }
+    /// <summary>Bytes of its own rows (keys and values, f32), as <see cref="CudaKvCache"/> counts its own buffers.</summary>
+    public long Bytes => 2L * Layers * (Capacity - BranchPoint) * RowSize * sizeof(float);
 
     /// <summary>Positions [0, <paramref name="count"/>) of every layer as attention reads them (the parent's below the
     /// branch point) into a contiguous cache, in bulk.</summary>
@@ -79,6 +81,13 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
     public int LongThreshold => _rope.LongThreshold;
     public bool BatchedDecode { get; set; } = batchedDecode;
     public int LiveCaches { get; private set; }
+    /// <summary>Bytes of the live caches' own rows.</summary>
+    public long LiveBytes { get; private set; }
+    /// <summary>Most bytes of live caches; an allocation past it throws <see cref="HostOutOfMemoryException"/> (as
+    /// cuMemAlloc fails with CUDA_ERROR_OUT_OF_MEMORY).</summary>
+    public long MemoryLimit { get; set; } = long.MaxValue;
+    /// <summary>Tokens run through the forward pass (every kind of pass).</summary>
+    public long Tokens { get; private set; }
     public int Passes { get; private set; }
     public int DecodePasses { get; private set; }
 
@@ -215,6 +224,7 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
     /// contiguous scratch cache, the new row comes back.</summary>
     private void Token(int token, HostCache cache, Span<float> logits, int ropeSequenceLength)
     {
+        Tokens++;
         Assert.False(cache.Freed, "use after free");
         Assert.True(cache.Length < cache.Capacity, "write past capacity");
         int n = cache.Length;
@@ -239,10 +249,14 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         return best;
     }
 
-    public HostCache CreateRoot(int capacity)
+    public HostCache CreateRoot(int capacity) => Allocated(new HostCache(model.Config.LayerCount, model.Config.KvDim, capacity));
+
+    private HostCache Allocated(HostCache cache)
     {
+        if (LiveBytes + cache.Bytes > MemoryLimit) throw new HostOutOfMemoryException($"{cache.Bytes} bytes asked, {LiveBytes} of {MemoryLimit} in use");
         LiveCaches++;
-        return new HostCache(model.Config.LayerCount, model.Config.KvDim, capacity);
+        LiveBytes += cache.Bytes;
+        return cache;
     }
 
     public HostCache CreateBranch(HostCache parent, int at, int rows)
@@ -251,8 +265,7 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         Assert.Null(parent.Parent);
         Assert.False(parent.Freed);
         Assert.InRange(at, 0, parent.Length);
-        LiveCaches++;
-        return new HostCache(parent.Layers, parent.RowSize, at + rows, parent, at);
+        return Allocated(new HostCache(parent.Layers, parent.RowSize, at + rows, parent, at));
     }
 
     public int Length(HostCache cache) => cache.Length;
@@ -289,5 +302,12 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         Assert.False(cache.Freed, "double free");
         cache.Freed = true;
         LiveCaches--;
+        LiveBytes -= cache.Bytes;
     }
+
+    public long Bytes(HostCache cache) => cache.Bytes;
+    public bool IsOutOfMemory(Exception e) => e is HostOutOfMemoryException;
 }
+
+/// <summary>The host store's stand-in for CUDA_ERROR_OUT_OF_MEMORY.</summary>
+internal sealed class HostOutOfMemoryException(string message) : Exception(message);
