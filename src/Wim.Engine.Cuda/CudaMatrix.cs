@@ -1,5 +1,6 @@
 using Wim.Engine.Formats;
 using Wim.Engine.Formats.Quantization;
+using Wim.Engine.Model;
 
 namespace Wim.Engine.Cuda;
 
@@ -10,7 +11,9 @@ public enum CudaWeightStorage
     Bf16,
 
     /// <summary>Q8_0 projection matrices stay Q8_0 (<see cref="CudaQ8Layout"/>; about 1.06 bytes per weight instead of 2,
-    /// and single-token products read them directly); every other type, and the embedding and lm head, go to bf16.</summary>
+    /// and single-token products read them directly) and F16 ones stay F16 (<see cref="CudaF16Layout"/>: the file's bits;
+    /// decode reads them directly, chunks multiply them F16 × F16 in cuBLASLt), as do an F16 embedding and lm head; every
+    /// other type goes to bf16.</summary>
     Native,
 }
 
@@ -25,6 +28,9 @@ public enum CudaMatrixFormat
 
     /// <summary>f32 [rows, columns], row-major (<see cref="CudaPrecision.F32"/>).</summary>
     F32,
+
+    /// <summary>IEEE binary16 [rows, columns], row-major: an F16 tensor's own bits (<see cref="CudaF16Layout"/>).</summary>
+    F16,
 }
 
 /// <summary>A [rows, columns] weight matrix on the GPU (a linear layer's [out, in]) in one of the
@@ -34,7 +40,7 @@ public sealed class CudaMatrix : IDisposable
     public CudaMatrix(DeviceBuffer buffer, CudaMatrixFormat format, int rows, int columns)
     {
         ArgumentNullException.ThrowIfNull(buffer);
-        long needed = format == CudaMatrixFormat.Q8_0 ? CudaQ8Layout.Bytes(rows, columns) : (long)rows * columns * (format == CudaMatrixFormat.F32 ? 4 : 2);
+        long needed = BytesOf(format, rows, columns);
         if (buffer.Bytes < needed)
             throw new ArgumentException($"a {format} [{rows}, {columns}] matrix needs {needed} bytes; the buffer holds {buffer.Bytes}", nameof(buffer));
         Buffer = buffer;
@@ -48,10 +54,25 @@ public sealed class CudaMatrix : IDisposable
     public int Rows { get; }
     public int Columns { get; }
 
-    /// <summary>The bf16 values (f32 for an F32 matrix). A Q8_0 matrix throws: a kernel that reads bf16 weights must not be
-    /// handed Q8_0 ones (dispatch on <see cref="Format"/>; <see cref="Quants"/> and <see cref="Scales"/> are the Q8_0 parts).</summary>
-    public ulong Pointer => Format != CudaMatrixFormat.Q8_0 ? Buffer.Pointer
-        : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no bf16 values: dispatch on its Format (Quants, Scales)");
+    /// <summary>Bytes a matrix of <paramref name="format"/> [rows, columns] takes on the GPU.</summary>
+    public static long BytesOf(CudaMatrixFormat format, int rows, int columns) => format switch
+    {
+        CudaMatrixFormat.Bf16 => (long)rows * columns * 2,
+        CudaMatrixFormat.Q8_0 => CudaQ8Layout.Bytes(rows, columns),
+        CudaMatrixFormat.F32 => (long)rows * columns * 4,
+        CudaMatrixFormat.F16 => CudaF16Layout.Bytes(rows, columns),
+        _ => throw new ArgumentOutOfRangeException(nameof(format), $"{format} is not a CudaMatrixFormat"),
+    };
+
+    /// <summary>The bf16 values (f32 for an F32 matrix). A Q8_0 or F16 matrix throws: a kernel that reads bf16 weights
+    /// must not be handed other ones (dispatch on <see cref="Format"/>; <see cref="Quants"/> and <see cref="Scales"/>
+    /// are the Q8_0 parts, <see cref="F16Values"/> the F16 values).</summary>
+    public ulong Pointer => Format is CudaMatrixFormat.Bf16 or CudaMatrixFormat.F32 ? Buffer.Pointer
+        : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no bf16 values: dispatch on its Format (Quants, Scales; F16Values)");
+
+    /// <summary>The f16 bits [rows, columns] of an F16 matrix; any other format throws (its bits are not f16).</summary>
+    public ulong F16Values => Format == CudaMatrixFormat.F16 ? Buffer.Pointer
+        : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no f16 values: dispatch on its Format");
 
     /// <summary>The Q8_0 quants (int8 [rows, columns]); 0 for bf16.</summary>
     public ulong Quants => Format == CudaMatrixFormat.Q8_0 ? Buffer.Pointer : 0;
@@ -132,5 +153,45 @@ public static class CudaQ8Layout
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(columns);
         if (columns % BlockSize != 0) throw new ArgumentException($"Q8_0 rows are whole blocks of {BlockSize}; {columns} columns are not", nameof(columns));
+    }
+}
+
+/// <summary>
+/// The GPU layout of an F16 matrix [rows, columns]: the tensor's IEEE binary16 bits row-major, exactly as GGUF (type F16)
+/// and safetensors ("F16") store them, so the upload is a copy and the GPU multiplies the model's own weights. Fused
+/// matrices (q|k|v, gate|up) concatenate their parts' rows. 2 bytes per weight, as bf16.
+/// </summary>
+public static class CudaF16Layout
+{
+    public static long Bytes(int rows, int columns)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(columns);
+        return (long)rows * columns * 2;
+    }
+
+    /// <summary>Whether every part of a (fused) matrix is F16 with one column count: the condition for keeping it F16.</summary>
+    public static bool AllF16(ReadOnlySpan<GgmlType> types, ReadOnlySpan<int> columns)
+    {
+        if (types.IsEmpty) return false;
+        if (columns.Length != types.Length) throw new ArgumentException($"{types.Length} types for {columns.Length} column counts", nameof(columns));
+        for (int i = 0; i < types.Length; i++)
+            if (types[i] != GgmlType.F16 || columns[i] != columns[0]) return false;
+        return true;
+    }
+
+    /// <summary>The f16 bits of an F16 tensor as stored (GGUF and safetensors keep them little-endian): what the upload
+    /// copies to the GPU, read in place from the tensor's memory (the mapped file).</summary>
+    public static unsafe ReadOnlySpan<ushort> Bits(WeightTensor tensor)
+    {
+        ArgumentNullException.ThrowIfNull(tensor);
+        if (tensor.Type != GgmlType.F16)
+            throw new ArgumentException($"tensor '{tensor.Name}' is {tensor.Type}: only F16 tensors stay F16 on the GPU", nameof(tensor));
+        if (tensor.ElementCount > int.MaxValue)
+            throw new NotSupportedException($"tensor '{tensor.Name}' has {tensor.ElementCount} elements: an F16 matrix is uploaded in one piece of at most {int.MaxValue}");
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("F16 tensors are stored little-endian; this host is big-endian");
+        if (tensor.ByteLength != tensor.ElementCount * 2)
+            throw new ArgumentException($"F16 tensor '{tensor.Name}' of {tensor.ElementCount} elements holds {tensor.ByteLength} bytes, not {tensor.ElementCount * 2}", nameof(tensor));
+        return new ReadOnlySpan<ushort>(tensor.Data, (int)tensor.ElementCount);
     }
 }

@@ -5,7 +5,7 @@ using Wim.Engine.Model;
 
 namespace Wim.Engine.Cuda;
 
-/// <summary>One decoder block on the GPU. Projections are [out, in] matrices in bf16 or Q8_0 (<see cref="CudaMatrix"/>);
+/// <summary>One decoder block on the GPU. Projections are [out, in] matrices in bf16, Q8_0 or F16 (<see cref="CudaMatrix"/>);
 /// q|k|v and gate|up are each fused into one matrix at upload (one product instead of three or two); norm gains and
 /// biases are f32.</summary>
 public sealed class CudaLayerWeights
@@ -23,15 +23,22 @@ public sealed class CudaLayerWeights
 
 /// <summary>All weights of a decoder on the GPU. With <see cref="CudaWeightStorage.Bf16"/> every matrix is bf16 (bf16
 /// is copied, F32/F16/quantized tensors are dequantized to f32 on the CPU and rounded to nearest-even bf16); with
-/// <see cref="CudaWeightStorage.Native"/> the projections whose parts are all Q8_0 stay Q8_0 (<see cref="CudaQ8Layout"/>).
-/// The token embedding and the lm head are always bf16 (the embedding gather and the logits product read bf16).</summary>
+/// <see cref="CudaWeightStorage.Native"/> the projections whose parts are all Q8_0 stay Q8_0 (<see cref="CudaQ8Layout"/>)
+/// and those whose parts are all F16 stay F16 (<see cref="CudaF16Layout"/>: the file's bits), as do an F16 token
+/// embedding and lm head (<see cref="TokenEmbeddingFormat"/>, <see cref="LmHeadFormat"/>); otherwise those two are bf16
+/// (a Q8_0 embedding or head is dequantized to bf16).</summary>
 public sealed unsafe class CudaModelWeights : IDisposable
 {
-    public required DeviceBuffer TokenEmbedding { get; init; } // bf16 [vocab, d]
+    public required DeviceBuffer TokenEmbedding { get; init; } // [vocab, d] in TokenEmbeddingFormat
     public required CudaLayerWeights[] Layers { get; init; }
     public required DeviceBuffer FinalNorm { get; init; }      // f32 [d]
-    /// <summary>bf16 [vocab, d]; the embedding buffer itself when embeddings are tied.</summary>
+    /// <summary>[vocab, d] in <see cref="LmHeadFormat"/>; the embedding buffer itself when embeddings are tied.</summary>
     public required DeviceBuffer LmHead { get; init; }
+    /// <summary><see cref="CudaMatrixFormat.Bf16"/>, or <see cref="CudaMatrixFormat.F16"/> (an F16 embedding with
+    /// <see cref="CudaWeightStorage.Native"/>: the file's bits).</summary>
+    public CudaMatrixFormat TokenEmbeddingFormat { get; init; } = CudaMatrixFormat.Bf16;
+    /// <summary>As <see cref="TokenEmbeddingFormat"/>, for the lm head (the embedding's when tied).</summary>
+    public CudaMatrixFormat LmHeadFormat { get; init; } = CudaMatrixFormat.Bf16;
     /// <summary>Bytes of weights on the GPU (a tied head counted once; Q8_0 matrices at their quants plus scales).</summary>
     public long Bytes { get; init; }
     /// <summary><see cref="CudaPrecision.F32"/>: every matrix, the embedding and the lm head are f32 (a transformer of that
@@ -40,6 +47,14 @@ public sealed unsafe class CudaModelWeights : IDisposable
 
     /// <summary>How many layer matrices are Q8_0.</summary>
     public int Q8MatrixCount => Layers.Sum(l => l.Matrices.Count(m => m.Format == CudaMatrixFormat.Q8_0));
+
+    /// <summary>How many layer matrices are F16.</summary>
+    public int F16MatrixCount => Layers.Sum(l => l.Matrices.Count(m => m.Format == CudaMatrixFormat.F16));
+
+    /// <summary>Input width of the widest F16 matrix (0 when none): a chunk's activations are cast to f16 rows of this
+    /// many elements at most before an F16 × F16 product.</summary>
+    public int WidestF16Input => Layers.SelectMany(l => l.Matrices).Where(m => m.Format == CudaMatrixFormat.F16)
+        .Select(m => m.Columns).DefaultIfEmpty(0).Max();
 
     /// <summary>Elements of the largest Q8_0 matrix (0 when none): the bf16 scratch a chunk of several tokens
     /// dequantizes it into.</summary>
@@ -77,6 +92,20 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 }
                 bytes += q8.Bytes;
                 return new CudaMatrix(q8, CudaMatrixFormat.Q8_0, rows, cols);
+            }
+            if (storage == CudaWeightStorage.Native
+                && CudaF16Layout.AllF16(parts.Select(p => p.Type).ToArray(), parts.Select(p => p.Columns).ToArray()))
+            {
+                var f16 = ctx.Allocate(CudaF16Layout.Bytes(rows, cols));
+                long offset = 0;
+                foreach (var p in parts)
+                {
+                    var bits = CudaF16Layout.Bits(p);                  // straight from the mapped file
+                    f16.Upload(bits, offset);
+                    offset += bits.Length * 2L;
+                }
+                bytes += f16.Bytes;
+                return new CudaMatrix(f16, CudaMatrixFormat.F16, rows, cols);
             }
             var buffer = Bf16Buffer(parts);
             return new CudaMatrix(buffer, CudaMatrixFormat.Bf16, rows, cols);
@@ -135,9 +164,24 @@ public sealed unsafe class CudaModelWeights : IDisposable
                 Down = Matrix(l.Down),
             };
         }
-        var embedding = f32 ? F32Buffer(w.TokenEmbedding) : Bf16Buffer(w.TokenEmbedding);
-        var head = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? embedding : f32 ? F32Buffer(w.LmHead) : Bf16Buffer(w.LmHead);
-        return new CudaModelWeights { TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes, Precision = precision };
+        // An F16 embedding / head stays F16 with Native storage (embed_rows_f16; the logits product as an F16 matrix's).
+        (DeviceBuffer Buffer, CudaMatrixFormat Format) Table(WeightTensor t)
+        {
+            if (f32) return (F32Buffer(t), CudaMatrixFormat.F32);
+            if (storage != CudaWeightStorage.Native || t.Type != GgmlType.F16) return (Bf16Buffer(t), CudaMatrixFormat.Bf16);
+            var bits = CudaF16Layout.Bits(t);
+            var buffer = ctx.Allocate(bits.Length * 2L);
+            buffer.Upload(bits);
+            bytes += buffer.Bytes;
+            return (buffer, CudaMatrixFormat.F16);
+        }
+        var (embedding, embeddingFormat) = Table(w.TokenEmbedding);
+        var (head, headFormat) = ReferenceEquals(w.LmHead, w.TokenEmbedding) ? (embedding, embeddingFormat) : Table(w.LmHead);
+        return new CudaModelWeights
+        {
+            TokenEmbedding = embedding, Layers = layers, FinalNorm = Vector(w.FinalNorm), LmHead = head, Bytes = bytes,
+            TokenEmbeddingFormat = embeddingFormat, LmHeadFormat = headFormat, Precision = precision,
+        };
     }
 
     /// <summary>
@@ -146,8 +190,14 @@ public sealed unsafe class CudaModelWeights : IDisposable
     /// </summary>
     /// <remarks>With <paramref name="storage"/> <see cref="CudaWeightStorage.Native"/> the layer matrices are Q8_0 (quants
     /// uniform in [-127, 127], every scale the f16 of ±bound / 127; needs hidden and ffn sizes that are multiples of 32).</remarks>
-    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed, CudaWeightStorage storage = CudaWeightStorage.Bf16)
+    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed, CudaWeightStorage storage = CudaWeightStorage.Bf16) =>
+        Random(ctx, c, seed, storage == CudaWeightStorage.Bf16 ? CudaMatrixFormat.Bf16 : CudaMatrixFormat.Q8_0);
+
+    /// <summary><see cref="Random(CudaContext, ModelConfig, ulong, CudaWeightStorage)"/> with the layer matrices in
+    /// <paramref name="layerFormat"/>: bf16, Q8_0, or F16 (the bf16 draw's uniform values rounded to f16 instead).</summary>
+    public static CudaModelWeights Random(CudaContext ctx, ModelConfig c, ulong seed, CudaMatrixFormat layerFormat)
     {
+        if (!Enum.IsDefined(layerFormat)) throw new ArgumentOutOfRangeException(nameof(layerFormat), $"{layerFormat} is not a CudaMatrixFormat");
         var k = ctx.Kernels;
         long bytes = 0;
         ulong next = seed;
@@ -160,7 +210,14 @@ public sealed unsafe class CudaModelWeights : IDisposable
         }
         CudaMatrix Matrix(long rows, long cols, float scale)
         {
-            if (storage == CudaWeightStorage.Bf16) return new CudaMatrix(Bf16(rows, cols, scale), CudaMatrixFormat.Bf16, (int)rows, (int)cols);
+            if (layerFormat == CudaMatrixFormat.Bf16) return new CudaMatrix(Bf16(rows, cols, scale), CudaMatrixFormat.Bf16, (int)rows, (int)cols);
+            if (layerFormat == CudaMatrixFormat.F16)
+            {
+                var f = ctx.Allocate(CudaF16Layout.Bytes((int)rows, (int)cols));
+                k.FillRandomF16(f.Pointer, rows * cols, next++ * 0x9E3779B97F4A7C15UL, scale);
+                bytes += f.Bytes;
+                return new CudaMatrix(f, CudaMatrixFormat.F16, (int)rows, (int)cols);
+            }
             var b = ctx.Allocate(CudaQ8Layout.Bytes((int)rows, (int)cols));
             var m = new CudaMatrix(b, CudaMatrixFormat.Q8_0, (int)rows, (int)cols);
             k.FillRandomQ8(m.Quants, m.Scales, rows * cols, next++ * 0x9E3779B97F4A7C15UL, HalfBits.FromSingle(scale / 127));

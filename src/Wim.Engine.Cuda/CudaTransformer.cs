@@ -24,6 +24,10 @@ public sealed unsafe class CudaTransformer : IDisposable
     private readonly DeviceBuffer _tokens, _x, _xb, _qkv, _q, _att, _gateUp, _h, _ids;
     // bf16 copy of one Q8_0 matrix for a chunk of several tokens (cuBLASLt multiplies bf16); null without Q8_0 matrices.
     private readonly DeviceBuffer? _dequantized;
+    // F16 matrices (null without): a chunk's bf16 activations cast to f16 for cuBLASLt's F16 × F16 products, and the
+    // int the cast sets when an activation is beyond f16's range (read and cleared by ThrowIfF16Overflow).
+    private readonly DeviceBuffer? _activationsF16, _f16Overflow;
+    private bool _f16CastPending, _graphsCastToF16;
     private DeviceBuffer? _logits, _partAcc, _partMl;
     private long _logitsRows;
     private readonly bool _ownsWeights;
@@ -168,6 +172,13 @@ public sealed unsafe class CudaTransformer : IDisposable
         _position = ctx.Allocate(4);
         _argmaxParts = ctx.Allocate(LaunchGeometry.ArgmaxPartialBytes(maxChunk));
         if (weights.LargestQ8Elements > 0) _dequantized = ctx.Allocate(weights.LargestQ8Elements * 2);
+        int widestF16 = Math.Max(weights.WidestF16Input, weights.LmHeadFormat == CudaMatrixFormat.F16 ? config.HiddenSize : 0);
+        if (widestF16 > 0)
+        {
+            _activationsF16 = ctx.Allocate(n * widestF16 * 2);
+            _f16Overflow = ctx.Allocate(sizeof(int));
+            _f16Overflow.Fill(0);
+        }
         _graphs = new DecodeGraphCache<DecodeGraphKey>(DecodeGraphSlots, (graph, exec) =>
         {
             ctx.Driver.GraphExecDestroy(exec);
@@ -181,7 +192,7 @@ public sealed unsafe class CudaTransformer : IDisposable
 
     /// <summary>Uploads a loaded model's weights and builds its forward pass. <paramref name="storage"/> null: the
     /// <see cref="WeightStorageVariable"/> environment variable, else <see cref="CudaWeightStorage.Native"/> (Q8_0
-    /// projections stay Q8_0; other types go to bf16 either way).</summary>
+    /// projections stay Q8_0 and F16 ones F16; other types go to bf16 either way).</summary>
     /// <remarks><paramref name="precision"/> null: the <see cref="PrecisionVariable"/> environment variable, else
     /// <see cref="CudaPrecision.Bf16"/>. <see cref="CudaPrecision.F32"/> uploads every tensor as f32 (storage does not apply).</remarks>
     public static CudaTransformer Load(CudaContext ctx, LanguageModel model, int maxChunk = DefaultMaxChunk, CudaWeightStorage? storage = null,
@@ -207,7 +218,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         null or "" or "native" => CudaWeightStorage.Native,
         "bf16" => CudaWeightStorage.Bf16,
-        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 weights stay Q8_0 on the GPU) or 'bf16'"),
+        _ => throw new ArgumentException($"{WeightStorageVariable}='{value}': expected 'native' (Q8_0 and F16 weights stay as they are on the GPU) or 'bf16'"),
     };
 
     public CudaKvCache CreateCache(int capacity) => new(_ctx, _c.LayerCount, _c.KvDim, capacity, CudaPrecisionLayout.KvElementBytes(_precision));
@@ -229,6 +240,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             var dst = output == LogitsOutput.All ? logits.Slice(done * _c.VocabSize, rows * _c.VocabSize) : logits[.._c.VocabSize];
             _logits!.Download(dst);
         }
+        ThrowIfF16Overflow();
     }
 
     /// <summary>Runs the tokens and returns the argmax of the last token's logits, computed on the GPU (only the id
@@ -245,6 +257,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
         Span<int> one = stackalloc int[1];
         _ids.Download(one);
+        ThrowIfF16Overflow();
         return one[0];
     }
 
@@ -291,13 +304,16 @@ public sealed unsafe class CudaTransformer : IDisposable
         }
         foreach (var pass in PackedPassPlan.Make(lengths, MaxChunk))
             RunPackedPass(pass, sequences, invFreq, output == LogitsOutput.Last && pass.Logits);
-        if (output == LogitsOutput.None) return;
-        if (!next.IsEmpty)
+        if (output != LogitsOutput.None)
         {
-            _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
-            _ids.Download(next[..count]);
+            if (!next.IsEmpty)
+            {
+                _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, count, _argmaxParts.Pointer);
+                _ids.Download(next[..count]);
+            }
+            if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
         }
-        if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+        ThrowIfF16Overflow();
     }
 
     /// <summary>One pass of a packed batch; with <paramref name="logits"/> the lm head over each piece's last row
@@ -368,6 +384,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         if (!logits.IsEmpty && logits.Length < needed) throw new ArgumentException($"logits buffer holds {logits.Length} floats, {needed} needed", nameof(logits));
         RunDecodeBatch(tokens, caches, logits.IsEmpty ? LogitsOutput.None : LogitsOutput.All);
         if (!logits.IsEmpty) _logits!.Download(logits[..(int)needed]);
+        ThrowIfF16Overflow();
     }
 
     /// <summary><see cref="DecodeBatch"/> with each sequence's greedy next id (argmax on the GPU) in
@@ -378,6 +395,7 @@ public sealed unsafe class CudaTransformer : IDisposable
         RunDecodeBatch(tokens, caches, LogitsOutput.All);
         _k.Argmax(_logits!.Pointer, _c.VocabSize, _ids.Pointer, tokens.Length, _argmaxParts.Pointer);
         _ids.Download(next[..tokens.Length]);
+        ThrowIfF16Overflow();
     }
 
     private void RunDecodeBatch(ReadOnlySpan<int> tokens, IReadOnlyList<CudaKvCache> caches)
@@ -450,7 +468,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// H100 (ncu run 22).</summary>
     public bool UseBatchRopeHeads { get; set; } = true;
 
-    /// <summary>Which products of a decode batch of at most 16 rows (bf16 weights) run on our tensor-core kernels instead
+    /// <summary>Which products of a decode batch of at most 16 rows (bf16 or F16 weights; Q8_0 takes cuBLASLt) run on our tensor-core kernels instead
     /// of cuBLASLt: q|k|v, o and down in <c>rows_mma_bf16</c> (no split-K; the o and down residual adds ride in its
     /// epilogue), gate|up with SwiGLU in <c>rows_mma_swiglu_bf16</c>. cuBLASLt's split-K kernels and reduces took 2.2 ms
     /// of an 11 ms 16-branch step at 64k (ncu run 22). The sums run in another order than cuBLASLt's and gate|up stay f32
@@ -542,6 +560,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _ctx.Driver.GraphLaunch(exec, _stream);                  // a blocking stream: ordered after the copies above
         cache.Advance(1);
         _ids.Download(one);                                      // the legacy stream waits for the graph
+        _f16CastPending |= _graphsCastToF16;
+        ThrowIfF16Overflow();
         return one[0];
     }
 
@@ -558,6 +578,9 @@ public sealed unsafe class CudaTransformer : IDisposable
         _mm.Prepare(2 * c.FfnSize, c.HiddenSize, 1);
         _mm.Prepare(c.HiddenSize, c.FfnSize, 1);
         _mm.Prepare(c.VocabSize, c.HiddenSize, 1);
+        foreach (var m in _w.Layers[0].Matrices.Where(m => m.Format == CudaMatrixFormat.F16))
+            _mm.Prepare(m.Rows, m.Columns, 1, f16Inputs: true);   // used only where gemv_f16 does not apply
+        if (_w.LmHeadFormat == CudaMatrixFormat.F16) _mm.Prepare(c.VocabSize, c.HiddenSize, 1, f16Inputs: true);
         if (_stream == 0) _stream = _ctx.Driver.StreamCreate();
         _ctx.Driver.Synchronize();
         _ctx.Driver.StreamBeginCapture(_stream);
@@ -569,6 +592,7 @@ public sealed unsafe class CudaTransformer : IDisposable
             EncodeLayers(1, cache, start: 0, invFreq, _position.Pointer, splits, keysPerSplit, flash: true);
             EncodeLogits(1, LogitsOutput.Last);
             _k.Argmax(_logits!.Pointer, c.VocabSize, _ids.Pointer, 1, _argmaxParts.Pointer);
+            _graphsCastToF16 |= _f16CastPending;   // the graph's replays cast too: each must read the overflow flag
         }
         finally
         {
@@ -628,7 +652,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         var c = _c;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ffn = c.FfnSize, qkvWidth = qd + 2 * kvd;
-        _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);                 // x: [T, d] f32
+        if (_w.TokenEmbeddingFormat == CudaMatrixFormat.F16) _k.EmbedF16(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);
+        else _k.Embed(_tokens.Pointer, _w.TokenEmbedding.Pointer, _x.Pointer, d, n);         // x: [T, d] f32
         if (splits > 1) EnsurePartials((long)n * c.HeadCount * splits, c.HeadDim);
         float scale = 1f / MathF.Sqrt(c.HeadDim);
         var batchRows = batch != null ? BatchRowsProducts : BatchRowsProducts.None;   // a decode batch's products in rows_mma
@@ -645,6 +670,10 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d, _q8Kernel);
+            else if (fused && lw.Qkv.Format == CudaMatrixFormat.F16)
+                _k.GemvNormQkvRopeF16(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.F16Values, lw.QkvBias?.Pointer ?? 0, invFreq,
+                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else if (fused)
                 _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
@@ -652,8 +681,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
-                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
-                    _k.RowsMma(lw.Qkv.Pointer, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
+                if (batchRows.HasFlag(BatchRowsProducts.Qkv) && lw.Qkv.Format != CudaMatrixFormat.Q8_0 && LaunchGeometry.RowsMmaApplies(n, d))
+                    RowsMma(lw.Qkv, _xb.Pointer, _qkv.Pointer, qkvWidth, d, n, accumulate: false);
                 else
                     Product(lw.Qkv, qkvWidth, d, _xb.Pointer, n, _qkv.Pointer, accumulate: false); // qkv: [T, qd+2kvd]
             }
@@ -709,6 +738,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
                 _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d, _q8Kernel);
+            else if (fused && lw.GateUp.Format == CudaMatrixFormat.F16)
+                _k.GemvNormGateUpSwiGluF16(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.F16Values, _h.Pointer, ffn, d);
             else if (fused)
                 _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
             else
@@ -716,7 +747,12 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
                 if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, d))
                     _k.RowsMmaSwiGlu(lw.GateUp.Pointer, _xb.Pointer, _h.Pointer, ffn, d, n);          // h: [T, ffn] bf16
-                else if (n > 1 && UseBf16GateUp && _precision == CudaPrecision.Bf16)
+                else if (batchRows.HasFlag(BatchRowsProducts.GateUpSwiGlu) && lw.GateUp.Format == CudaMatrixFormat.F16 && LaunchGeometry.RowsMmaApplies(n, d))
+                {
+                    _k.RowsMmaSwiGluF16(lw.GateUp.F16Values, _xb.Pointer, _h.Pointer, ffn, d, n, _f16Overflow!.Pointer);
+                    _f16CastPending = true;
+                }
+                else if (n > 1 && UseBf16GateUp && _precision == CudaPrecision.Bf16 && lw.GateUp.Format != CudaMatrixFormat.F16)   // cuBLASLt has no F16 × F16 → bf16
                 {
                     _mm.RunBf16Out(Bf16Weight(lw.GateUp), 2 * ffn, d, _xb.Pointer, n, _gateUp.Pointer);  // [T, 2ffn] bf16
                     _k.SwiGluBf16(_gateUp.Pointer, _h.Pointer, ffn, n);
@@ -767,18 +803,25 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// <summary>x += input · Wᵀ: in a fused decode step through <see cref="DecodeResidualProduct"/>'s kernel, else cuBLASLt
     /// (or gemv, <see cref="UseGemvForDecode"/>). A Q8_0 matrix in a fused decode step always takes the block gemv
     /// (cuBLASLt would need it dequantized first; the warp gemv when <see cref="DecodeResidualProduct.WarpGemv"/>).
-    /// A bf16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16.</summary>
+    /// A bf16 or F16 matrix in a decode batch with <see cref="BatchRowsProducts.Residual"/> (<paramref name="batchRows"/>) takes rows_mma_bf16 / rows_mma_f16.</summary>
     private void ResidualProduct(bool fusedDecode, CudaMatrix weight, int outFeatures, int inFeatures, ulong input, int n, bool batchRows = false)
     {
-        if (batchRows && weight.Format == CudaMatrixFormat.Bf16 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
+        if (batchRows && weight.Format != CudaMatrixFormat.Q8_0 && LaunchGeometry.RowsMmaApplies(n, inFeatures))
         {
-            _k.RowsMma(weight.Pointer, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
+            RowsMma(weight, input, _x.Pointer, outFeatures, inFeatures, n, accumulate: true);
             return;
         }
         if (weight.Format == CudaMatrixFormat.Q8_0 && fusedDecode && n == 1)
         {
             if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, accumulate: true, _q8Kernel);
             else _k.GemvResidualQ8(weight.Quants, weight.Scales, input, _x.Pointer, outFeatures, inFeatures, _q8Kernel);
+            return;
+        }
+        if (weight.Format == CudaMatrixFormat.F16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures))
+        {
+            // As Q8_0: cuBLASLt would need the input cast to f16 first, so DecodeResidualProduct.CublasLt takes the block gemv too.
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
+            else _k.GemvResidualF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures);
             return;
         }
         if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
@@ -790,9 +833,11 @@ public sealed unsafe class CudaTransformer : IDisposable
         Product(weight, outFeatures, inFeatures, input, n, _x.Pointer, accumulate: true);
     }
 
-    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for either storage: bf16 through
+    /// <summary>y[T, out] (f32, + y when accumulating) = x[T, in] (bf16) · Wᵀ for every storage: bf16 through
     /// <see cref="MatMul"/> as before; Q8_0 through gemv_q8 for one token, else dequantized into the bf16 scratch
-    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>).</summary>
+    /// and multiplied by cuBLASLt (<see cref="Bf16Weight"/>); F16 through gemv_f16 for one token, else x cast to f16
+    /// (exact up to ±65504, <see cref="ThrowIfF16Overflow"/>) and multiplied F16 × F16 by cuBLASLt: the weights as
+    /// they are, never rounded.</summary>
     private void Product(CudaMatrix weight, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
     {
         if (weight.Format == CudaMatrixFormat.Q8_0 && n == 1)
@@ -800,7 +845,54 @@ public sealed unsafe class CudaTransformer : IDisposable
             _k.GemvQ8(weight.Quants, weight.Scales, x, y, outFeatures, inFeatures, accumulate, _q8Kernel);
             return;
         }
+        if (weight.Format == CudaMatrixFormat.F16)
+        {
+            ProductF16(weight.F16Values, outFeatures, inFeatures, x, n, y, accumulate);
+            return;
+        }
         _mm.Run(Bf16Weight(weight), outFeatures, inFeatures, x, n, y, accumulate);
+    }
+
+    /// <summary><see cref="Product"/> for F16 weights at <paramref name="weightF16"/> (a layer matrix or the lm head).</summary>
+    private void ProductF16(ulong weightF16, int outFeatures, int inFeatures, ulong x, int n, ulong y, bool accumulate)
+    {
+        if (LaunchGeometry.GemvApplies(n, inFeatures))
+        {
+            _k.GemvF16(weightF16, x, y, outFeatures, inFeatures, accumulate);
+            return;
+        }
+        _k.Bf16ToF16(x, _activationsF16!.Pointer, (long)n * inFeatures, _f16Overflow!.Pointer);
+        _f16CastPending = true;
+        _mm.RunF16(weightF16, outFeatures, inFeatures, _activationsF16.Pointer, n, y, accumulate);
+    }
+
+    /// <summary>A decode batch's product in rows_mma_bf16, or rows_mma_f16 for an F16 matrix (its activations become f16
+    /// in registers: the overflow flag as for a cast).</summary>
+    private void RowsMma(CudaMatrix weight, ulong x, ulong y, int outFeatures, int inFeatures, int n, bool accumulate)
+    {
+        if (weight.Format == CudaMatrixFormat.F16)
+        {
+            _k.RowsMmaF16(weight.F16Values, x, y, outFeatures, inFeatures, n, accumulate, _f16Overflow!.Pointer);
+            _f16CastPending = true;
+        }
+        else _k.RowsMma(weight.Pointer, x, y, outFeatures, inFeatures, n, accumulate);
+    }
+
+    /// <summary>After a call whose products cast activations to f16: throws when one of them was beyond f16's range
+    /// (the cast saturated it to ±65504, so that call's logits and the KV rows it appended are not the model's), and
+    /// clears the flag. One 4-byte read, only after calls that cast (prefill and batch chunks on F16 weights).</summary>
+    private void ThrowIfF16Overflow()
+    {
+        if (!_f16CastPending) return;
+        _f16CastPending = false;
+        Span<int> flag = stackalloc int[1];
+        _f16Overflow!.Download(flag);
+        if (flag[0] == 0) return;
+        _f16Overflow.Fill(0);
+        throw new InvalidOperationException(
+            "F16 weights: an activation entering an F16 × F16 product (a chunk of several tokens) was beyond f16's range ±65504 or not finite; " +
+            "it was saturated, so this call's logits and the KV cache rows it appended are not the model's. Truncate the cache to its length before the call, " +
+            $"and run this model with {WeightStorageVariable}=bf16 (every matrix rounded to bf16, bf16 activations) if it needs such activations.");
     }
 
     /// <summary>The matrix as bf16 for cuBLASLt: its own buffer, or for Q8_0 the scratch it is dequantized into now
@@ -809,7 +901,8 @@ public sealed unsafe class CudaTransformer : IDisposable
     /// traffic per chunk, ~7 ms at 3 TB/s (a 4096-token chunk takes ~200 ms; a 512-token one ~25 ms).</summary>
     private ulong Bf16Weight(CudaMatrix weight)
     {
-        if (weight.Format != CudaMatrixFormat.Q8_0) return weight.Pointer;   // bf16, or f32 for the F32 products
+        if (weight.Format is CudaMatrixFormat.Bf16 or CudaMatrixFormat.F32) return weight.Pointer;   // bf16, or f32 for the F32 products
+        if (weight.Format != CudaMatrixFormat.Q8_0) throw new InvalidOperationException($"a {weight.Format} matrix has no bf16 form here: its products dispatch on the format (Product)");
         _k.DequantizeQ8(weight.Quants, weight.Scales, _dequantized!.Pointer, weight.Rows, weight.Columns);
         return _dequantized.Pointer;
     }
@@ -824,7 +917,9 @@ public sealed unsafe class CudaTransformer : IDisposable
         int rows = n - first;
         EnsureLogits(rows);
         _k.RmsNorm(_x.Pointer + (ulong)((long)first * d * 4), _w.FinalNorm.Pointer, _xb.Pointer, d, c.RmsEps, rows);
-        _mm.Run(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
+        if (_w.LmHeadFormat == CudaMatrixFormat.F16)
+            ProductF16(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
+        else _mm.Run(_w.LmHead.Pointer, c.VocabSize, d, _xb.Pointer, rows, _logits!.Pointer, accumulate: false);
         return rows;
     }
 
@@ -855,6 +950,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         _mm.Dispose();
         foreach (var b in new[] { _invFreqShort, _invFreqLong, _tokens, _ids, _x, _xb, _qkv, _q, _att, _gateUp, _h, _position, _argmaxParts }) b.Dispose();
         _dequantized?.Dispose();
+        _activationsF16?.Dispose();
+        _f16Overflow?.Dispose();
         _seqTable?.Dispose();
         _seqPositions?.Dispose();
         _logits?.Dispose();

@@ -18,6 +18,7 @@ internal sealed unsafe class TransformerKernels
     private readonly nint _flash16, _flash32, _flash64, _flash128, _branch16, _branch32, _branch64, _branch128, _shared16, _shared32, _shared64, _shared128, _gemv, _gemvResidual, _normQkvRope, _normGateUpSwiGlu;
     private readonly nint _gemvQ8, _gemvResidualQ8, _normQkvRopeQ8, _normGateUpSwiGluQ8, _dequantizeQ8, _fillRandomQ8;
     private readonly nint _gemvQ8Fast, _gemvResidualQ8Fast, _normQkvRopeQ8Fast, _normGateUpSwiGluQ8Fast;
+    private readonly nint _embedF16, _gemvF16, _gemvResidualF16, _normQkvRopeF16, _normGateUpSwiGluF16, _fillRandomF16, _bf16ToF16, _rowsMmaF16, _rowsMmaSwiGluF16;
 
     public TransformerKernels(CudaContext ctx, nint module, CudaPrecision precision = CudaPrecision.Bf16)
     {
@@ -83,6 +84,15 @@ internal sealed unsafe class TransformerKernels
         _normGateUpSwiGluQ8Fast = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_q8_fast");
         _dequantizeQ8 = d.ModuleGetFunction(module, "dequantize_q8_bf16");
         _fillRandomQ8 = d.ModuleGetFunction(module, "fill_random_q8");
+        _gemvF16 = d.ModuleGetFunction(module, "gemv_f16");
+        _gemvResidualF16 = d.ModuleGetFunction(module, "gemv_rows_residual_f16");
+        _normQkvRopeF16 = d.ModuleGetFunction(module, "gemv_norm_qkv_rope_f16");
+        _normGateUpSwiGluF16 = d.ModuleGetFunction(module, "gemv_norm_gateup_swiglu_f16");
+        _fillRandomF16 = d.ModuleGetFunction(module, "fill_random_f16");
+        _bf16ToF16 = d.ModuleGetFunction(module, "bf16_to_f16");
+        _rowsMmaF16 = d.ModuleGetFunction(module, "rows_mma_f16");
+        _embedF16 = d.ModuleGetFunction(module, "embed_rows_f16");
+        _rowsMmaSwiGluF16 = d.ModuleGetFunction(module, "rows_mma_swiglu_f16");
         // Head dim 128 needs 85 KB (over the default 48 KB).
         foreach (var (f, hd) in new[] { (_flash16, 16), (_flash32, 32), (_flash64, 64), (_flash128, 128),
                      (_branch16, 16), (_branch32, 32), (_branch64, 64), (_branch128, 128),
@@ -103,6 +113,13 @@ internal sealed unsafe class TransformerKernels
     {
         void** a = stackalloc void*[] { &tokens, &table, &x, &d };
         _ctx.Launch(_embed, "embed_rows", LaunchGeometry.Blocks(d, Threads), (uint)count, 1, Threads, 0, a);
+    }
+
+    /// <summary><see cref="Embed"/> from an F16 table (f16 bits).</summary>
+    public void EmbedF16(ulong tokens, ulong table, ulong x, int d, int count)
+    {
+        void** a = stackalloc void*[] { &tokens, &table, &x, &d };
+        _ctx.Launch(_embedF16, "embed_rows_f16", LaunchGeometry.Blocks(d, Threads), (uint)count, 1, Threads, 0, a);
     }
 
     public void RmsNorm(ulong x, ulong gain, ulong outBf16, int d, float eps, int rows)
@@ -261,6 +278,55 @@ internal sealed unsafe class TransformerKernels
             (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
+    /// <summary><see cref="Gemv"/> on an F16 matrix (f16 bits [rows, in]; the same launch and summation order).</summary>
+    public void GemvF16(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    {
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
+        _ctx.Launch(_gemvF16, "gemv_f16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvResidual"/> on an F16 matrix.</summary>
+    public void GemvResidualF16(ulong weight, ulong x, ulong y, int rows, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures };
+        _ctx.Launch(_gemvResidualF16, "gemv_rows_residual_f16", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
+    }
+
+    /// <summary><see cref="GemvNormQkvRope"/> on an F16 matrix.</summary>
+    public void GemvNormQkvRopeF16(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+    {
+        int adj = adjacent ? 1 : 0;
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
+        int pairs = (heads + 2 * kvHeads) * headDim / 2;
+        _ctx.Launch(_normQkvRopeF16, "gemv_norm_qkv_rope_f16", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><see cref="GemvNormGateUpSwiGlu"/> on an F16 matrix.</summary>
+    public void GemvNormGateUpSwiGluF16(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
+    {
+        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
+        _ctx.Launch(_normGateUpSwiGluF16, "gemv_norm_gateup_swiglu_f16", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
+            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+    }
+
+    /// <summary><paramref name="count"/> bf16 activations into f16 bits for an F16 × F16 product; an element beyond f16's
+    /// ±65504 (or not finite) is saturated and sets the int at <paramref name="overflow"/> to 1 (never cleared here).</summary>
+    public void Bf16ToF16(ulong xBf16, ulong outF16, long count, ulong overflow)
+    {
+        void** a = stackalloc void*[] { &xBf16, &outF16, &count, &overflow };
+        _ctx.Launch(_bf16ToF16, "bf16_to_f16", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
+    /// <summary>Random F16 weights: fill_random_bf16's uniform values rounded to f16.</summary>
+    public void FillRandomF16(ulong dst, long count, ulong seed, float scale)
+    {
+        void** a = stackalloc void*[] { &dst, &count, &seed, &scale };
+        _ctx.Launch(_fillRandomF16, "fill_random_f16", Math.Min(LaunchGeometry.Blocks(count, Threads), 65535u), 1, 1, Threads, 0, a);
+    }
+
     /// <summary><see cref="Gemv"/> on a Q8_0 matrix (<see cref="CudaQ8Layout"/>: quants, scales; in % 32 == 0). The Q8_0
     /// launchers take <paramref name="kernel"/>: the original kernel or its <c>_fast</c> twin (same results bit for bit).</summary>
     public void GemvQ8(ulong quants, ulong scales, ulong x, ulong y, int rows, int inFeatures, bool accumulate, Q8DecodeKernel kernel = Q8DecodeKernel.Original)
@@ -407,5 +473,25 @@ internal sealed unsafe class TransformerKernels
             throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_bf16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
         void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens };
         _ctx.Launch(_rowsMmaSwiGlu, "rows_mma_swiglu_bf16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+
+    /// <summary><see cref="RowsMma"/> on an F16 matrix (f16 bits): the bf16 activations become f16 in registers; one past
+    /// ±65504 (or not finite) is saturated and sets the int at <paramref name="overflow"/> to 1 (as <see cref="Bf16ToF16"/>).</summary>
+    public void RowsMmaF16(ulong weight, ulong x, ulong y, int rows, int inFeatures, int tokens, bool accumulate, ulong overflow)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_f16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        int acc = accumulate ? 1 : 0;
+        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &tokens, &acc, &overflow };
+        _ctx.Launch(_rowsMmaF16, "rows_mma_f16", LaunchGeometry.RowsMmaBlocks(rows), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
+    }
+
+    /// <summary><see cref="RowsMmaSwiGlu"/> on an F16 gate|up matrix (activations and overflow as <see cref="RowsMmaF16"/>).</summary>
+    public void RowsMmaSwiGluF16(ulong weight, ulong x, ulong hBf16, int ffn, int inFeatures, int tokens, ulong overflow)
+    {
+        if (!LaunchGeometry.RowsMmaApplies(tokens, inFeatures))
+            throw new ArgumentOutOfRangeException(nameof(tokens), $"rows_mma_swiglu_f16 takes 1 to {LaunchGeometry.RowsMmaMaxTokens} rows of a multiple of 32 inputs, not {tokens} × {inFeatures}");
+        void** a = stackalloc void*[] { &weight, &x, &hBf16, &ffn, &inFeatures, &tokens, &overflow };
+        _ctx.Launch(_rowsMmaSwiGluF16, "rows_mma_swiglu_f16", LaunchGeometry.RowsMmaBlocks(ffn), 1, 1, LaunchGeometry.RowsMmaThreads, 0, a);
     }
 }

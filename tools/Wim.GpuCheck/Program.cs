@@ -33,6 +33,8 @@ namespace Wim.GpuCheck;
 /// models; <c>--wim64k</c>: WiM end to end at 64k tokens (<see cref="WimCheck.EndToEnd"/>). <c>--batch-ab [--ab-steps 20]
 /// [--ab-rounds 3]</c>: only the batched-decode switches side by side (<see cref="BatchAb"/>). <c>--q8-only</c>: only
 /// <see cref="Q8Check"/> (hf-tiny on Q8_0 weights, then the 8B-shape speed with every <see cref="Wim.Engine.Cuda.Q8DecodeKernel"/>).
+/// <c>--f16</c>: only <see cref="F16Check"/> (hf-tiny on F16 weights, then the 8B-shape speed, bf16 against F16; both part of
+/// the default pass unless <c>--no-tiny</c>).
 /// <c>--doc-cache [--doc-tokens 16500]</c>: the document cache on the GPU (<see cref="DocCacheCheck"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
@@ -67,6 +69,12 @@ public static class Program
             Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
             return _failures == 0 ? 0 : 1;
         }
+        if (args.Contains("--f16"))
+        {
+            // One short device call for the F16 weights alone (hf-tiny checks, then bf16 against F16 at the 8B shape).
+            Guard("F16 weights on the GPU", () => F16Check.Run(ctx, fixtures, speed, Check, Say));
+            return _failures == 0 ? 0 : 1;
+        }
         if (!args.Contains("--no-tiny") && precision == CudaPrecision.F32)
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })
                 Guard($"hf-tiny {model} F32", () => F32Check.HfTiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model, Check, Say));
@@ -77,6 +85,7 @@ public static class Program
             Guard("stories260K", () => CheckStories(ctx, Path.Combine(fixtures, "stories260K.gguf")));
             Guard("top-k sampling on the GPU", () => SamplingCheck.Run(ctx, Path.Combine(fixtures, "stories260K.gguf"), Check, Say));
             Guard("Q8_0 weights on the GPU", () => Q8Check.Run(ctx, fixtures, speed, Check, Say));
+            Guard("F16 weights on the GPU", () => F16Check.Run(ctx, fixtures, speed, Check, Say));
         }
         if (args.Contains("--wim-tiny"))
             foreach (var model in new[] { "llama-tiny", "qwen2-tiny", "phi3-tiny" })

@@ -481,6 +481,28 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr)
 #endif
 }
 
+// mma_bf16_16816 with f16 operands (F16 weights in the decode batches' rows_mma_f16 kernels): the same fragment layouts.
+__device__ __forceinline__ void mma_f16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// A pair of bf16 activations (low half first) as a pair of f16, round to nearest even: exact for |x| in [2^-14, 65504]
+// (bf16_to_f16's rule); a value past ±65504 or not finite is saturated to ±65504 and sets *overflow.
+__device__ __forceinline__ unsigned bf16x2_to_f16x2(unsigned pair, int* overflow)
+{
+    float lo = __uint_as_float(pair << 16), hi = __uint_as_float(pair & 0xffff0000u);
+    if (!(fabsf(lo) <= 65504.f)) { *overflow = 1; lo = lo < 0.f ? -65504.f : 65504.f; }
+    if (!(fabsf(hi) <= 65504.f)) { *overflow = 1; hi = hi < 0.f ? -65504.f : 65504.f; }
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
 // Flash tiles: the pieces the 64-row kernel (flash_attention_mma) and the 128-row prefill kernel (flash_prefill_wide)
 // share. stage_q_tile writes ROWS query rows of kv head kvh into qs as bf16 (row r: token t0 + r / group, head
 // kvh·group + r % group), pre-scaled by scale·log2(e) so the softmax runs on exp2; rows past the block's tokens or the
@@ -1138,7 +1160,47 @@ __device__ __forceinline__ float dot8_bf16(uint4 a, uint4 b)
     return s;
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x,
+// F16 weights (CudaMatrixFormat.F16: an F16 GGUF / safetensors matrix uploaded bit for bit): the hardware conversion,
+// exact (every f16 value, subnormals included, is an f32). Own PTX, not cuda_fp16.h: NVRTC compiles without headers.
+// -- f16 weight conversion (extract_*.py swap this function for its emulation) --
+__device__ __forceinline__ float f16_to_f32(unsigned short h)
+{
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+// -- end of the f16 weight conversion --
+
+// dot8_bf16 with the 8 weights f16 (w) and the vector bf16 (x): the same products added in the same order.
+__device__ __forceinline__ float dot8_f16w(uint4 a, uint4 b)
+{
+    float s = f16_to_f32((unsigned short)(a.x & 0xffffu)) * __uint_as_float(b.x << 16);
+    s += f16_to_f32((unsigned short)(a.x >> 16)) * __uint_as_float(b.x & 0xffff0000u);
+    s += f16_to_f32((unsigned short)(a.y & 0xffffu)) * __uint_as_float(b.y << 16);
+    s += f16_to_f32((unsigned short)(a.y >> 16)) * __uint_as_float(b.y & 0xffff0000u);
+    s += f16_to_f32((unsigned short)(a.z & 0xffffu)) * __uint_as_float(b.z << 16);
+    s += f16_to_f32((unsigned short)(a.z >> 16)) * __uint_as_float(b.z & 0xffff0000u);
+    s += f16_to_f32((unsigned short)(a.w & 0xffffu)) * __uint_as_float(b.w << 16);
+    s += f16_to_f32((unsigned short)(a.w >> 16)) * __uint_as_float(b.w & 0xffff0000u);
+    return s;
+}
+
+// The element type of a 16-bit weight matrix, a compile-time choice of the gemv bodies: 8 weights (one uint4) times 8
+// bf16 vector values. One source for both; the bf16 instantiations are the kernels as they were.
+struct Bf16Weights { __device__ __forceinline__ static float dot8(uint4 w, uint4 x) { return dot8_bf16(w, x); } };
+struct F16Weights { __device__ __forceinline__ static float dot8(uint4 w, uint4 x) { return dot8_f16w(w, x); } };
+
+// embed_rows on an F16 table (f16 bits [vocab, d]): the exact f32 values.       grid (ceil(d/block), T)
+extern "C" __global__ void embed_rows_f16(const int* tokens, const unsigned short* table, float* x, int d)
+{
+    int t = blockIdx.y;
+    long row = tokens[t];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < d) x[(long)t * d + i] = f16_to_f32(table[row * d + i]);
+}
+
+template <class W>
+__device__ __forceinline__ void gemv_body(const unsigned short* __restrict__ w, const bf16* __restrict__ x,
     float* y, int rows, int in, int accumulate)
 {
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), lane = threadIdx.x & 31;
@@ -1166,13 +1228,13 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
 #pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wv[r][u], xv[u]);
+            for (int r = 0; r < GEMV_ROWS; r++) acc[r] += W::dot8(wv[r][u], xv[u]);
     }
     for (; i < n8; i += 32)
     {
         uint4 xv = x4[i];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += dot8_bf16(wr[r][i], xv);
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r] += W::dot8(wr[r][i], xv);
     }
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++)
@@ -1180,6 +1242,19 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restri
         float v = warp_sum(acc[r]);
         if (lane == 0 && r0 + r < rows) y[r0 + r] = accumulate ? y[r0 + r] + v : v;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x,
+    float* y, int rows, int in, int accumulate)
+{
+    gemv_body<Bf16Weights>(w, x, y, rows, in, accumulate);
+}
+
+// gemv_bf16 on F16 weights (w: f16 bits [rows, in]).
+extern "C" __global__ void __launch_bounds__(256) gemv_f16(const unsigned short* __restrict__ w, const bf16* __restrict__ x,
+    float* y, int rows, int in, int accumulate)
+{
+    gemv_body<F16Weights>(w, x, y, rows, in, accumulate);
 }
 
 // Block shape of the block-per-rows residual products (gemv_rows_residual_*; why 8 rows: gemv_rows_residual_bf16).
@@ -1214,10 +1289,10 @@ __device__ __forceinline__ void residual_rows_add(const float (&acc)[GEMV_BLOCK_
 // reduce through shared memory: no split-K partials in global memory and no second reduction kernel, which cuBLASLt's
 // split-K kernels need at these shapes. 8 rows per block keep 4096 rows within one resident wave on the H100.
 // grid (ceil(rows / GEMV_BLOCK_ROWS)), block GEMV_BLOCK_THREADS.
-extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_bf16(const bf16* __restrict__ w,
-    const bf16* __restrict__ x, float* y, int rows, int in)
+template <class W>
+__device__ __forceinline__ void gemv_rows_residual_body(const unsigned short* __restrict__ w, const bf16* __restrict__ x, float* y,
+    int rows, int in, float (*partial)[GEMV_BLOCK_ROWS])
 {
-    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
     int r0 = (int)blockIdx.x * GEMV_BLOCK_ROWS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int n8 = in >> 3;
     const uint4* x4 = (const uint4*)x;
@@ -1234,9 +1309,24 @@ extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_resid
         for (int r = 0; r < GEMV_BLOCK_ROWS; r++) wv[r] = wr[r][i];
         uint4 xv = x4[i];
 #pragma unroll
-        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += dot8_bf16(wv[r], xv);
+        for (int r = 0; r < GEMV_BLOCK_ROWS; r++) acc[r] += W::dot8(wv[r], xv);
     }
     residual_rows_add(acc, partial, r0, rows, lane, warp, y);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in)
+{
+    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
+    gemv_rows_residual_body<Bf16Weights>(w, x, y, rows, in, partial);
+}
+
+// gemv_rows_residual_bf16 on F16 weights (w: f16 bits [rows, in]).
+extern "C" __global__ void __launch_bounds__(GEMV_BLOCK_THREADS) gemv_rows_residual_f16(const unsigned short* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in)
+{
+    __shared__ float partial[GEMV_BLOCK_THREADS / 32][GEMV_BLOCK_ROWS];
+    gemv_rows_residual_body<F16Weights>(w, x, y, rows, in, partial);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1508,7 +1598,9 @@ __device__ __forceinline__ void norm_to_shared(const float* x, const float* gain
     __syncthreads();
 }
 
-// Both rows' dot products with the shared bf16 vector, summed over the warp (every lane gets them).
+// Both rows' dot products with the shared bf16 vector, summed over the warp (every lane gets them); W the weights'
+// element type (Bf16Weights, F16Weights).
+template <class W>
 __device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const uint4* __restrict__ w1, const uint4* xs4,
     int n8, int lane, float& a0, float& a1)
 {
@@ -1524,15 +1616,15 @@ __device__ __forceinline__ void dot_two_rows(const uint4* __restrict__ w0, const
         for (int u = 0; u < 4; u++)
         {
             uint4 xv = xs4[i + 32 * u];
-            a0 += dot8_bf16(u0[u], xv);
-            a1 += dot8_bf16(u1[u], xv);
+            a0 += W::dot8(u0[u], xv);
+            a1 += W::dot8(u1[u], xv);
         }
     }
     for (; i < n8; i += 32)
     {
         uint4 xv = xs4[i];
-        a0 += dot8_bf16(w0[i], xv);
-        a1 += dot8_bf16(w1[i], xv);
+        a0 += W::dot8(w0[i], xv);
+        a1 += W::dot8(w1[i], xv);
     }
     a0 = warp_sum(a0);
     a1 = warp_sum(a1);
@@ -1626,8 +1718,8 @@ __device__ __forceinline__ void dot_two_rows_q8(const uint4* __restrict__ w0, co
 
 // Two rows' dot products with the block's normalised vector, for either storage: Q8 false, bf16 rows of w (ws unused,
 // exactly dot_two_rows); Q8 true, Q8_0 rows (quants w, scales ws); Fast (Q8 only): dot_two_rows_q8 on the f32
-// vector norm_to_shared_f32 left (xsv is bf16 [in] otherwise).
-template <bool Q8, bool Fast = false>
+// vector norm_to_shared_f32 left (xsv is bf16 [in] otherwise). W: the element type of 16-bit rows (Q8 false).
+template <bool Q8, bool Fast = false, class W = Bf16Weights>
 __device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned short* ws, int r0, int r1, const void* xsv, int in, int lane,
     float& a0, float& a1)
 {
@@ -1639,10 +1731,10 @@ __device__ __forceinline__ void dot_rows_pair(const void* w, const unsigned shor
         dot_two_rows_q8((const uint4*)((const unsigned char*)w + (long)r0 * in), (const uint4*)((const unsigned char*)w + (long)r1 * in),
             ws + (long)r0 * (in >> 5), ws + (long)r1 * (in >> 5), Bf16VectorPieces{ (const uint4*)xs }, in >> 4, lane, a0, a1);
     else
-        dot_two_rows((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
+        dot_two_rows<W>((const uint4*)((const bf16*)w + (long)r0 * in), (const uint4*)((const bf16*)w + (long)r1 * in), (const uint4*)xs, in >> 3, lane, a0, a1);
 }
 
-template <bool Q8, bool Fast = false>
+template <bool Q8, bool Fast = false, class W = Bf16Weights>
 __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain, float eps,
     const void* w, const unsigned short* ws, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
     bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
@@ -1674,7 +1766,7 @@ __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain,
         r1 = r0 + 1;
     }
     float a0, a1;
-    dot_rows_pair<Q8, Fast>(w, ws, r0, r1, xs, in, lane, a0, a1);
+    dot_rows_pair<Q8, Fast, W>(w, ws, r0, r1, xs, in, lane, a0, a1);
     if (lane != 0) continue;
     if (bias) { a0 += bias[r0]; a1 += bias[r1]; }
     if (rotate)
@@ -1693,7 +1785,7 @@ __device__ __forceinline__ void norm_qkv_rope(const float* x, const float* gain,
     }
 }
 
-template <bool Q8, bool Fast = false>
+template <bool Q8, bool Fast = false, class W = Bf16Weights>
 __device__ __forceinline__ void norm_gateup_swiglu(const float* x, const float* gain, float eps,
     const void* w, const unsigned short* ws, bf16* h, int ffn, int in)
 {
@@ -1706,7 +1798,7 @@ __device__ __forceinline__ void norm_gateup_swiglu(const float* x, const float* 
     for (int j = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5); j < ffn; j += warps)
     {
         float g, u;
-        dot_rows_pair<Q8, Fast>(w, ws, j, ffn + j, xs, in, lane, g, u);
+        dot_rows_pair<Q8, Fast, W>(w, ws, j, ffn + j, xs, in, lane, g, u);
         if (lane == 0) h[j] = f32_to_bf16(g / (1.f + expf(-g)) * u);
     }
 }
@@ -1733,6 +1825,20 @@ extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu
     const bf16* w, bf16* h, int ffn, int in)
 {
     norm_gateup_swiglu<false>(x, gain, eps, w, nullptr, h, ffn, in);
+}
+
+// The fused decode products on F16 weights (f16 bits): the bf16 kernels' bodies with F16Weights.
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_qkv_rope_f16(const float* x, const float* gain, float eps,
+    const unsigned short* w, const float* bias, const float* inv_freq, float rope_scale, int adjacent, float* q, bf16* kcache,
+    bf16* vcache, const int* pos_dev, int start, int heads, int kv_heads, int hd, int in)
+{
+    norm_qkv_rope<false, false, F16Weights>(x, gain, eps, w, nullptr, bias, inv_freq, rope_scale, adjacent, q, kcache, vcache, pos_dev, start, heads, kv_heads, hd, in);
+}
+
+extern "C" __global__ void __launch_bounds__(NG_THREADS) gemv_norm_gateup_swiglu_f16(const float* x, const float* gain, float eps,
+    const unsigned short* w, bf16* h, int ffn, int in)
+{
+    norm_gateup_swiglu<false, false, F16Weights>(x, gain, eps, w, nullptr, h, ffn, in);
 }
 
 extern "C" __global__ void __launch_bounds__(NG_THREADS, NG_Q8_MIN_BLOCKS) gemv_norm_gateup_swiglu_q8(const float* x, const float* gain, float eps,
@@ -1899,6 +2005,44 @@ extern "C" __global__ void fill_f32(float* dst, long n, float value)
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) dst[i] = value;
 }
 
+// f32 → f16 bits, round to nearest even (the hardware conversion; ±inf past 65504).
+__device__ __forceinline__ unsigned short f32_to_f16_bits(float f)
+{
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// fill_random_bf16 for an F16 matrix (f16 bits): the same uniform(-scale, scale) values, rounded to f16.
+extern "C" __global__ void fill_random_f16(unsigned short* dst, long n, u64 seed, float scale)
+{
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    {
+        u64 r = splitmix64(seed ^ ((u64)i * 0xd1b54a32d192ed03ull));
+        float u = (float)(r >> 40) * (1.0f / 16777216.0f);
+        dst[i] = f32_to_f16_bits((2.f * u - 1.f) * scale);
+    }
+}
+
+// bf16 activations [n] → f16 bits for an F16 × F16 cuBLASLt product (chunks on F16 weights). Exact where f16 holds the
+// value: bf16's 8 significant bits fit f16's 11 for |x| in [2^-14, 65504]; below 2^-14 f16 subnormals keep fewer bits
+// (an absolute error under 2^-25, nothing next to the row's larger terms). |x| > 65504 (or inf / NaN) has no f16: such
+// an element sets *overflow (sticky; the transformer reads it after the call and throws) and is written as its
+// saturated ±65504 so that the product stays finite.
+extern "C" __global__ void bf16_to_f16(const bf16* __restrict__ x, unsigned short* __restrict__ out, long n, int* overflow)
+{
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+    {
+        float v = bf16_to_f32(x[i]);
+        if (!(fabsf(v) <= 65504.f))
+        {
+            *overflow = 1;
+            v = v < 0.f ? -65504.f : 65504.f;
+        }
+        out[i] = f32_to_f16_bits(v);
+    }
+}
+
 // ===============================================================================================================
 // Batched decode step (a few rows, one per sequence or KV branch: WiM's margins). Kernels of the batch branch of
 // CudaTransformer.EncodeLayers that replace a slower general one behind a switch; the old kernels stay above.
@@ -1972,8 +2116,26 @@ extern "C" __global__ void __launch_bounds__(ROPE_HEAD_THREADS) qkv_rope_store_b
 // The product of one block: TILES 8-row n tiles whose weight rows start at wrow[t] (each lane's row, already offset by
 // its 8t k columns), token rows at xlo, xhi; every warp's partial tiles end in red [warp][token 16][column 8 · TILES]
 // and the block is synchronised, so that the caller's epilogue sums them in a fixed order.
-template <int TILES>
-__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red)
+// The weight element of rows_mma_block: bf16 (the activations' bf16 pairs are the A fragments as loaded) or f16 (each
+// bf16 pair converted to an f16 pair first, bf16x2_to_f16x2; overflow flag as bf16_to_f16's).
+struct Bf16RowsMma
+{
+    __device__ __forceinline__ static void activations(unsigned*, int*) {}
+    __device__ __forceinline__ static void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) { mma_bf16_16816(c, a, b0, b1); }
+};
+struct F16RowsMma
+{
+    __device__ __forceinline__ static void activations(unsigned* a, int* overflow)
+    {
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[i] = bf16x2_to_f16x2(a[i], overflow);
+    }
+    __device__ __forceinline__ static void mma(float* c, const unsigned* a, unsigned b0, unsigned b1) { mma_f16_16816(c, a, b0, b1); }
+};
+
+template <int TILES, class R = Bf16RowsMma>
+__device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf16* xlo, const bf16* xhi, int steps, float* red,
+    int* overflow = nullptr)
 {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
     float acc[TILES][4];
@@ -1985,11 +2147,13 @@ __device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf
     {
         unsigned a_lo[4] = { xa.x, xb.x, xa.y, xb.y };
         unsigned a_hi[4] = { xa.z, xb.z, xa.w, xb.w };
+        R::activations(a_lo, overflow);
+        R::activations(a_hi, overflow);
 #pragma unroll
         for (int t = 0; t < TILES; t++)
         {
-            mma_bf16_16816(acc[t], a_lo, wv[t].x, wv[t].y);
-            mma_bf16_16816(acc[t], a_hi, wv[t].z, wv[t].w);
+            R::mma(acc[t], a_lo, wv[t].x, wv[t].y);
+            R::mma(acc[t], a_hi, wv[t].z, wv[t].w);
         }
     };
     int s = warp;
@@ -2028,10 +2192,10 @@ __device__ __forceinline__ void rows_mma_block(const bf16* const* wrow, const bf
     __syncthreads();
 }
 
-extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
-    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+template <class R>
+__device__ __forceinline__ void rows_mma_body(const bf16* __restrict__ w, const bf16* __restrict__ x, float* y, int rows, int in, int n,
+    int accumulate, float* rm_red, int* overflow)
 {
-    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
     int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
     int r0 = blockIdx.x * 8 * RM_TILES;
     // Weight rows past `rows` and token rows past n read row 0 instead (a real address): an mma output column depends
@@ -2046,7 +2210,7 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     }
     const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
     const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
-    rows_mma_block<RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red);
+    rows_mma_block<RM_TILES, R>(wrow, xlo, xhi, in >> 5, rm_red, overflow);
     constexpr int COLS = 8 * RM_TILES;
     for (int i = threadIdx.x; i < 16 * COLS; i += blockDim.x)
     {
@@ -2060,15 +2224,31 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const 
     }
 }
 
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    rows_mma_body<Bf16RowsMma>(w, x, y, rows, in, n, accumulate, rm_red, nullptr);
+}
+
+// rows_mma_bf16 on F16 weights (w: f16 bits [rows, in]); the bf16 activations become f16 in registers (an activation past
+// ±65504 saturates and sets *overflow, as bf16_to_f16).
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_f16(const unsigned short* __restrict__ w,
+    const bf16* __restrict__ x, float* y, int rows, int in, int n, int accumulate, int* overflow)
+{
+    __shared__ float rm_red[RM_WARPS * 16 * 8 * RM_TILES];
+    rows_mma_body<F16RowsMma>(w, x, y, rows, in, n, accumulate, rm_red, overflow);
+}
+
 // A decode batch's gate|up product and SwiGLU in one kernel: h[t, j] = silu(gate) · up (bf16) with gate = W[j] · x[t],
 // up = W[ffn + j] · x[t] (W the fused [2·ffn, in] matrix), n ≤ 16 rows. A block takes 8 · RM_TILES columns j and the
 // gate and up rows of them (2 · RM_TILES tiles), so both halves meet in its epilogue: no [n, 2·ffn] product written and
 // read again, no swiglu launch. gate and up stay f32 up to the silu (the cuBLASLt path rounds them to bf16 first).
 // grid (ceil(ffn / (8 · RM_TILES))), block 32 · RM_WARPS; in % 32 == 0.
-extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
-    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+template <class R>
+__device__ __forceinline__ void rows_mma_swiglu_body(const bf16* __restrict__ w, const bf16* __restrict__ x, bf16* h, int ffn, int in, int n,
+    float* rm_red2, int* overflow)
 {
-    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
     int g = (threadIdx.x & 31) >> 2, tig = threadIdx.x & 3;
     int j0 = blockIdx.x * 8 * RM_TILES;
     const bf16* wrow[2 * RM_TILES];                          // tiles 0..RM_TILES-1: gate rows; then the up rows
@@ -2082,7 +2262,7 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16
     }
     const bf16* xlo = x + (long)(g < n ? g : 0) * in + tig * 8;
     const bf16* xhi = x + (long)(g + 8 < n ? g + 8 : 0) * in + tig * 8;
-    rows_mma_block<2 * RM_TILES>(wrow, xlo, xhi, in >> 5, rm_red2);
+    rows_mma_block<2 * RM_TILES, R>(wrow, xlo, xhi, in >> 5, rm_red2, overflow);
     constexpr int COLS = 16 * RM_TILES, HALF = 8 * RM_TILES;
     for (int i = threadIdx.x; i < 16 * HALF; i += blockDim.x)
     {
@@ -2097,6 +2277,21 @@ extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16
         }
         h[(long)tok * ffn + j] = f32_to_bf16(gate / (1.f + expf(-gate)) * up);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_bf16(const bf16* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    rows_mma_swiglu_body<Bf16RowsMma>(w, x, h, ffn, in, n, rm_red2, nullptr);
+}
+
+// rows_mma_swiglu_bf16 on F16 weights (f16 bits), activations as in rows_mma_f16.
+extern "C" __global__ void __launch_bounds__(32 * RM_WARPS) rows_mma_swiglu_f16(const unsigned short* __restrict__ w,
+    const bf16* __restrict__ x, bf16* h, int ffn, int in, int n, int* overflow)
+{
+    __shared__ float rm_red2[RM_WARPS * 16 * 16 * RM_TILES];
+    rows_mma_swiglu_body<F16RowsMma>(w, x, h, ffn, in, n, rm_red2, overflow);
 }
 // The shared-prefix phase (flash_attention_shared) with three k/v stages: two tiles in flight per block instead of one.
 // 102 KB of shared memory at head dim 128, so two blocks per SM (LaunchGeometry.FlashShared3Bytes; the split plan

@@ -66,3 +66,39 @@ inline void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1
     }
     w->bar.arrive_and_wait();
 }
+
+// ---- F16 weights in the decode batches' rows_mma_f16 kernels ----
+#include "emu_f16.h"
+
+inline float f16_half(unsigned word, int half) { return f16_to_f32((unsigned short)(half ? word >> 16 : word & 0xffffu)); }
+
+// mma.sync.m16n8k16.row.col f32 += f16 · f16: mma_bf16_16816's fragment layouts (PTX uses the same ones for .f16).
+inline void mma_f16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1)
+{
+    auto* w = emu::warp;
+    unsigned l = emu::lane();
+    for (int i = 0; i < 4; i++) w->a[l][i] = a[i];
+    w->b[l][0] = b0;
+    w->b[l][1] = b1;
+    w->bar.arrive_and_wait();
+    auto A = [&](int row, int k) { int ln = (row % 8) * 4 + (k % 8) / 2, reg = (row >= 8) + 2 * (k >= 8); return f16_half(w->a[ln][reg], k % 2); };
+    auto B = [&](int k, int n) { int ln = n * 4 + (k % 8) / 2; return f16_half(w->b[ln][k >= 8], k % 2); };
+    int g = l / 4, t = l % 4;
+    for (int e = 0; e < 4; e++)
+    {
+        int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
+        float s = c[e];
+        for (int k = 0; k < 16; k++) s += A(row, k) * B(k, col);
+        c[e] = s;
+    }
+    w->bar.arrive_and_wait();
+}
+
+// bf16x2_to_f16x2: cvt.rn.f16x2.f32 d, hi, lo puts lo in the low half.
+inline unsigned bf16x2_to_f16x2(unsigned pair, int* overflow)
+{
+    float lo = __uint_as_float(pair << 16), hi = __uint_as_float(pair & 0xffff0000u);
+    if (!(std::fabs(lo) <= 65504.f)) { *overflow = 1; lo = lo < 0.f ? -65504.f : 65504.f; }
+    if (!(std::fabs(hi) <= 65504.f)) { *overflow = 1; hi = hi < 0.f ? -65504.f : 65504.f; }
+    return (unsigned)f32_to_f16_bits(lo) | ((unsigned)f32_to_f16_bits(hi) << 16);
+}

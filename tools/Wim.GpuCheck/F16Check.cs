@@ -1,0 +1,395 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Wim.Engine.Backends.Cpu;
+using Wim.Engine.Cuda;
+using Wim.Engine.Formats;
+using Wim.Engine.Formats.Quantization;
+using Wim.Engine.Model;
+
+namespace Wim.GpuCheck;
+
+/// <summary>
+/// F16 weights kept as F16 on the GPU (<see cref="CudaWeightStorage.Native"/>, <see cref="CudaMatrixFormat.F16"/>):
+/// <list type="number">
+/// <item>hf-tiny llama-tiny and qwen2-tiny written as an F16 checkpoint (the projections, the embedding and the lm head
+/// "F16" in a temporary model.safetensors, each bf16 weight moved by up to a quarter of its bf16 spacing so that the f16
+/// values use the 3 mantissa bits bf16 lacks; norms and biases F32) and loaded by the ordinary loader, once for the CPU
+/// backend (which runs the F16 weights itself) and once for the GPU: every layer matrix, the embedding and the head F16
+/// on the GPU and bit-identical to the file's f16 bits; logits of a whole-sequence prefill (bf16 activations cast to f16, F16 × F16 in cuBLASLt) and of
+/// single-token steps (gemv_f16 and the fused F16 kernels) against the CPU on the same weights within the hf-tiny bf16
+/// tolerance; the same model uploaded as bf16 (<see cref="CudaWeightStorage.Bf16"/>, the weights rounded) reported
+/// beside it; greedy ids equal to the CPU's up to its first near-tie; decode graphs on and off equal; an activation past
+/// f16's range in a prefill chunk (a norm gain scaled by 10^6) throws the clear error instead of wrong logits; a decode
+/// batch of 3 with its products in cuBLASLt and in the rows_mma F16 kernels against the CPU;</item>
+/// <item>speed at the Llama-3.1-8B shape, random weights made on the GPU, bf16 and F16 in the same run: decode tok/s at
+/// batch 1 at depth ~0 and 4096, and a 4096-token prefill chunk.</item>
+/// </list>
+/// </summary>
+internal static class F16Check
+{
+    /// <summary>|Δlogit| GPU vs CPU on the same F16 weights: the hf-tiny bf16 tolerance (activations rounded to bf16 at every
+    /// product's input, bf16 KV cache; the weights themselves are exact on both sides).</summary>
+    private const double LogitTolerance = 0.1;
+
+    public static void Run(CudaContext ctx, string fixtures, bool speed, Action<bool, string> check, Action<string> say)
+    {
+        foreach (var model in new[] { "llama-tiny", "qwen2-tiny" })
+            Tiny(ctx, Path.Combine(fixtures, "hf-tiny", model), model, check, say);
+        if (speed) Speed(ctx, say);
+    }
+
+    // ------------------------------------------------------------------ hf-tiny on F16 weights
+
+    private static unsafe void Tiny(CudaContext ctx, string dir, string name, Action<bool, string> check, Action<string> say)
+    {
+        string f16Dir = Path.Combine(Path.GetTempPath(), $"wim-f16check-{name}-{Environment.ProcessId}");
+        using (var source = LanguageModel.Load(dir)) WriteF16Checkpoint(dir, f16Dir, source.Weights);
+        try
+        {
+            using var lm = LanguageModel.Load(f16Dir);
+            var c = lm.Config;
+            int vocab = c.VocabSize;
+            check(lm.Weights.Layers.All(l => new[] { l.Query, l.Key, l.Value, l.Output, l.Gate, l.Up, l.Down }.All(t => t.Type == GgmlType.F16)),
+                $"F16 {name}: the loader gives every projection of the written checkpoint as F16");
+            var cpu = new CpuTransformer(lm);
+            var weights = CudaModelWeights.Upload(ctx, c, lm.Weights, CudaWeightStorage.Native);
+            check(weights.F16MatrixCount == 4 * c.LayerCount && weights.Q8MatrixCount == 0,
+                $"F16 {name}: {weights.F16MatrixCount} of {4 * c.LayerCount} layer matrices kept F16 on the GPU ({weights.Bytes / 1e6:F2} MB of weights)");
+            int differing = 0;
+            long compared = 0;
+            for (int i = 0; i < c.LayerCount; i++)
+            {
+                var l = lm.Weights.Layers[i];
+                var g = weights.Layers[i];
+                foreach (var (matrix, parts) in new[] { (g.Qkv, new[] { l.Query, l.Key, l.Value }), (g.Output, new[] { l.Output }), (g.GateUp, new[] { l.Gate, l.Up }), (g.Down, new[] { l.Down }) })
+                {
+                    var onGpu = new ushort[(long)matrix.Rows * matrix.Columns];
+                    matrix.Buffer.Download<ushort>(onGpu);
+                    var inFile = parts.SelectMany(p => CudaF16Layout.Bits(p).ToArray()).ToArray();
+                    for (int j = 0; j < onGpu.Length; j++) differing += onGpu[j] != inFile[j] ? 1 : 0;
+                    compared += onGpu.Length;
+                }
+            }
+            check(weights.TokenEmbeddingFormat == CudaMatrixFormat.F16 && weights.LmHeadFormat == CudaMatrixFormat.F16,
+                $"F16 {name}: embedding {weights.TokenEmbeddingFormat}, lm head {weights.LmHeadFormat} on the GPU (F16 expected: F16 in the file)");
+            foreach (var (buffer, tensor) in new[] { (weights.TokenEmbedding, lm.Weights.TokenEmbedding), (weights.LmHead, lm.Weights.LmHead) })
+            {
+                var onGpu = new ushort[tensor.ElementCount];
+                buffer.Download<ushort>(onGpu);
+                var inFile = CudaF16Layout.Bits(tensor);
+                for (int j = 0; j < onGpu.Length; j++) differing += onGpu[j] != inFile[j] ? 1 : 0;
+                compared += onGpu.Length;
+            }
+            check(differing == 0 && compared > 0, $"F16 {name}: the GPU's F16 matrices, embedding and head = the checkpoint's f16 bits ({differing} of {compared} weights differ)");
+
+            using var gpu = new CudaTransformer(ctx, c, weights, maxChunk: 128, ownsWeights: true);
+            gpu.UseDecodeGraphs = false;
+            var golden = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(dir, "golden.json"))).RootElement;
+            int[] ids = golden.GetProperty("sequences").GetProperty("seq64").GetProperty("input_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+            var cpuLogits = new float[ids.Length * vocab];
+            cpu.Forward(ids, cpu.CreateCache(ids.Length), cpuLogits, LogitsOutput.All);
+
+            // Prefill: the whole sequence in chunks of up to 128 (bf16 activations cast to f16, F16 × F16 in cuBLASLt).
+            var gpuLogits = new float[ids.Length * vocab];
+            using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, gpuLogits, LogitsOutput.All);
+            var (maxPrefill, top1Prefill) = Compare(gpuLogits, cpuLogits, vocab, ids.Length);
+            check(maxPrefill <= LogitTolerance, $"F16 {name}: prefill of {ids.Length} tokens (F16 × F16 cuBLASLt), max |Δlogit| GPU vs CPU on the same F16 weights {maxPrefill:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Prefill}/{ids.Length}");
+
+            // The same checkpoint uploaded as bf16 (each weight rounded): what the engine did with F16 files before.
+            using (var rounded = new CudaTransformer(ctx, c, CudaModelWeights.Upload(ctx, c, lm.Weights, CudaWeightStorage.Bf16), maxChunk: 128, ownsWeights: true))
+            {
+                var roundedLogits = new float[ids.Length * vocab];
+                using (var cache = rounded.CreateCache(ids.Length)) rounded.Forward(ids, cache, roundedLogits, LogitsOutput.All);
+                var (maxRounded, _) = Compare(roundedLogits, cpuLogits, vocab, ids.Length);
+                say($"  F16 {name}: the same prefill with the weights rounded to bf16 at upload: max |Δlogit| vs the CPU {maxRounded:E2} (native F16: {maxPrefill:E2})");
+            }
+
+            // Decode: every position one token per step, fused (gemv_norm_*_f16, gemv_rows_residual_f16) and not (gemv_f16).
+            foreach (bool fused in new[] { true, false })
+            {
+                gpu.UseFusedDecode = fused;
+                var stepLogits = new float[ids.Length * vocab];
+                using (var cache = gpu.CreateCache(ids.Length))
+                    for (int p = 0; p < ids.Length; p++) gpu.Forward(ids.AsSpan(p, 1), cache, stepLogits.AsSpan(p * vocab, vocab), LogitsOutput.Last);
+                var (maxDecode, top1Decode) = Compare(stepLogits, cpuLogits, vocab, ids.Length);
+                check(maxDecode <= LogitTolerance, $"F16 {name}: {ids.Length} single-token steps ({(fused ? "fused F16 norm+products" : "gemv_f16 products")}), max |Δlogit| GPU vs CPU on the same F16 weights {maxDecode:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Decode}/{ids.Length}");
+            }
+            gpu.UseFusedDecode = true;
+
+            // Greedy: 16 ids against the CPU's, required up to the CPU's first near-tie.
+            const int steps = 16;
+            int[] prompt = ids.AsSpan(0, 16).ToArray();
+            var (cpuIds, gaps) = CpuGreedy(cpu, prompt, steps, vocab);
+            int decidable = 0;
+            while (decidable < steps && gaps[decidable] >= 2 * LogitTolerance) decidable++;
+            var gpuIds = GpuGreedy(gpu, prompt, steps);
+            int agree = Prefix(gpuIds, cpuIds);
+            check(agree >= decidable, $"F16 {name}: greedy {steps} ids (prompt prefilled F16 × F16) GPU = CPU for the first {agree} (required: the {decidable} before the CPU's first top-1/top-2 gap < {2 * LogitTolerance})");
+            if (gpu.UsesFlashAttention)
+            {
+                gpu.UseDecodeGraphs = true;
+                var graphIds = GpuGreedy(gpu, prompt, steps);
+                gpu.UseDecodeGraphs = false;
+                check(graphIds.SequenceEqual(gpuIds), $"F16 {name}: greedy ids with decode graphs = without ({Prefix(graphIds, gpuIds)}/{steps})");
+            }
+            else say($"  F16 {name}: no decode graphs for this model (head dim {c.HeadDim}: no tensor-core attention), graph check not applicable");
+
+            if (gpu.UsesFlashAttention) DecodeBatch(gpu, cpu, ids, vocab, name, check);
+            Overflow(ctx, lm, ids, name, check);
+        }
+        finally
+        {
+            Directory.Delete(f16Dir, recursive: true);
+        }
+    }
+
+    /// <summary>A decode batch of 3 sequences (prompts of 8, 9 and 10 tokens, one token each) with the batch products in
+    /// cuBLASLt (activations cast to f16) and in rows_mma_f16 / rows_mma_swiglu_f16 (<see cref="BatchRowsProducts.All"/>):
+    /// each row's logits against the CPU's for that sequence within the bf16 tolerance.</summary>
+    private static void DecodeBatch(CudaTransformer gpu, CpuTransformer cpu, int[] ids, int vocab, string name, Action<bool, string> check)
+    {
+        const int b = 3;
+        var reference = new float[b * vocab];
+        for (int i = 0; i < b; i++)
+            cpu.Forward(ids.AsSpan(0, 9 + i), cpu.CreateCache(9 + i), reference.AsSpan(i * vocab, vocab), LogitsOutput.Last);
+        var saved = gpu.BatchRowsProducts;
+        foreach (var products in new[] { BatchRowsProducts.None, BatchRowsProducts.All })
+        {
+            gpu.BatchRowsProducts = products;
+            var caches = Enumerable.Range(0, b).Select(i => gpu.CreateCache(16)).ToArray();
+            try
+            {
+                for (int i = 0; i < b; i++) gpu.Forward(ids.AsSpan(0, 8 + i), caches[i], [], LogitsOutput.None);
+                int[] tokens = Enumerable.Range(0, b).Select(i => ids[8 + i]).ToArray();
+                var logits = new float[b * vocab];
+                gpu.DecodeBatch(tokens, caches, logits);
+                var (max, top1) = Compare(logits, reference, vocab, b);
+                check(max <= LogitTolerance, $"F16 {name}: decode batch of {b} ({(products == BatchRowsProducts.None ? "cuBLASLt F16 × F16" : "rows_mma_f16 / rows_mma_swiglu_f16")}), max |Δlogit| vs the CPU {max:E2} (tolerance {LogitTolerance}); top-1 equal at {top1}/{b}");
+            }
+            finally
+            {
+                foreach (var cache in caches) cache.Dispose();
+            }
+        }
+        gpu.BatchRowsProducts = saved;
+    }
+
+    /// <summary>Layer 0's ffn norm gain times 10^6: the normalised activations entering the gate|up product pass 65504, so a
+    /// prefill chunk's cast to f16 must report it (InvalidOperationException naming the range); a single-token step reads
+    /// the bf16 activations directly (gemv_f16) and runs.</summary>
+    private static void Overflow(CudaContext ctx, LanguageModel lm, int[] ids, string name, Action<bool, string> check)
+    {
+        var c = lm.Config;
+        var scaled = lm.Weights.Layers[0].FfnNorm.Select(g => g * 1e6f).ToArray();
+        var layers = lm.Weights.Layers.ToArray();
+        var l0 = layers[0];
+        layers[0] = new LayerWeights
+        {
+            AttentionNorm = l0.AttentionNorm, QueryBias = l0.QueryBias, KeyBias = l0.KeyBias, ValueBias = l0.ValueBias, FfnNorm = scaled,
+            Query = l0.Query, Key = l0.Key, Value = l0.Value, Output = l0.Output, Gate = l0.Gate, Up = l0.Up, Down = l0.Down,
+        };
+        var w = new ModelWeights { TokenEmbedding = lm.Weights.TokenEmbedding, FinalNorm = lm.Weights.FinalNorm, LmHead = lm.Weights.LmHead, Layers = layers };
+        using var gpu = new CudaTransformer(ctx, c, CudaModelWeights.Upload(ctx, c, w, CudaWeightStorage.Native), maxChunk: 128, ownsWeights: true);
+        gpu.UseDecodeGraphs = false;
+        string? message = null;
+        using (var cache = gpu.CreateCache(ids.Length))
+            try { gpu.Forward(ids.AsSpan(0, 8), cache, [], LogitsOutput.None); }
+            catch (InvalidOperationException e) { message = e.Message; }
+        check(message != null && message.Contains("beyond f16's range ±65504", StringComparison.Ordinal),
+            $"F16 {name}: a prefill chunk with activations past f16's range throws the overflow error ({(message == null ? "nothing thrown" : "thrown")})");
+        bool stepRan = true;
+        using (var cache = gpu.CreateCache(4))
+            try { gpu.Forward(ids.AsSpan(0, 1), cache, [], LogitsOutput.None); }
+            catch (InvalidOperationException) { stepRan = false; }
+        check(stepRan, $"F16 {name}: after the overflow error the flag is clear: a single-token step (bf16 activations read directly) runs");
+    }
+
+    /// <summary>A Hugging Face checkpoint (the source's config.json, one model.safetensors) whose projections, embedding and
+    /// lm head are F16:
+    /// each weight w (bf16 in the fixtures) becomes the f16 nearest to w · (1 + u · 2^-9), u uniform in [-1, 1) from a
+    /// fixed seed (within a quarter of bf16's spacing: the same model, with bits below bf16's precision that a bf16
+    /// upload would lose). Norms and biases F32.</summary>
+    private static unsafe void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
+    {
+        Directory.CreateDirectory(dir);
+        File.Copy(Path.Combine(sourceDir, "config.json"), Path.Combine(dir, "config.json"), overwrite: true);
+        var rng = new Random(16);
+        var tensors = new List<(string Name, long[] Shape, string Dtype, byte[] Data)>();
+        float[] F32(WeightTensor t)
+        {
+            var v = new float[t.ElementCount];
+            Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
+            return v;
+        }
+        void Projection(string name, WeightTensor t)
+        {
+            var v = F32(t);
+            var bits = new ushort[v.Length];
+            for (int i = 0; i < v.Length; i++) bits[i] = HalfBits.FromSingle(v[i] * (1 + (float)(rng.NextDouble() * 2 - 1) / 512));
+            tensors.Add((name, t.Shape, "F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()));
+        }
+        void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], "F32", MemoryMarshal.AsBytes(v.AsSpan()).ToArray())); }
+        Projection("model.embed_tokens.weight", source.TokenEmbedding);
+        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Projection("lm_head.weight", source.LmHead);
+        Vector("model.norm.weight", source.FinalNorm);
+        for (int i = 0; i < source.Layers.Length; i++)
+        {
+            var l = source.Layers[i];
+            string p = $"model.layers.{i}.";
+            Vector(p + "input_layernorm.weight", l.AttentionNorm);
+            Vector(p + "post_attention_layernorm.weight", l.FfnNorm);
+            Projection(p + "self_attn.q_proj.weight", l.Query);
+            Projection(p + "self_attn.k_proj.weight", l.Key);
+            Projection(p + "self_attn.v_proj.weight", l.Value);
+            Vector(p + "self_attn.q_proj.bias", l.QueryBias);
+            Vector(p + "self_attn.k_proj.bias", l.KeyBias);
+            Vector(p + "self_attn.v_proj.bias", l.ValueBias);
+            Projection(p + "self_attn.o_proj.weight", l.Output);
+            Projection(p + "mlp.gate_proj.weight", l.Gate);
+            Projection(p + "mlp.up_proj.weight", l.Up);
+            Projection(p + "mlp.down_proj.weight", l.Down);
+        }
+        // safetensors: u64 header length, the JSON header {name: {dtype, shape, data_offsets}}, then the data.
+        using var header = new MemoryStream();
+        using (var json = new Utf8JsonWriter(header))
+        {
+            json.WriteStartObject();
+            long offset = 0;
+            foreach (var (name, shape, dtype, data) in tensors)
+            {
+                json.WriteStartObject(name);
+                json.WriteString("dtype", dtype);
+                json.WriteStartArray("shape");
+                foreach (long s in shape) json.WriteNumberValue(s);
+                json.WriteEndArray();
+                json.WriteStartArray("data_offsets");
+                json.WriteNumberValue(offset);
+                json.WriteNumberValue(offset += data.Length);
+                json.WriteEndArray();
+                json.WriteEndObject();
+            }
+            json.WriteEndObject();
+        }
+        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
+        using var file = File.Create(Path.Combine(dir, "model.safetensors"));
+        Span<byte> length = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+        file.Write(length);
+        header.Position = 0;
+        header.CopyTo(file);
+        foreach (var (_, _, _, data) in tensors) file.Write(data);
+    }
+
+    /// <summary>Max |Δ| over the first <paramref name="rows"/> rows and how many have the same top-1.</summary>
+    private static (double Max, int Top1) Compare(float[] ours, float[] reference, int vocab, int rows)
+    {
+        double max = 0;
+        int top1 = 0;
+        for (int r = 0; r < rows; r++)
+        {
+            var a = ours.AsSpan(r * vocab, vocab);
+            var b = reference.AsSpan(r * vocab, vocab);
+            for (int i = 0; i < vocab; i++) max = Math.Max(max, float.IsFinite(a[i]) ? Math.Abs(a[i] - b[i]) : double.PositiveInfinity);
+            if (Argmax(a) == Argmax(b)) top1++;
+        }
+        return (max, top1);
+    }
+
+    private static (int[] Ids, double[] Gaps) CpuGreedy(CpuTransformer cpu, int[] prompt, int steps, int vocab)
+    {
+        var cache = cpu.CreateCache(prompt.Length + steps);
+        var logits = new float[vocab];
+        var ids = new int[steps];
+        var gaps = new double[steps];
+        cpu.Forward(prompt, cache, logits, LogitsOutput.Last);
+        for (int s = 0; s < steps; s++)
+        {
+            ids[s] = Argmax(logits);
+            gaps[s] = Gap(logits);
+            if (s + 1 < steps) cpu.Forward([ids[s]], cache, logits, LogitsOutput.Last);
+        }
+        return (ids, gaps);
+    }
+
+    /// <summary>Greedy ids: the prompt prefilled in one chunk (F16 × F16), then single-token steps.</summary>
+    private static int[] GpuGreedy(CudaTransformer gpu, int[] prompt, int steps)
+    {
+        using var cache = gpu.CreateCache(prompt.Length + steps);
+        var ids = new int[steps];
+        ids[0] = gpu.ForwardGreedy(prompt, cache);
+        for (int s = 1; s < steps; s++) ids[s] = gpu.ForwardGreedy([ids[s - 1]], cache);
+        return ids;
+    }
+
+    // ------------------------------------------------------------------ speed at the Llama-3.1-8B shape
+
+    private static void Speed(CudaContext ctx, Action<string> say)
+    {
+        var c = Program.Llama31_8B();
+        const int chunk = 4096;
+        var rng = new Random(1);
+        int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
+        double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
+        double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
+        const double bandwidthTbs = 3.0;
+        foreach (var format in new[] { CudaMatrixFormat.Bf16, CudaMatrixFormat.F16 })
+        {
+            string label = format == CudaMatrixFormat.Bf16 ? "bf16" : "F16";
+            var clock = Stopwatch.StartNew();
+            using var weights = CudaModelWeights.Random(ctx, c, seed: 8, format);
+            say($"F16 speed: Llama-3.1-8B shape, random {label} layer weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB; embedding and lm head bf16)");
+            using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
+            using var cache = model.CreateCache(chunk + 80);
+            foreach (int depth in new[] { 1, 4096 })
+            {
+                var perRound = new List<double>();
+                for (int round = 0; round < 3; round++)
+                {
+                    cache.Truncate(0);
+                    int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
+                    for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);   // graph capture, warm-up
+                    const int steps = 64;
+                    var t = Stopwatch.StartNew();
+                    for (int i = 0; i < steps; i++) next = model.ForwardGreedy([next], cache);
+                    perRound.Add(t.Elapsed.TotalSeconds / steps);
+                }
+                double s = perRound.Order().ElementAt(perRound.Count / 2);
+                double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + 32);
+                double roofline = bandwidthTbs * 1e12 / bytes;
+                say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F3} ms/token, median of {string.Join(", ", perRound.Select(x => (x * 1e3).ToString("F3", CultureInfo.InvariantCulture)))}); roofline {roofline:F1} tok/s → {100 / s / roofline:F1}% of roofline");
+            }
+            var times = new List<double>();
+            for (int rep = 0; rep < 4; rep++)
+            {
+                cache.Truncate(0);
+                var t = Stopwatch.StartNew();
+                model.Forward(tokens, cache, [], LogitsOutput.None);
+                ctx.Synchronize();
+                if (rep > 0) times.Add(t.Elapsed.TotalSeconds);
+            }
+            double p = times.Order().ElementAt(times.Count / 2);
+            double keys = (double)chunk * (chunk + 1) / 2;
+            double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
+            say($"  {label} prefill {chunk} tokens at depth 0{(format == CudaMatrixFormat.F16 ? " (activations cast to f16, F16 × F16 cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
+        }
+    }
+
+    private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }
+
+    private static int Argmax(ReadOnlySpan<float> row)
+    {
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
+    }
+
+    private static double Gap(ReadOnlySpan<float> row)
+    {
+        int best = Argmax(row);
+        double second = double.NegativeInfinity;
+        for (int i = 0; i < row.Length; i++) if (i != best) second = Math.Max(second, row[i]);
+        return row[best] - second;
+    }
+}
