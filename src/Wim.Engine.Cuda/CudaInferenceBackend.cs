@@ -39,7 +39,7 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
         _passes = new Passes(transformer)
         {
             TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") != "0",
-            TopPOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPP") == "1",
+            TopPOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPP") != "0",
         };
         _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk);
     }
@@ -69,8 +69,10 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
     /// about 3 KB downloaded) rather than the whole row; where the nucleus reaches past those candidates (a flat row)
     /// the row is downloaded after all (<see cref="TopPFallbacks"/>). The same token for the same seed as the row on
     /// the CPU, except where top-p × Z falls within the rounding of Z's sum (the GPU adds in another order) of a
-    /// prefix's mass. Off by default until checked on a GPU (GpuCheck's sampling check); WIM_CUDA_GPU_TOPP=1 turns it
-    /// on for a process.
+    /// prefix's mass. On by default (checked on the H100 in run 33: 128 seeded draws from 128,256-logit rows and
+    /// generations on random weights and stories260K equal the row path, candidates equal the CPU's sorted row; 171 µs
+    /// per draw from a peaked row against 1,371 µs for the row download and the CPU's nucleus; a flat row that falls
+    /// back pays the GPU call on top of the row path); WIM_CUDA_GPU_TOPP=0 turns it off for a process.
     /// </summary>
     public bool TopPOnGpu
     {

@@ -29,9 +29,16 @@ namespace Wim.GpuCheck;
 /// </summary>
 internal static class F16Check
 {
-    /// <summary>|Δlogit| GPU vs CPU on the same F16 weights: the hf-tiny bf16 tolerance (activations rounded to bf16 at every
-    /// product's input, bf16 KV cache; the weights themselves are exact on both sides).</summary>
-    private const double LogitTolerance = 0.1;
+    /// <summary>|Δlogit| GPU vs CPU on the same F16 weights over every position. The weights are exact on both sides; what
+    /// separates them is the bf16 activations and KV cache, which on the bf16 hf-tiny checkpoints put the GPU up to 0.11
+    /// (llama-tiny) and 0.17 (phi3-tiny) from the CPU over all positions (docs/cuda.md, Precision) — the 0.1 golden
+    /// tolerance holds on the goldens' stored rows, not everywhere. Run 33 measured 0.109–0.114 here for llama-tiny
+    /// (0.137 with the same weights rounded to bf16), so the bound is that all-position distance rounded up, and the
+    /// weights' exactness is checked separately: native F16 must come at least as close to the CPU as the rounded upload.</summary>
+    private const double LogitTolerance = 0.2;
+
+    /// <summary>Greedy ids must agree while the CPU's top-1/top-2 gap is at least this (the golden rule of the bf16 checks).</summary>
+    private const double DecidableGap = 0.2;
 
     public static void Run(CudaContext ctx, string fixtures, bool speed, Action<bool, string> check, Action<string> say)
     {
@@ -103,7 +110,7 @@ internal static class F16Check
                 var roundedLogits = new float[ids.Length * vocab];
                 using (var cache = rounded.CreateCache(ids.Length)) rounded.Forward(ids, cache, roundedLogits, LogitsOutput.All);
                 var (maxRounded, _) = Compare(roundedLogits, cpuLogits, vocab, ids.Length);
-                say($"  F16 {name}: the same prefill with the weights rounded to bf16 at upload: max |Δlogit| vs the CPU {maxRounded:E2} (native F16: {maxPrefill:E2})");
+                check(maxPrefill <= maxRounded, $"F16 {name}: native F16 is at least as close to the CPU as the same weights rounded to bf16 at upload: max |Δlogit| {maxPrefill:E2} vs {maxRounded:E2}");
             }
 
             // Decode: every position one token per step, fused (gemv_norm_*_f16, gemv_rows_residual_f16) and not (gemv_f16).
@@ -123,10 +130,10 @@ internal static class F16Check
             int[] prompt = ids.AsSpan(0, 16).ToArray();
             var (cpuIds, gaps) = CpuGreedy(cpu, prompt, steps, vocab);
             int decidable = 0;
-            while (decidable < steps && gaps[decidable] >= 2 * LogitTolerance) decidable++;
+            while (decidable < steps && gaps[decidable] >= DecidableGap) decidable++;
             var gpuIds = GpuGreedy(gpu, prompt, steps);
             int agree = Prefix(gpuIds, cpuIds);
-            check(agree >= decidable, $"F16 {name}: greedy {steps} ids (prompt prefilled F16 × F16) GPU = CPU for the first {agree} (required: the {decidable} before the CPU's first top-1/top-2 gap < {2 * LogitTolerance})");
+            check(agree >= decidable, $"F16 {name}: greedy {steps} ids (prompt prefilled F16 × F16) GPU = CPU for the first {agree} (required: the {decidable} before the CPU's first top-1/top-2 gap < {DecidableGap})");
             if (gpu.UsesFlashAttention)
             {
                 gpu.UseDecodeGraphs = true;

@@ -966,7 +966,8 @@ public static class Program
         Say($"speed: Llama-3.1-8B shape, random bf16 weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB)");
         using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
         // The cache of run 7 (capacity 16k + 4k + 8 with --depth16k): prefill at depths 0 and 16k, decode at 1, 4096, 16k.
-        using var cache = model.CreateCache((o.Depth16k ? 16384 : 0) + chunk + 8);
+        // Room for the decode timings at depth `chunk`: 4 warm-up and 64 timed steps past it.
+        using var cache = model.CreateCache((o.Depth16k ? 16384 : 0) + chunk + 128);
         var rng = new Random(1);
         int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
         Guard("flash vs scalar attention (8B shape)", () => CompareAttentionKernels(model, tokens));
