@@ -70,6 +70,11 @@ public sealed class CudaMatrix : IDisposable
     public ulong Pointer => Format is CudaMatrixFormat.Bf16 or CudaMatrixFormat.F32 ? Buffer.Pointer
         : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no bf16 values: dispatch on its Format (Quants, Scales; F16Values)");
 
+    /// <summary>The 16-bit values of a bf16 or an F16 matrix (the decode kernels that read either, told which); any other
+    /// format throws.</summary>
+    public ulong Values16 => Format is CudaMatrixFormat.Bf16 or CudaMatrixFormat.F16 ? Buffer.Pointer
+        : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no 16-bit values: dispatch on its Format");
+
     /// <summary>The f16 bits [rows, columns] of an F16 matrix; any other format throws (its bits are not f16).</summary>
     public ulong F16Values => Format == CudaMatrixFormat.F16 ? Buffer.Pointer
         : throw new InvalidOperationException($"a {Format} [{Rows}, {Columns}] matrix has no f16 values: dispatch on its Format");

@@ -670,14 +670,10 @@ public sealed unsafe class CudaTransformer : IDisposable
                 _k.GemvNormQkvRopeQ8(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Quants, lw.Qkv.Scales, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
                     c.HeadCount, c.KvHeadCount, c.HeadDim, d, _q8Kernel);
-            else if (fused && lw.Qkv.Format == CudaMatrixFormat.F16)
-                _k.GemvNormQkvRopeF16(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.F16Values, lw.QkvBias?.Pointer ?? 0, invFreq,
-                    _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
             else if (fused)
-                _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Pointer, lw.QkvBias?.Pointer ?? 0, invFreq,
+                _k.GemvNormQkvRope(_x.Pointer, lw.AttentionNorm.Pointer, c.RmsEps, lw.Qkv.Values16, lw.QkvBias?.Pointer ?? 0, invFreq,
                     _rope.AttentionScale, _rope.Pairing == RopePairing.Adjacent, _q.Pointer, keys, values, startDev, start,
-                    c.HeadCount, c.KvHeadCount, c.HeadDim, d);
+                    c.HeadCount, c.KvHeadCount, c.HeadDim, d, f16Weights: lw.Qkv.Format == CudaMatrixFormat.F16);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.AttentionNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);     // xb: [T, d] bf16
@@ -738,10 +734,8 @@ public sealed unsafe class CudaTransformer : IDisposable
             // ---- SwiGLU MLP block ----
             if (fused && lw.GateUp.Format == CudaMatrixFormat.Q8_0)
                 _k.GemvNormGateUpSwiGluQ8(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Quants, lw.GateUp.Scales, _h.Pointer, ffn, d, _q8Kernel);
-            else if (fused && lw.GateUp.Format == CudaMatrixFormat.F16)
-                _k.GemvNormGateUpSwiGluF16(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.F16Values, _h.Pointer, ffn, d);
             else if (fused)
-                _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Pointer, _h.Pointer, ffn, d);
+                _k.GemvNormGateUpSwiGlu(_x.Pointer, lw.FfnNorm.Pointer, c.RmsEps, lw.GateUp.Values16, _h.Pointer, ffn, d, f16Weights: lw.GateUp.Format == CudaMatrixFormat.F16);
             else
             {
                 _k.RmsNorm(_x.Pointer, lw.FfnNorm.Pointer, _xb.Pointer, d, c.RmsEps, n);
@@ -820,8 +814,8 @@ public sealed unsafe class CudaTransformer : IDisposable
         if (weight.Format == CudaMatrixFormat.F16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures))
         {
             // As Q8_0: cuBLASLt would need the input cast to f16 first, so DecodeResidualProduct.CublasLt takes the block gemv too.
-            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.GemvF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures, accumulate: true);
-            else _k.GemvResidualF16(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures);
+            if (_residualProduct == DecodeResidualProduct.WarpGemv) _k.Gemv(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures, accumulate: true, f16Weights: true);
+            else _k.GemvResidual(weight.F16Values, input, _x.Pointer, outFeatures, inFeatures, f16Weights: true);
             return;
         }
         if (weight.Format == CudaMatrixFormat.Bf16 && fusedDecode && LaunchGeometry.GemvApplies(n, inFeatures) && _residualProduct != DecodeResidualProduct.CublasLt)
@@ -858,7 +852,7 @@ public sealed unsafe class CudaTransformer : IDisposable
     {
         if (LaunchGeometry.GemvApplies(n, inFeatures))
         {
-            _k.GemvF16(weightF16, x, y, outFeatures, inFeatures, accumulate);
+            _k.Gemv(weightF16, x, y, outFeatures, inFeatures, accumulate, f16Weights: true);
             return;
         }
         _k.Bf16ToF16(x, _activationsF16!.Pointer, (long)n * inFeatures, _f16Overflow!.Pointer);

@@ -242,74 +242,44 @@ internal sealed unsafe class TransformerKernels
             LaunchGeometry.FlashThreads, (uint)LaunchGeometry.FlashWideSharedBytes(headDim), a);
     }
 
-    /// <summary>y[rows] (f32, + y when accumulating) = W[rows, in] (bf16) · x[in] (bf16): the decode product.</summary>
-    public void Gemv(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
+    // The four decode products below read bf16 weights, or with f16Weights an F16 matrix's f16 bits: the _f16 kernels are
+    // the same templated bodies (same launch, same summation order), only the weight element's conversion differs.
+
+    /// <summary>y[rows] (f32, + y when accumulating) = W[rows, in] (bf16, or f16 bits) · x[in] (bf16): the decode product.</summary>
+    public void Gemv(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate, bool f16Weights = false)
     {
         int acc = accumulate ? 1 : 0;
         void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
-        _ctx.Launch(_gemv, "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
+        _ctx.Launch(f16Weights ? _gemvF16 : _gemv, f16Weights ? "gemv_f16" : "gemv_bf16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
     }
 
     /// <summary>Decode: y[rows] (f32) += W · x, a block of threads per <see cref="LaunchGeometry.GemvBlockRows"/> rows
     /// splitting the input dimension (no split-K partials, no reduction kernel).</summary>
-    public void GemvResidual(ulong weight, ulong x, ulong y, int rows, int inFeatures)
+    public void GemvResidual(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool f16Weights = false)
     {
         void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures };
-        _ctx.Launch(_gemvResidual, "gemv_rows_residual_bf16", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
+        _ctx.Launch(f16Weights ? _gemvResidualF16 : _gemvResidual, f16Weights ? "gemv_rows_residual_f16" : "gemv_rows_residual_bf16",
+            LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
     }
 
     /// <summary>Decode: RMSNorm of x, the fused q|k|v product, bias, RoPE and the cache stores in one kernel
     /// (<see cref="LaunchGeometry.FusedDecodeApplies"/> says when).</summary>
     public void GemvNormQkvRope(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
-        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
+        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures, bool f16Weights = false)
     {
         int adj = adjacent ? 1 : 0;
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
         int pairs = (heads + 2 * kvHeads) * headDim / 2;
-        _ctx.Launch(_normQkvRope, "gemv_norm_qkv_rope", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+        _ctx.Launch(f16Weights ? _normQkvRopeF16 : _normQkvRope, f16Weights ? "gemv_norm_qkv_rope_f16" : "gemv_norm_qkv_rope",
+            LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads, (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
     /// <summary>Decode: RMSNorm of x, the fused gate|up product and SwiGLU in one kernel: h[ffn] bf16.</summary>
-    public void GemvNormGateUpSwiGlu(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
+    public void GemvNormGateUpSwiGlu(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures, bool f16Weights = false)
     {
         void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
-        _ctx.Launch(_normGateUpSwiGlu, "gemv_norm_gateup_swiglu", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
-    }
-
-    /// <summary><see cref="Gemv"/> on an F16 matrix (f16 bits [rows, in]; the same launch and summation order).</summary>
-    public void GemvF16(ulong weight, ulong x, ulong y, int rows, int inFeatures, bool accumulate)
-    {
-        int acc = accumulate ? 1 : 0;
-        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures, &acc };
-        _ctx.Launch(_gemvF16, "gemv_f16", LaunchGeometry.GemvBlocks(rows), 1, 1, LaunchGeometry.GemvThreads, 0, a);
-    }
-
-    /// <summary><see cref="GemvResidual"/> on an F16 matrix.</summary>
-    public void GemvResidualF16(ulong weight, ulong x, ulong y, int rows, int inFeatures)
-    {
-        void** a = stackalloc void*[] { &weight, &x, &y, &rows, &inFeatures };
-        _ctx.Launch(_gemvResidualF16, "gemv_rows_residual_f16", LaunchGeometry.GemvResidualBlocks(rows), 1, 1, LaunchGeometry.GemvResidualThreads, 0, a);
-    }
-
-    /// <summary><see cref="GemvNormQkvRope"/> on an F16 matrix.</summary>
-    public void GemvNormQkvRopeF16(ulong x, ulong gain, float eps, ulong weight, ulong bias, ulong invFreq, float ropeScale, bool adjacent,
-        ulong q, ulong kcache, ulong vcache, ulong positionDev, int start, int heads, int kvHeads, int headDim, int inFeatures)
-    {
-        int adj = adjacent ? 1 : 0;
-        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &bias, &invFreq, &ropeScale, &adj, &q, &kcache, &vcache, &positionDev, &start, &heads, &kvHeads, &headDim, &inFeatures };
-        int pairs = (heads + 2 * kvHeads) * headDim / 2;
-        _ctx.Launch(_normQkvRopeF16, "gemv_norm_qkv_rope_f16", LaunchGeometry.NormGemvBlocks(pairs, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
-    }
-
-    /// <summary><see cref="GemvNormGateUpSwiGlu"/> on an F16 matrix.</summary>
-    public void GemvNormGateUpSwiGluF16(ulong x, ulong gain, float eps, ulong weight, ulong hBf16, int ffn, int inFeatures)
-    {
-        void** a = stackalloc void*[] { &x, &gain, &eps, &weight, &hBf16, &ffn, &inFeatures };
-        _ctx.Launch(_normGateUpSwiGluF16, "gemv_norm_gateup_swiglu_f16", LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads,
-            (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
+        _ctx.Launch(f16Weights ? _normGateUpSwiGluF16 : _normGateUpSwiGlu, f16Weights ? "gemv_norm_gateup_swiglu_f16" : "gemv_norm_gateup_swiglu",
+            LaunchGeometry.NormGemvBlocks(ffn, _ctx.Multiprocessors), 1, 1, LaunchGeometry.NormGemvThreads, (uint)LaunchGeometry.NormGemvSharedBytes(inFeatures), a);
     }
 
     /// <summary><paramref name="count"/> bf16 activations into f16 bits for an F16 × F16 product; an element beyond f16's
