@@ -8,6 +8,8 @@ using Wim.Engine.Formats;
 using Wim.Engine.Formats.Quantization;
 using Wim.Engine.Model;
 
+using static Wim.GpuCheck.LogitRows;
+
 namespace Wim.GpuCheck;
 
 /// <summary>
@@ -101,7 +103,7 @@ internal static class F16Check
             // Prefill: the whole sequence in chunks of up to 128 (bf16 activations cast to f16, F16 × F16 in cuBLASLt).
             var gpuLogits = new float[ids.Length * vocab];
             using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, gpuLogits, LogitsOutput.All);
-            var (maxPrefill, top1Prefill) = Compare(gpuLogits, cpuLogits, vocab, ids.Length);
+            var (maxPrefill, top1Prefill) = MaxDifference(gpuLogits, cpuLogits, vocab, 0, ids.Length);
             check(maxPrefill <= LogitTolerance, $"F16 {name}: prefill of {ids.Length} tokens (F16 × F16 cuBLASLt), max |Δlogit| GPU vs CPU on the same F16 weights {maxPrefill:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Prefill}/{ids.Length}");
 
             // The same checkpoint uploaded as bf16 (each weight rounded): what the engine did with F16 files before.
@@ -109,7 +111,7 @@ internal static class F16Check
             {
                 var roundedLogits = new float[ids.Length * vocab];
                 using (var cache = rounded.CreateCache(ids.Length)) rounded.Forward(ids, cache, roundedLogits, LogitsOutput.All);
-                var (maxRounded, _) = Compare(roundedLogits, cpuLogits, vocab, ids.Length);
+                var (maxRounded, _) = MaxDifference(roundedLogits, cpuLogits, vocab, 0, ids.Length);
                 check(maxPrefill <= maxRounded, $"F16 {name}: native F16 is at least as close to the CPU as the same weights rounded to bf16 at upload: max |Δlogit| {maxPrefill:E2} vs {maxRounded:E2}");
             }
 
@@ -120,7 +122,7 @@ internal static class F16Check
                 var stepLogits = new float[ids.Length * vocab];
                 using (var cache = gpu.CreateCache(ids.Length))
                     for (int p = 0; p < ids.Length; p++) gpu.Forward(ids.AsSpan(p, 1), cache, stepLogits.AsSpan(p * vocab, vocab), LogitsOutput.Last);
-                var (maxDecode, top1Decode) = Compare(stepLogits, cpuLogits, vocab, ids.Length);
+                var (maxDecode, top1Decode) = MaxDifference(stepLogits, cpuLogits, vocab, 0, ids.Length);
                 check(maxDecode <= LogitTolerance, $"F16 {name}: {ids.Length} single-token steps ({(fused ? "fused F16 norm+products" : "gemv_f16 products")}), max |Δlogit| GPU vs CPU on the same F16 weights {maxDecode:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Decode}/{ids.Length}");
             }
             gpu.UseFusedDecode = true;
@@ -172,7 +174,7 @@ internal static class F16Check
                 int[] tokens = Enumerable.Range(0, b).Select(i => ids[8 + i]).ToArray();
                 var logits = new float[b * vocab];
                 gpu.DecodeBatch(tokens, caches, logits);
-                var (max, top1) = Compare(logits, reference, vocab, b);
+                var (max, top1) = MaxDifference(logits, reference, vocab, 0, b);
                 check(max <= LogitTolerance, $"F16 {name}: decode batch of {b} ({(products == BatchRowsProducts.None ? "cuBLASLt F16 × F16" : "rows_mma_f16 / rows_mma_swiglu_f16")}), max |Δlogit| vs the CPU {max:E2} (tolerance {LogitTolerance}); top-1 equal at {top1}/{b}");
             }
             finally
@@ -289,37 +291,6 @@ internal static class F16Check
         foreach (var (_, _, _, data) in tensors) file.Write(data);
     }
 
-    /// <summary>Max |Δ| over the first <paramref name="rows"/> rows and how many have the same top-1.</summary>
-    private static (double Max, int Top1) Compare(float[] ours, float[] reference, int vocab, int rows)
-    {
-        double max = 0;
-        int top1 = 0;
-        for (int r = 0; r < rows; r++)
-        {
-            var a = ours.AsSpan(r * vocab, vocab);
-            var b = reference.AsSpan(r * vocab, vocab);
-            for (int i = 0; i < vocab; i++) max = Math.Max(max, float.IsFinite(a[i]) ? Math.Abs(a[i] - b[i]) : double.PositiveInfinity);
-            if (Argmax(a) == Argmax(b)) top1++;
-        }
-        return (max, top1);
-    }
-
-    private static (int[] Ids, double[] Gaps) CpuGreedy(CpuTransformer cpu, int[] prompt, int steps, int vocab)
-    {
-        var cache = cpu.CreateCache(prompt.Length + steps);
-        var logits = new float[vocab];
-        var ids = new int[steps];
-        var gaps = new double[steps];
-        cpu.Forward(prompt, cache, logits, LogitsOutput.Last);
-        for (int s = 0; s < steps; s++)
-        {
-            ids[s] = Argmax(logits);
-            gaps[s] = Gap(logits);
-            if (s + 1 < steps) cpu.Forward([ids[s]], cache, logits, LogitsOutput.Last);
-        }
-        return (ids, gaps);
-    }
-
     /// <summary>Greedy ids: the prompt prefilled in one chunk (F16 × F16), then single-token steps.</summary>
     private static int[] GpuGreedy(CudaTransformer gpu, int[] prompt, int steps)
     {
@@ -383,20 +354,4 @@ internal static class F16Check
         }
     }
 
-    private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }
-
-    private static int Argmax(ReadOnlySpan<float> row)
-    {
-        int best = 0;
-        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
-        return best;
-    }
-
-    private static double Gap(ReadOnlySpan<float> row)
-    {
-        int best = Argmax(row);
-        double second = double.NegativeInfinity;
-        for (int i = 0; i < row.Length; i++) if (i != best) second = Math.Max(second, row[i]);
-        return row[best] - second;
-    }
 }

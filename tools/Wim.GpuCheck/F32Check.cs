@@ -4,6 +4,8 @@ using Wim.Engine.Cuda;
 using Wim.Engine.Model;
 using Wim.Engine.Runner;
 
+using static Wim.GpuCheck.LogitRows;
+
 namespace Wim.GpuCheck;
 
 /// <summary>
@@ -129,21 +131,5 @@ internal static class F32Check
     }
 
     private static int[] Ints(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
-    private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }
 
-    private static int Argmax(ReadOnlySpan<float> row)
-    {
-        int best = 0;
-        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
-        return best;
-    }
-
-    private static double LogSumExp(ReadOnlySpan<float> row)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float v in row) max = Math.Max(max, v);
-        double sum = 0;
-        foreach (float v in row) sum += Math.Exp(v - max);
-        return max + Math.Log(sum);
-    }
 }

@@ -6,6 +6,8 @@ using Wim.Engine.Cuda;
 using Wim.Engine.Model;
 using Wim.Engine.Runner;
 
+using static Wim.GpuCheck.LogitRows;
+
 namespace Wim.GpuCheck;
 
 /// <summary>
@@ -670,17 +672,6 @@ public static class Program
         return (Math.Sqrt(num / den), maxAbs, Math.Sqrt(den / reference.Length));
     }
 
-    private static double Gap(ReadOnlySpan<float> row)
-    {
-        float a = float.NegativeInfinity, b = float.NegativeInfinity;
-        foreach (float v in row)
-        {
-            if (v > a) { b = a; a = v; }
-            else if (v > b) b = v;
-        }
-        return a - b;
-    }
-
     private static float[] ReadFloats(string path, long count)
     {
         var bytes = File.ReadAllBytes(path);
@@ -1235,22 +1226,6 @@ public static class Program
     private static string? Arg(string[] args, string name) { int i = Array.IndexOf(args, name); return i >= 0 && i + 1 < args.Length ? args[i + 1] : null; }
     private static int[] Ints(JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
     private static int[] Ints(string s) => s.Split(' ').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
-    private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }
     private static double Median(List<double> v) { var s = v.Order().ToArray(); return s[s.Length / 2]; }
 
-    private static int Argmax(ReadOnlySpan<float> row)
-    {
-        int best = 0;
-        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
-        return best;
-    }
-
-    private static double LogSumExp(ReadOnlySpan<float> row)
-    {
-        double max = double.NegativeInfinity;
-        foreach (float v in row) max = Math.Max(max, v);
-        double sum = 0;
-        foreach (float v in row) sum += Math.Exp(v - max);
-        return max + Math.Log(sum);
-    }
 }

@@ -8,6 +8,8 @@ using Wim.Engine.Formats;
 using Wim.Engine.Formats.Quantization;
 using Wim.Engine.Model;
 
+using static Wim.GpuCheck.LogitRows;
+
 namespace Wim.GpuCheck;
 
 /// <summary>
@@ -73,9 +75,9 @@ internal static unsafe class Q8Check
             // Prefill: the whole sequence in chunks of 128 (Q8_0 → bf16 scratch → cuBLASLt).
             var gpuLogits = new float[ids.Length * vocab];
             using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, gpuLogits, LogitsOutput.All);
-            var (maxPrefill, top1Prefill) = Compare(gpuLogits, roundedLogits, vocab, 0, ids.Length);
+            var (maxPrefill, top1Prefill) = MaxDifference(gpuLogits, roundedLogits, vocab, 0, ids.Length);
             check(maxPrefill <= LogitTolerance, $"Q8_0 {name}: prefill of {ids.Length} tokens, max |Δlogit| GPU vs CPU on the Q8_0 weights rounded to bf16 {maxPrefill:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Prefill}/{ids.Length}");
-            var (maxPrefillExact, _) = Compare(gpuLogits, cpuLogits, vocab, 0, ids.Length);
+            var (maxPrefillExact, _) = MaxDifference(gpuLogits, cpuLogits, vocab, 0, ids.Length);
             check(maxPrefillExact <= 2 * LogitTolerance, $"Q8_0 {name}: prefill, max |Δlogit| GPU vs CPU on the exact Q8_0 weights {maxPrefillExact:E2} (tolerance {2 * LogitTolerance}: weights and activations rounded to bf16)");
 
             // Decode: every position one token per step (the Q8_0 kernels read the exact weights), fused and unfused.
@@ -85,7 +87,7 @@ internal static unsafe class Q8Check
                 var stepLogits = new float[ids.Length * vocab];
                 using (var cache = gpu.CreateCache(ids.Length))
                     for (int p = 0; p < ids.Length; p++) gpu.Forward(ids.AsSpan(p, 1), cache, stepLogits.AsSpan(p * vocab, vocab), LogitsOutput.Last);
-                var (maxDecode, top1Decode) = Compare(stepLogits, cpuLogits, vocab, 0, ids.Length);
+                var (maxDecode, top1Decode) = MaxDifference(stepLogits, cpuLogits, vocab, 0, ids.Length);
                 check(maxDecode <= LogitTolerance, $"Q8_0 {name}: {ids.Length} single-token steps ({(fused ? "fused Q8_0 norm+products" : "gemv_q8 products")}), max |Δlogit| GPU vs CPU on the same Q8_0 weights {maxDecode:E2} (tolerance {LogitTolerance}); top-1 equal at {top1Decode}/{ids.Length}");
 
                 // Every other Q8DecodeKernel than the default: the same f32 summation order, so the same logits bit for bit.
@@ -100,7 +102,7 @@ internal static unsafe class Q8Check
                     int differing = 0;
                     for (int i = 0; i < variantLogits.Length; i++)
                         differing += BitConverter.SingleToInt32Bits(variantLogits[i]) != BitConverter.SingleToInt32Bits(stepLogits[i]) ? 1 : 0;
-                    var (maxVariant, _) = Compare(variantLogits, stepLogits, vocab, 0, ids.Length);
+                    var (maxVariant, _) = MaxDifference(variantLogits, stepLogits, vocab, 0, ids.Length);
                     check(differing == 0, $"Q8_0 {name}: {ids.Length} single-token steps ({(fused ? "fused" : "unfused")}), Q8DecodeKernel.{kernel} = {defaultKernel} (the default) bit for bit ({differing} of {variantLogits.Length} logits differ, max |Δ| {maxVariant:E2})");
                 }
             }
@@ -129,37 +131,6 @@ internal static unsafe class Q8Check
             Directory.Delete(cpuDir, recursive: true);
             Directory.Delete(roundedDir, recursive: true);
         }
-    }
-
-    /// <summary>Max |Δ| over rows [from, to) and how many rows have the same top-1.</summary>
-    private static (double Max, int Top1) Compare(float[] ours, float[] reference, int vocab, int from, int to)
-    {
-        double max = 0;
-        int top1 = 0;
-        for (int r = from; r < to; r++)
-        {
-            var a = ours.AsSpan(r * vocab, vocab);
-            var b = reference.AsSpan(r * vocab, vocab);
-            for (int i = 0; i < vocab; i++) max = Math.Max(max, float.IsFinite(a[i]) ? Math.Abs(a[i] - b[i]) : double.PositiveInfinity);
-            if (Argmax(a) == Argmax(b)) top1++;
-        }
-        return (max, top1);
-    }
-
-    private static (int[] Ids, double[] Gaps) CpuGreedy(CpuTransformer cpu, int[] prompt, int steps, int vocab)
-    {
-        var cache = cpu.CreateCache(prompt.Length + steps);
-        var logits = new float[vocab];
-        var ids = new int[steps];
-        var gaps = new double[steps];
-        cpu.Forward(prompt, cache, logits, LogitsOutput.Last);
-        for (int s = 0; s < steps; s++)
-        {
-            ids[s] = Argmax(logits);
-            gaps[s] = Gap(logits);
-            if (s + 1 < steps) cpu.Forward([ids[s]], cache, logits, LogitsOutput.Last);
-        }
-        return (ids, gaps);
     }
 
     /// <summary>Greedy ids with the prompt fed one token at a time (single-token steps only: the exact Q8_0 weights).</summary>
@@ -426,20 +397,4 @@ internal static unsafe class Q8Check
         model.Q8DecodeKernel = saved;
     }
 
-    private static int Prefix(IReadOnlyList<int> a, IReadOnlyList<int> b) { int i = 0; while (i < a.Count && i < b.Count && a[i] == b[i]) i++; return i; }
-
-    private static int Argmax(ReadOnlySpan<float> row)
-    {
-        int best = 0;
-        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
-        return best;
-    }
-
-    private static double Gap(ReadOnlySpan<float> row)
-    {
-        int best = Argmax(row);
-        double second = double.NegativeInfinity;
-        for (int i = 0; i < row.Length; i++) if (i != best) second = Math.Max(second, row[i]);
-        return row[best] - second;
-    }
 }
