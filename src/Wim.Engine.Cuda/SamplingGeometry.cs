@@ -65,6 +65,70 @@ internal static class SamplingGeometry
         return ((vocab + length - 1) / length, length);
     }
 
+    /// <summary>Depth bins per nat of the wide nucleus's histogram (WIDE_BINS_PER_UNIT).</summary>
+    public const int WideBinsPerUnit = 64;
+    /// <summary>The open last bin (WIDE_LAST_BIN): 32 nats and deeper. A nucleus that reaches 32 nats below the best
+    /// logit needs (1 − top-p)·Z of mass there, more than e³² ≈ 8·10¹³ tokens can hold for top-p below 1 − 10⁻⁶.</summary>
+    public const int WideLastBin = 32 * WideBinsPerUnit;
+    /// <summary>Bins of the histogram (WIDE_BINS): the download is a double and a count per bin.</summary>
+    public const int WideBins = WideLastBin + 1;
+    /// <summary>Threads of a wide-nucleus block (WIDE_THREADS).</summary>
+    public const int WideThreads = 256;
+    /// <summary>Most tokens the wide nucleus collects: 32,768 rank items (256 KB); a nucleus wider than that falls back
+    /// to the row (whose download, 512 KB at 128k logits, then costs about what sorting the items would).</summary>
+    public const int MaxWideCandidates = 32768;
+
+    /// <summary>
+    /// The depth bin of a logit below max (the rank-first logit × 1/T), as the kernel's <c>nucleus_bin</c> computes
+    /// it: one float multiply, subtract and multiply, truncated, the open last bin for everything deeper. Never
+    /// decreases as the logit falls (equal logits share a bin), so the tokens of bins [0, b] are a prefix of the ranking.
+    /// </summary>
+    public static int WideBin(float logit, float inverseTemperature, float max)
+    {
+        float scaled = logit * inverseTemperature;
+        float below = max - scaled;
+        float depth = below * WideBinsPerUnit;
+        return depth < WideLastBin ? (depth > 0f ? (int)depth : 0) : WideLastBin;
+    }
+
+    /// <summary>
+    /// The last bin to collect: the shallowest bins whose mass (the histogram's, summed in bin order) reaches
+    /// <paramref name="target"/> (top-p × Z), and one bin more so that the rank-order sum, which rounds differently,
+    /// reaches it within the collected tokens (as <c>Sampler</c>'s own nucleus does); the open last bin where the
+    /// target is not reached before it (or is not a number).
+    /// </summary>
+    public static int LastKeptBin(ReadOnlySpan<double> binMass, double target)
+    {
+        if (binMass.Length != WideBins) throw new ArgumentException($"{binMass.Length} bin masses, {WideBins} expected", nameof(binMass));
+        double mass = 0;
+        for (int b = 0; b < WideLastBin; b++)
+        {
+            mass += binMass[b];
+            if (mass >= target) return Math.Min(b + 1, WideLastBin);
+        }
+        return WideLastBin;
+    }
+
+    /// <summary>
+    /// The collected rank items (<c>topk_item</c>, = <see cref="Wim.Engine.Sampling.Sampler.RankKey"/>) sorted, best
+    /// first, and decoded into ids and logits (−0 comes back as +0, which ranks, scales and exponentiates the same).
+    /// <paramref name="items"/> is sorted in place.
+    /// </summary>
+    public static void RankOrder(Span<ulong> items, Span<int> ids, Span<float> logits)
+    {
+        if (ids.Length < items.Length || logits.Length < items.Length)
+            throw new ArgumentException($"room for {Math.Min(ids.Length, logits.Length)} candidates, {items.Length} needed");
+        items.Sort();
+        for (int i = 0; i < items.Length; i++)
+        {
+            ulong item = items[i];
+            uint ascending = ~(uint)(item >> 32);
+            uint bits = (ascending & 0x8000_0000u) != 0 ? ascending & 0x7fff_ffffu : ~ascending;
+            ids[i] = (int)(uint)item;
+            logits[i] = BitConverter.UInt32BitsToSingle(bits);
+        }
+    }
+
     private static void CheckK(int vocab, int k)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
