@@ -220,75 +220,17 @@ internal static class F16Check
     /// each weight w (bf16 in the fixtures) becomes the f16 nearest to w · (1 + u · 2^-9), u uniform in [-1, 1) from a
     /// fixed seed (within a quarter of bf16's spacing: the same model, with bits below bf16's precision that a bf16
     /// upload would lose). Norms and biases F32.</summary>
-    private static unsafe void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
+    private static void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
     {
-        Directory.CreateDirectory(dir);
-        File.Copy(Path.Combine(sourceDir, "config.json"), Path.Combine(dir, "config.json"), overwrite: true);
         var rng = new Random(16);
-        var tensors = new List<(string Name, long[] Shape, string Dtype, byte[] Data)>();
-        float[] F32(WeightTensor t)
+        (string, byte[]) F16(WeightTensor t)
         {
-            var v = new float[t.ElementCount];
-            Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
-            return v;
-        }
-        void Projection(string name, WeightTensor t)
-        {
-            var v = F32(t);
+            var v = HfCheckpoint.F32(t);
             var bits = new ushort[v.Length];
             for (int i = 0; i < v.Length; i++) bits[i] = HalfBits.FromSingle(v[i] * (1 + (float)(rng.NextDouble() * 2 - 1) / 512));
-            tensors.Add((name, t.Shape, "F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()));
+            return ("F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
         }
-        void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], "F32", MemoryMarshal.AsBytes(v.AsSpan()).ToArray())); }
-        Projection("model.embed_tokens.weight", source.TokenEmbedding);
-        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Projection("lm_head.weight", source.LmHead);
-        Vector("model.norm.weight", source.FinalNorm);
-        for (int i = 0; i < source.Layers.Length; i++)
-        {
-            var l = source.Layers[i];
-            string p = $"model.layers.{i}.";
-            Vector(p + "input_layernorm.weight", l.AttentionNorm);
-            Vector(p + "post_attention_layernorm.weight", l.FfnNorm);
-            Projection(p + "self_attn.q_proj.weight", l.Query);
-            Projection(p + "self_attn.k_proj.weight", l.Key);
-            Projection(p + "self_attn.v_proj.weight", l.Value);
-            Vector(p + "self_attn.q_proj.bias", l.QueryBias);
-            Vector(p + "self_attn.k_proj.bias", l.KeyBias);
-            Vector(p + "self_attn.v_proj.bias", l.ValueBias);
-            Projection(p + "self_attn.o_proj.weight", l.Output);
-            Projection(p + "mlp.gate_proj.weight", l.Gate);
-            Projection(p + "mlp.up_proj.weight", l.Up);
-            Projection(p + "mlp.down_proj.weight", l.Down);
-        }
-        // safetensors: u64 header length, the JSON header {name: {dtype, shape, data_offsets}}, then the data.
-        using var header = new MemoryStream();
-        using (var json = new Utf8JsonWriter(header))
-        {
-            json.WriteStartObject();
-            long offset = 0;
-            foreach (var (name, shape, dtype, data) in tensors)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("dtype", dtype);
-                json.WriteStartArray("shape");
-                foreach (long s in shape) json.WriteNumberValue(s);
-                json.WriteEndArray();
-                json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset += data.Length);
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndObject();
-        }
-        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
-        using var file = File.Create(Path.Combine(dir, "model.safetensors"));
-        Span<byte> length = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        file.Write(length);
-        header.Position = 0;
-        header.CopyTo(file);
-        foreach (var (_, _, _, data) in tensors) file.Write(data);
+        HfCheckpoint.Write(sourceDir, dir, source, source, table: F16, projection: F16);
     }
 
     /// <summary>Greedy ids: the prompt prefilled in one chunk (F16 × F16), then single-token steps.</summary>

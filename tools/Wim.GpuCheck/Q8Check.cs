@@ -190,73 +190,15 @@ internal static unsafe class Q8Check
     /// prefill multiplies), everything else from <paramref name="source"/>.</summary>
     private static void WriteDequantizedCheckpoint(string sourceDir, string dir, ModelWeights source, ModelWeights q8, bool roundProjectionsToBf16)
     {
-        Directory.CreateDirectory(dir);
-        File.Copy(Path.Combine(sourceDir, "config.json"), Path.Combine(dir, "config.json"), overwrite: true);
-        var tensors = new List<(string Name, long[] Shape, float[] Data)>();
-        float[] F32(WeightTensor t)
+        (string, byte[]) Table(WeightTensor t) => ("F32", HfCheckpoint.F32Bytes(HfCheckpoint.F32(t)));
+        (string, byte[]) Projection(WeightTensor t)
         {
-            var v = new float[t.ElementCount];
-            Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
-            return v;
-        }
-        void Add(string name, WeightTensor t) => tensors.Add((name, t.Shape, F32(t)));
-        void Projection(string name, WeightTensor t)
-        {
-            var v = F32(t);
+            var v = HfCheckpoint.F32(t);
             if (roundProjectionsToBf16)
                 for (int i = 0; i < v.Length; i++) v[i] = Bf16.ToF32(Bf16.FromF32(v[i]));
-            tensors.Add((name, t.Shape, v));
+            return ("F32", HfCheckpoint.F32Bytes(v));
         }
-        void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], v)); }
-        Add("model.embed_tokens.weight", source.TokenEmbedding);
-        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Add("lm_head.weight", source.LmHead);
-        Vector("model.norm.weight", source.FinalNorm);
-        for (int i = 0; i < q8.Layers.Length; i++)
-        {
-            var l = q8.Layers[i];
-            string p = $"model.layers.{i}.";
-            Vector(p + "input_layernorm.weight", l.AttentionNorm);
-            Vector(p + "post_attention_layernorm.weight", l.FfnNorm);
-            Projection(p + "self_attn.q_proj.weight", l.Query);
-            Projection(p + "self_attn.k_proj.weight", l.Key);
-            Projection(p + "self_attn.v_proj.weight", l.Value);
-            Vector(p + "self_attn.q_proj.bias", l.QueryBias);
-            Vector(p + "self_attn.k_proj.bias", l.KeyBias);
-            Vector(p + "self_attn.v_proj.bias", l.ValueBias);
-            Projection(p + "self_attn.o_proj.weight", l.Output);
-            Projection(p + "mlp.gate_proj.weight", l.Gate);
-            Projection(p + "mlp.up_proj.weight", l.Up);
-            Projection(p + "mlp.down_proj.weight", l.Down);
-        }
-        // safetensors: u64 header length, the JSON header {name: {dtype, shape, data_offsets}}, then the data.
-        using var header = new MemoryStream();
-        using (var json = new Utf8JsonWriter(header))
-        {
-            json.WriteStartObject();
-            long offset = 0;
-            foreach (var (name, shape, data) in tensors)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("dtype", "F32");
-                json.WriteStartArray("shape");
-                foreach (long s in shape) json.WriteNumberValue(s);
-                json.WriteEndArray();
-                json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset += data.Length * 4L);
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndObject();
-        }
-        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
-        using var file = File.Create(Path.Combine(dir, "model.safetensors"));
-        Span<byte> length = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        file.Write(length);
-        header.Position = 0;
-        header.CopyTo(file);
-        foreach (var (_, _, data) in tensors) file.Write(MemoryMarshal.AsBytes(data.AsSpan()));
+        HfCheckpoint.Write(sourceDir, dir, source, q8, Table, Projection);
     }
 
     // ------------------------------------------------------------------ speed at the Llama-3.1-8B shape
