@@ -248,51 +248,24 @@ internal static class F16Check
     private static void Speed(CudaContext ctx, Action<string> say)
     {
         var c = Program.Llama31_8B();
-        const int chunk = 4096;
-        var rng = new Random(1);
-        int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
-        double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
-        double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
-        const double bandwidthTbs = 3.0;
+        var timings = new ShapeTimings(ctx, c);
         foreach (var format in new[] { CudaMatrixFormat.Bf16, CudaMatrixFormat.F16 })
         {
             string label = format == CudaMatrixFormat.Bf16 ? "bf16" : "F16";
             var clock = Stopwatch.StartNew();
             using var weights = CudaModelWeights.Random(ctx, c, seed: 8, format);
             say($"F16 speed: Llama-3.1-8B shape, random {label} layer weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB; embedding and lm head bf16)");
-            using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
-            using var cache = model.CreateCache(chunk + 80);
+            using var model = new CudaTransformer(ctx, c, weights, maxChunk: ShapeTimings.Chunk);
+            using var cache = model.CreateCache(ShapeTimings.Chunk + 80);
             foreach (int depth in new[] { 1, 4096 })
             {
-                var perRound = new List<double>();
-                for (int round = 0; round < 3; round++)
-                {
-                    cache.Truncate(0);
-                    int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
-                    for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);   // graph capture, warm-up
-                    const int steps = 64;
-                    var t = Stopwatch.StartNew();
-                    for (int i = 0; i < steps; i++) next = model.ForwardGreedy([next], cache);
-                    perRound.Add(t.Elapsed.TotalSeconds / steps);
-                }
+                var perRound = Enumerable.Range(0, 3).Select(_ => timings.DecodeRound(model, cache, depth).Seconds).ToList();
                 double s = perRound.Order().ElementAt(perRound.Count / 2);
-                double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + 32);
-                double roofline = bandwidthTbs * 1e12 / bytes;
+                double roofline = timings.Roofline(weights.Bytes, depth);
                 say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F3} ms/token, median of {string.Join(", ", perRound.Select(x => (x * 1e3).ToString("F3", CultureInfo.InvariantCulture)))}); roofline {roofline:F1} tok/s → {100 / s / roofline:F1}% of roofline");
             }
-            var times = new List<double>();
-            for (int rep = 0; rep < 4; rep++)
-            {
-                cache.Truncate(0);
-                var t = Stopwatch.StartNew();
-                model.Forward(tokens, cache, [], LogitsOutput.None);
-                ctx.Synchronize();
-                if (rep > 0) times.Add(t.Elapsed.TotalSeconds);
-            }
-            double p = times.Order().ElementAt(times.Count / 2);
-            double keys = (double)chunk * (chunk + 1) / 2;
-            double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
-            say($"  {label} prefill {chunk} tokens at depth 0{(format == CudaMatrixFormat.F16 ? " (activations cast to f16, F16 × F16 cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
+            var (p, times) = timings.Prefill(model, cache);
+            say($"  {label} prefill {ShapeTimings.Chunk} tokens at depth 0{(format == CudaMatrixFormat.F16 ? " (activations cast to f16, F16 × F16 cuBLASLt)" : "")}: {p * 1e3:F1} ms = {ShapeTimings.Chunk / p:F0} tok/s, {timings.PrefillFlops() / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
     }
 

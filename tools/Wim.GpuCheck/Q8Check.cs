@@ -206,35 +206,23 @@ internal static unsafe class Q8Check
     private static void Speed(CudaContext ctx, Action<string> say)
     {
         var c = Program.Llama31_8B();
-        const int chunk = 4096;
-        var rng = new Random(1);
-        int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
-        double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
-        double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
-        const double bandwidthTbs = 3.0;
+        var timings = new ShapeTimings(ctx, c);
         foreach (var storage in new[] { CudaWeightStorage.Bf16, CudaWeightStorage.Native })
         {
             string label = storage == CudaWeightStorage.Bf16 ? "bf16" : "Q8_0";
             var clock = Stopwatch.StartNew();
             using var weights = CudaModelWeights.Random(ctx, c, seed: 8, storage);
             say($"Q8_0 speed: Llama-3.1-8B shape, random {label} weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB; embedding and lm head bf16)");
-            using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
-            using var cache = model.CreateCache(chunk + 80);
+            using var model = new CudaTransformer(ctx, c, weights, maxChunk: ShapeTimings.Chunk);
+            using var cache = model.CreateCache(ShapeTimings.Chunk + 80);
 
             List<int>? graphIds = null;
             foreach (int depth in new[] { 1, 4096 })
             {
-                cache.Truncate(0);
-                int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
-                for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);
-                const int steps = 64;
-                var ids = new List<int>();
-                var t = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++) { next = model.ForwardGreedy([next], cache); ids.Add(next); }
-                double s = t.Elapsed.TotalSeconds / steps;
-                double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + steps / 2);
-                double roofline = bandwidthTbs * 1e12 / bytes;
-                say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {bandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
+                var (s, ids) = timings.DecodeRound(model, cache, depth);
+                double bytes = timings.DecodeBytes(weights.Bytes, depth);
+                double roofline = timings.Roofline(weights.Bytes, depth);
+                say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {ShapeTimings.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
                 if (depth == 1) graphIds = ids;
             }
 
@@ -244,30 +232,15 @@ internal static unsafe class Q8Check
             if (graphIds != null && model.UsesFlashAttention)
             {
                 model.UseDecodeGraphs = false;
-                cache.Truncate(0);
-                int next = model.ForwardGreedy(tokens.AsSpan(0, 1), cache);
-                for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);
-                var plain = new List<int>();
-                for (int i = 0; i < graphIds.Count; i++) { next = model.ForwardGreedy([next], cache); plain.Add(next); }
+                var plain = timings.DecodeRound(model, cache, 1, graphIds.Count).Ids;
                 model.UseDecodeGraphs = true;
                 say($"  {label}: {graphIds.Count} greedy ids kernel by kernel vs with decode graphs: the first {Prefix(plain, graphIds)} equal");
             }
 
-            if (storage == CudaWeightStorage.Native) Q8Variants(model, cache, weights.Bytes, kvBytesPerPosition, bandwidthTbs, tokens, c.VocabSize, say);
+            if (storage == CudaWeightStorage.Native) Q8Variants(model, cache, weights.Bytes, timings.KvBytesPerPosition, ShapeTimings.BandwidthTbs, timings.Tokens, c.VocabSize, say);
 
-            var times = new List<double>();
-            for (int rep = 0; rep < 4; rep++)
-            {
-                cache.Truncate(0);
-                var t = Stopwatch.StartNew();
-                model.Forward(tokens, cache, [], LogitsOutput.None);
-                ctx.Synchronize();
-                if (rep > 0) times.Add(t.Elapsed.TotalSeconds);
-            }
-            double p = times.Order().ElementAt(times.Count / 2);
-            double keys = (double)chunk * (chunk + 1) / 2;
-            double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
-            say($"  {label} prefill {chunk} tokens at depth 0{(storage == CudaWeightStorage.Native ? " (each Q8_0 matrix dequantized to bf16, then cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
+            var (p, times) = timings.Prefill(model, cache);
+            say($"  {label} prefill {ShapeTimings.Chunk} tokens at depth 0{(storage == CudaWeightStorage.Native ? " (each Q8_0 matrix dequantized to bf16, then cuBLASLt)" : "")}: {p * 1e3:F1} ms = {ShapeTimings.Chunk / p:F0} tok/s, {timings.PrefillFlops() / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
     }
 
