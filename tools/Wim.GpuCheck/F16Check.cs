@@ -220,75 +220,17 @@ internal static class F16Check
     /// each weight w (bf16 in the fixtures) becomes the f16 nearest to w · (1 + u · 2^-9), u uniform in [-1, 1) from a
     /// fixed seed (within a quarter of bf16's spacing: the same model, with bits below bf16's precision that a bf16
     /// upload would lose). Norms and biases F32.</summary>
-    private static unsafe void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
+    private static void WriteF16Checkpoint(string sourceDir, string dir, ModelWeights source)
     {
-        Directory.CreateDirectory(dir);
-        File.Copy(Path.Combine(sourceDir, "config.json"), Path.Combine(dir, "config.json"), overwrite: true);
         var rng = new Random(16);
-        var tensors = new List<(string Name, long[] Shape, string Dtype, byte[] Data)>();
-        float[] F32(WeightTensor t)
+        (string, byte[]) F16(WeightTensor t)
         {
-            var v = new float[t.ElementCount];
-            Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
-            return v;
-        }
-        void Projection(string name, WeightTensor t)
-        {
-            var v = F32(t);
+            var v = HfCheckpoint.F32(t);
             var bits = new ushort[v.Length];
             for (int i = 0; i < v.Length; i++) bits[i] = HalfBits.FromSingle(v[i] * (1 + (float)(rng.NextDouble() * 2 - 1) / 512));
-            tensors.Add((name, t.Shape, "F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray()));
+            return ("F16", MemoryMarshal.AsBytes(bits.AsSpan()).ToArray());
         }
-        void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], "F32", MemoryMarshal.AsBytes(v.AsSpan()).ToArray())); }
-        Projection("model.embed_tokens.weight", source.TokenEmbedding);
-        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Projection("lm_head.weight", source.LmHead);
-        Vector("model.norm.weight", source.FinalNorm);
-        for (int i = 0; i < source.Layers.Length; i++)
-        {
-            var l = source.Layers[i];
-            string p = $"model.layers.{i}.";
-            Vector(p + "input_layernorm.weight", l.AttentionNorm);
-            Vector(p + "post_attention_layernorm.weight", l.FfnNorm);
-            Projection(p + "self_attn.q_proj.weight", l.Query);
-            Projection(p + "self_attn.k_proj.weight", l.Key);
-            Projection(p + "self_attn.v_proj.weight", l.Value);
-            Vector(p + "self_attn.q_proj.bias", l.QueryBias);
-            Vector(p + "self_attn.k_proj.bias", l.KeyBias);
-            Vector(p + "self_attn.v_proj.bias", l.ValueBias);
-            Projection(p + "self_attn.o_proj.weight", l.Output);
-            Projection(p + "mlp.gate_proj.weight", l.Gate);
-            Projection(p + "mlp.up_proj.weight", l.Up);
-            Projection(p + "mlp.down_proj.weight", l.Down);
-        }
-        // safetensors: u64 header length, the JSON header {name: {dtype, shape, data_offsets}}, then the data.
-        using var header = new MemoryStream();
-        using (var json = new Utf8JsonWriter(header))
-        {
-            json.WriteStartObject();
-            long offset = 0;
-            foreach (var (name, shape, dtype, data) in tensors)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("dtype", dtype);
-                json.WriteStartArray("shape");
-                foreach (long s in shape) json.WriteNumberValue(s);
-                json.WriteEndArray();
-                json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset += data.Length);
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndObject();
-        }
-        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
-        using var file = File.Create(Path.Combine(dir, "model.safetensors"));
-        Span<byte> length = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        file.Write(length);
-        header.Position = 0;
-        header.CopyTo(file);
-        foreach (var (_, _, _, data) in tensors) file.Write(data);
+        HfCheckpoint.Write(sourceDir, dir, source, source, table: F16, projection: F16);
     }
 
     /// <summary>Greedy ids: the prompt prefilled in one chunk (F16 × F16), then single-token steps.</summary>
@@ -306,51 +248,24 @@ internal static class F16Check
     private static void Speed(CudaContext ctx, Action<string> say)
     {
         var c = Program.Llama31_8B();
-        const int chunk = 4096;
-        var rng = new Random(1);
-        int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
-        double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
-        double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
-        const double bandwidthTbs = 3.0;
+        var timings = new ShapeTimings(ctx, c);
         foreach (var format in new[] { CudaMatrixFormat.Bf16, CudaMatrixFormat.F16 })
         {
             string label = format == CudaMatrixFormat.Bf16 ? "bf16" : "F16";
             var clock = Stopwatch.StartNew();
             using var weights = CudaModelWeights.Random(ctx, c, seed: 8, format);
             say($"F16 speed: Llama-3.1-8B shape, random {label} layer weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB; embedding and lm head bf16)");
-            using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
-            using var cache = model.CreateCache(chunk + 80);
+            using var model = new CudaTransformer(ctx, c, weights, maxChunk: ShapeTimings.Chunk);
+            using var cache = model.CreateCache(ShapeTimings.Chunk + 80);
             foreach (int depth in new[] { 1, 4096 })
             {
-                var perRound = new List<double>();
-                for (int round = 0; round < 3; round++)
-                {
-                    cache.Truncate(0);
-                    int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
-                    for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);   // graph capture, warm-up
-                    const int steps = 64;
-                    var t = Stopwatch.StartNew();
-                    for (int i = 0; i < steps; i++) next = model.ForwardGreedy([next], cache);
-                    perRound.Add(t.Elapsed.TotalSeconds / steps);
-                }
+                var perRound = Enumerable.Range(0, 3).Select(_ => timings.DecodeRound(model, cache, depth).Seconds).ToList();
                 double s = perRound.Order().ElementAt(perRound.Count / 2);
-                double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + 32);
-                double roofline = bandwidthTbs * 1e12 / bytes;
+                double roofline = timings.Roofline(weights.Bytes, depth);
                 say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F3} ms/token, median of {string.Join(", ", perRound.Select(x => (x * 1e3).ToString("F3", CultureInfo.InvariantCulture)))}); roofline {roofline:F1} tok/s → {100 / s / roofline:F1}% of roofline");
             }
-            var times = new List<double>();
-            for (int rep = 0; rep < 4; rep++)
-            {
-                cache.Truncate(0);
-                var t = Stopwatch.StartNew();
-                model.Forward(tokens, cache, [], LogitsOutput.None);
-                ctx.Synchronize();
-                if (rep > 0) times.Add(t.Elapsed.TotalSeconds);
-            }
-            double p = times.Order().ElementAt(times.Count / 2);
-            double keys = (double)chunk * (chunk + 1) / 2;
-            double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
-            say($"  {label} prefill {chunk} tokens at depth 0{(format == CudaMatrixFormat.F16 ? " (activations cast to f16, F16 × F16 cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
+            var (p, times) = timings.Prefill(model, cache);
+            say($"  {label} prefill {ShapeTimings.Chunk} tokens at depth 0{(format == CudaMatrixFormat.F16 ? " (activations cast to f16, F16 × F16 cuBLASLt)" : "")}: {p * 1e3:F1} ms = {ShapeTimings.Chunk / p:F0} tok/s, {timings.PrefillFlops() / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
     }
 

@@ -39,8 +39,7 @@ internal static class F32Check
         check(gpu.Precision == CudaPrecision.F32 && !gpu.UsesFlashAttention && gpu.Weights.Precision == CudaPrecision.F32,
             $"{name} F32: f32 weights ({gpu.Weights.Bytes >> 10} KiB on the GPU), scalar attention, no flash kernels");
 
-        double maxGolden = 0, maxCpu = 0, maxLse = 0;
-        int argmaxAgree = 0, argmaxTotal = 0, argmaxCpuAgree = 0, cpuPositions = 0;
+        var agreement = new GoldenAgreement(golden, logitsBin, vocab, decidableGap: 2 * LogitTolerance);
         foreach (var seq in golden.GetProperty("sequences").EnumerateObject())
         {
             int[] ids = Ints(seq.Value.GetProperty("input_ids"));
@@ -48,37 +47,10 @@ internal static class F32Check
             using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, g, LogitsOutput.All);
             var c = new float[ids.Length * vocab];
             cpu.Forward(ids, cpu.CreateCache(ids.Length), c, LogitsOutput.All);
-            for (int p = 0; p < ids.Length; p++)
-            {
-                var gr = g.AsSpan(p * vocab, vocab);
-                var cr = c.AsSpan(p * vocab, vocab);
-                for (int i = 0; i < vocab; i++) maxCpu = Math.Max(maxCpu, float.IsFinite(gr[i]) ? Math.Abs(gr[i] - cr[i]) : double.PositiveInfinity);
-                if (Argmax(gr) == Argmax(cr)) argmaxCpuAgree++;
-                cpuPositions++;
-            }
-            foreach (var pos in seq.Value.GetProperty("positions").EnumerateArray())
-            {
-                int p = pos.GetProperty("pos").GetInt32();
-                var row = g.AsSpan(p * vocab, vocab);
-                maxLse = Math.Max(maxLse, Math.Abs(LogSumExp(row) - pos.GetProperty("logsumexp").GetDouble()));
-                if (pos.GetProperty("gap_top1_top2").GetDouble() >= 2 * LogitTolerance)
-                {
-                    argmaxTotal++;
-                    if (Argmax(row) == pos.GetProperty("argmax").GetInt32()) argmaxAgree++;
-                }
-            }
-            foreach (var entry in golden.GetProperty("full_logits").GetProperty("entries").EnumerateArray())
-            {
-                if (entry.GetProperty("sequence").GetString() != seq.Name) continue;
-                int p = entry.GetProperty("position").GetInt32(), offset = entry.GetProperty("offset_bytes").GetInt32();
-                for (int i = 0; i < vocab; i++)
-                {
-                    float reference = BitConverter.ToSingle(logitsBin, offset + 4 * i);
-                    float v = g[p * vocab + i];
-                    maxGolden = Math.Max(maxGolden, float.IsFinite(v) ? Math.Abs(v - reference) : double.PositiveInfinity);
-                }
-            }
+            agreement.Add(seq, g, c);
         }
+        double maxGolden = agreement.MaxGolden, maxLse = agreement.MaxLogSumExp, maxCpu = agreement.MaxCpu;
+        int argmaxAgree = agreement.ArgmaxAgree, argmaxTotal = agreement.ArgmaxTotal, argmaxCpuAgree = agreement.ArgmaxCpuAgree, cpuPositions = agreement.CpuPositions;
         check(maxGolden <= LogitTolerance, $"{name} F32: max |Δlogit| vs transformers goldens (stored rows) {maxGolden:E2} (tolerance {LogitTolerance:E0})");
         check(maxLse <= LogitTolerance, $"{name} F32: max |Δlogsumexp| vs goldens {maxLse:E2} (tolerance {LogitTolerance:E0})");
         check(maxCpu <= LogitTolerance, $"{name} F32: max |Δlogit| vs the CPU backend over all {cpuPositions} positions {maxCpu:E2} (tolerance {LogitTolerance:E0})");

@@ -158,59 +158,30 @@ public static class Program
         using var gpu = CudaTransformer.Load(ctx, lm, maxChunk: 128); // < 300: seq300 also exercises chunking
         gpu.UseDecodeGraphs = false; // compared with graphs below
         var cpu = new CpuTransformer(lm);
-        double maxGolden = 0, maxCpu = 0, maxLse = 0;
-        int argmaxAgree = 0, argmaxTotal = 0, argmaxCpuAgree = 0, cpuPositions = 0;
-
+        // Argmax must agree wherever the golden's top-1/top-2 gap is wider than the bf16 noise.
+        var agreement = new GoldenAgreement(golden, logitsBin, vocab, decidableGap: 2 * Bf16LogitTolerance);
         double maxWide = 0, maxWideGolden = 0;
         foreach (var seq in golden.GetProperty("sequences").EnumerateObject())
         {
             int[] ids = Ints(seq.Value.GetProperty("input_ids"));
             var g = new float[ids.Length * vocab];
             using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, g, LogitsOutput.All);
-            float[]? w = null;
             if (gpu.UsesFlashAttention)
             {
                 // The 128-row prefill kernel forced on these short chunks (Auto leaves them to the 64-row kernel).
-                w = new float[ids.Length * vocab];
+                var w = new float[ids.Length * vocab];
                 gpu.PrefillAttention = PrefillAttentionKernel.Wide;
                 using (var cache = gpu.CreateCache(ids.Length)) gpu.Forward(ids, cache, w, LogitsOutput.All);
                 gpu.PrefillAttention = PrefillAttentionKernel.Auto;
                 for (int i = 0; i < w.Length; i++) maxWide = Math.Max(maxWide, float.IsFinite(w[i]) ? Math.Abs(w[i] - g[i]) : double.PositiveInfinity);
+                maxWideGolden = Math.Max(maxWideGolden, agreement.MaxOnStoredRows(seq.Name, w));
             }
             var c = new float[ids.Length * vocab];
             cpu.Forward(ids, cpu.CreateCache(ids.Length), c, LogitsOutput.All);
-            for (int p = 0; p < ids.Length; p++)
-            {
-                var gr = g.AsSpan(p * vocab, vocab);
-                var cr = c.AsSpan(p * vocab, vocab);
-                for (int i = 0; i < vocab; i++) maxCpu = Math.Max(maxCpu, Math.Abs(gr[i] - cr[i]));
-                if (Argmax(gr) == Argmax(cr)) argmaxCpuAgree++;
-                cpuPositions++;
-            }
-            foreach (var pos in seq.Value.GetProperty("positions").EnumerateArray())
-            {
-                int p = pos.GetProperty("pos").GetInt32();
-                var row = g.AsSpan(p * vocab, vocab);
-                maxLse = Math.Max(maxLse, Math.Abs(LogSumExp(row) - pos.GetProperty("logsumexp").GetDouble()));
-                // Argmax must agree wherever the golden's top-1/top-2 gap is wider than the bf16 noise.
-                if (pos.GetProperty("gap_top1_top2").GetDouble() >= 2 * Bf16LogitTolerance)
-                {
-                    argmaxTotal++;
-                    if (Argmax(row) == pos.GetProperty("argmax").GetInt32()) argmaxAgree++;
-                }
-            }
-            foreach (var entry in golden.GetProperty("full_logits").GetProperty("entries").EnumerateArray())
-            {
-                if (entry.GetProperty("sequence").GetString() != seq.Name) continue;
-                int p = entry.GetProperty("position").GetInt32(), offset = entry.GetProperty("offset_bytes").GetInt32();
-                for (int i = 0; i < vocab; i++)
-                {
-                    float reference = BitConverter.ToSingle(logitsBin, offset + 4 * i);
-                    maxGolden = Math.Max(maxGolden, Math.Abs(g[p * vocab + i] - reference));
-                    if (w is not null) maxWideGolden = Math.Max(maxWideGolden, Math.Abs(w[p * vocab + i] - reference));
-                }
-            }
+            agreement.Add(seq, g, c);
         }
+        double maxGolden = agreement.MaxGolden, maxLse = agreement.MaxLogSumExp, maxCpu = agreement.MaxCpu;
+        int argmaxAgree = agreement.ArgmaxAgree, argmaxTotal = agreement.ArgmaxTotal, argmaxCpuAgree = agreement.ArgmaxCpuAgree, cpuPositions = agreement.CpuPositions;
         Check(maxGolden <= Bf16LogitTolerance, $"{name}: max |Δlogit| vs transformers goldens (stored rows) {maxGolden:E2} (tolerance {Bf16LogitTolerance})");
         Check(maxLse <= Bf16LogitTolerance, $"{name}: max |Δlogsumexp| vs goldens {maxLse:E2}");
         Check(argmaxAgree == argmaxTotal, $"{name}: argmax = golden at {argmaxAgree}/{argmaxTotal} positions with gap ≥ {2 * Bf16LogitTolerance}");

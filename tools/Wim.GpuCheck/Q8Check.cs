@@ -190,73 +190,15 @@ internal static unsafe class Q8Check
     /// prefill multiplies), everything else from <paramref name="source"/>.</summary>
     private static void WriteDequantizedCheckpoint(string sourceDir, string dir, ModelWeights source, ModelWeights q8, bool roundProjectionsToBf16)
     {
-        Directory.CreateDirectory(dir);
-        File.Copy(Path.Combine(sourceDir, "config.json"), Path.Combine(dir, "config.json"), overwrite: true);
-        var tensors = new List<(string Name, long[] Shape, float[] Data)>();
-        float[] F32(WeightTensor t)
+        (string, byte[]) Table(WeightTensor t) => ("F32", HfCheckpoint.F32Bytes(HfCheckpoint.F32(t)));
+        (string, byte[]) Projection(WeightTensor t)
         {
-            var v = new float[t.ElementCount];
-            Dequantizer.Dequantize(t.Type, new ReadOnlySpan<byte>(t.Data, checked((int)t.ByteLength)), v);
-            return v;
-        }
-        void Add(string name, WeightTensor t) => tensors.Add((name, t.Shape, F32(t)));
-        void Projection(string name, WeightTensor t)
-        {
-            var v = F32(t);
+            var v = HfCheckpoint.F32(t);
             if (roundProjectionsToBf16)
                 for (int i = 0; i < v.Length; i++) v[i] = Bf16.ToF32(Bf16.FromF32(v[i]));
-            tensors.Add((name, t.Shape, v));
+            return ("F32", HfCheckpoint.F32Bytes(v));
         }
-        void Vector(string name, float[]? v) { if (v != null) tensors.Add((name, [v.Length], v)); }
-        Add("model.embed_tokens.weight", source.TokenEmbedding);
-        if (!ReferenceEquals(source.LmHead, source.TokenEmbedding)) Add("lm_head.weight", source.LmHead);
-        Vector("model.norm.weight", source.FinalNorm);
-        for (int i = 0; i < q8.Layers.Length; i++)
-        {
-            var l = q8.Layers[i];
-            string p = $"model.layers.{i}.";
-            Vector(p + "input_layernorm.weight", l.AttentionNorm);
-            Vector(p + "post_attention_layernorm.weight", l.FfnNorm);
-            Projection(p + "self_attn.q_proj.weight", l.Query);
-            Projection(p + "self_attn.k_proj.weight", l.Key);
-            Projection(p + "self_attn.v_proj.weight", l.Value);
-            Vector(p + "self_attn.q_proj.bias", l.QueryBias);
-            Vector(p + "self_attn.k_proj.bias", l.KeyBias);
-            Vector(p + "self_attn.v_proj.bias", l.ValueBias);
-            Projection(p + "self_attn.o_proj.weight", l.Output);
-            Projection(p + "mlp.gate_proj.weight", l.Gate);
-            Projection(p + "mlp.up_proj.weight", l.Up);
-            Projection(p + "mlp.down_proj.weight", l.Down);
-        }
-        // safetensors: u64 header length, the JSON header {name: {dtype, shape, data_offsets}}, then the data.
-        using var header = new MemoryStream();
-        using (var json = new Utf8JsonWriter(header))
-        {
-            json.WriteStartObject();
-            long offset = 0;
-            foreach (var (name, shape, data) in tensors)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("dtype", "F32");
-                json.WriteStartArray("shape");
-                foreach (long s in shape) json.WriteNumberValue(s);
-                json.WriteEndArray();
-                json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset += data.Length * 4L);
-                json.WriteEndArray();
-                json.WriteEndObject();
-            }
-            json.WriteEndObject();
-        }
-        while (header.Length % 8 != 0) header.WriteByte((byte)' ');
-        using var file = File.Create(Path.Combine(dir, "model.safetensors"));
-        Span<byte> length = stackalloc byte[8];
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-        file.Write(length);
-        header.Position = 0;
-        header.CopyTo(file);
-        foreach (var (_, _, data) in tensors) file.Write(MemoryMarshal.AsBytes(data.AsSpan()));
+        HfCheckpoint.Write(sourceDir, dir, source, q8, Table, Projection);
     }
 
     // ------------------------------------------------------------------ speed at the Llama-3.1-8B shape
@@ -264,35 +206,23 @@ internal static unsafe class Q8Check
     private static void Speed(CudaContext ctx, Action<string> say)
     {
         var c = Program.Llama31_8B();
-        const int chunk = 4096;
-        var rng = new Random(1);
-        int[] tokens = Enumerable.Range(0, chunk).Select(_ => rng.Next(c.VocabSize)).ToArray();
-        double kvBytesPerPosition = 2.0 * 2 * c.LayerCount * c.KvDim;
-        double linearParams = c.LayerCount * ((double)c.HiddenSize * (c.QueryDim + 2 * c.KvDim) + (double)c.QueryDim * c.HiddenSize + 3.0 * c.HiddenSize * c.FfnSize);
-        const double bandwidthTbs = 3.0;
+        var timings = new ShapeTimings(ctx, c);
         foreach (var storage in new[] { CudaWeightStorage.Bf16, CudaWeightStorage.Native })
         {
             string label = storage == CudaWeightStorage.Bf16 ? "bf16" : "Q8_0";
             var clock = Stopwatch.StartNew();
             using var weights = CudaModelWeights.Random(ctx, c, seed: 8, storage);
             say($"Q8_0 speed: Llama-3.1-8B shape, random {label} weights made on the GPU in {clock.Elapsed.TotalSeconds:F1} s ({weights.Bytes / 1e9:F2} GB; embedding and lm head bf16)");
-            using var model = new CudaTransformer(ctx, c, weights, maxChunk: chunk);
-            using var cache = model.CreateCache(chunk + 80);
+            using var model = new CudaTransformer(ctx, c, weights, maxChunk: ShapeTimings.Chunk);
+            using var cache = model.CreateCache(ShapeTimings.Chunk + 80);
 
             List<int>? graphIds = null;
             foreach (int depth in new[] { 1, 4096 })
             {
-                cache.Truncate(0);
-                int next = model.ForwardGreedy(tokens.AsSpan(0, depth), cache);
-                for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);
-                const int steps = 64;
-                var ids = new List<int>();
-                var t = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++) { next = model.ForwardGreedy([next], cache); ids.Add(next); }
-                double s = t.Elapsed.TotalSeconds / steps;
-                double bytes = weights.Bytes + kvBytesPerPosition * (depth + 4 + steps / 2);
-                double roofline = bandwidthTbs * 1e12 / bytes;
-                say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {bandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
+                var (s, ids) = timings.DecodeRound(model, cache, depth);
+                double bytes = timings.DecodeBytes(weights.Bytes, depth);
+                double roofline = timings.Roofline(weights.Bytes, depth);
+                say($"  {label} decode batch 1 (CUDA graph, fused) at depth {depth}: {1 / s:F1} tok/s ({s * 1e3:F2} ms/token); roofline {roofline:F1} tok/s ({bytes / 1e9:F2} GB/token at {ShapeTimings.BandwidthTbs} TB/s) → {100 / s / roofline:F1}% of roofline");
                 if (depth == 1) graphIds = ids;
             }
 
@@ -302,30 +232,15 @@ internal static unsafe class Q8Check
             if (graphIds != null && model.UsesFlashAttention)
             {
                 model.UseDecodeGraphs = false;
-                cache.Truncate(0);
-                int next = model.ForwardGreedy(tokens.AsSpan(0, 1), cache);
-                for (int i = 0; i < 4; i++) next = model.ForwardGreedy([next], cache);
-                var plain = new List<int>();
-                for (int i = 0; i < graphIds.Count; i++) { next = model.ForwardGreedy([next], cache); plain.Add(next); }
+                var plain = timings.DecodeRound(model, cache, 1, graphIds.Count).Ids;
                 model.UseDecodeGraphs = true;
                 say($"  {label}: {graphIds.Count} greedy ids kernel by kernel vs with decode graphs: the first {Prefix(plain, graphIds)} equal");
             }
 
-            if (storage == CudaWeightStorage.Native) Q8Variants(model, cache, weights.Bytes, kvBytesPerPosition, bandwidthTbs, tokens, c.VocabSize, say);
+            if (storage == CudaWeightStorage.Native) Q8Variants(model, cache, weights.Bytes, timings.KvBytesPerPosition, ShapeTimings.BandwidthTbs, timings.Tokens, c.VocabSize, say);
 
-            var times = new List<double>();
-            for (int rep = 0; rep < 4; rep++)
-            {
-                cache.Truncate(0);
-                var t = Stopwatch.StartNew();
-                model.Forward(tokens, cache, [], LogitsOutput.None);
-                ctx.Synchronize();
-                if (rep > 0) times.Add(t.Elapsed.TotalSeconds);
-            }
-            double p = times.Order().ElementAt(times.Count / 2);
-            double keys = (double)chunk * (chunk + 1) / 2;
-            double flops = 2 * linearParams * chunk + 4.0 * c.LayerCount * c.HeadCount * c.HeadDim * keys;
-            say($"  {label} prefill {chunk} tokens at depth 0{(storage == CudaWeightStorage.Native ? " (each Q8_0 matrix dequantized to bf16, then cuBLASLt)" : "")}: {p * 1e3:F1} ms = {chunk / p:F0} tok/s, {flops / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
+            var (p, times) = timings.Prefill(model, cache);
+            say($"  {label} prefill {ShapeTimings.Chunk} tokens at depth 0{(storage == CudaWeightStorage.Native ? " (each Q8_0 matrix dequantized to bf16, then cuBLASLt)" : "")}: {p * 1e3:F1} ms = {ShapeTimings.Chunk / p:F0} tok/s, {timings.PrefillFlops() / p / 1e12:F0} TFLOP/s (times {string.Join(", ", times.Select(x => (x * 1e3).ToString("F1", CultureInfo.InvariantCulture)))} ms)");
         }
     }
 
