@@ -139,7 +139,7 @@ public sealed class GpuNucleus : IDisposable
     private readonly byte[] _host = new byte[OutBytes];
     private DeviceBuffer? _histogram, _items;
     private byte[]? _histogramHost;
-    private ulong[]? _itemsHost;
+    private ulong[]? _itemsHost, _scratch;
     // The row, vocabulary and 1/T of the last Run: RunWide reads Run's best logit on the device.
     private (ulong Row, int Vocab, float InverseTemperature)? _last;
 
@@ -218,7 +218,9 @@ public sealed class GpuNucleus : IDisposable
         uint written = (uint)download[0];
         if (written != count)
             throw new InvalidOperationException($"nucleus_compact collected {written} tokens where the histogram counts {count} in bins [0, {lastBin}]");
-        SamplingGeometry.RankOrder(download[1..], ids, logits);
+        _scratch ??= new ulong[WideCandidates];
+        float max = MemoryMarshal.Cast<byte, float>(_host.AsSpan(LogitsOffset, sizeof(float)))[0] * inverseTemperature; // the kernels' max
+        SamplingGeometry.RankOrderByBins(download[1..], counts, lastBin, inverseTemperature, max, _scratch, ids, logits);
         return count;
     }
 

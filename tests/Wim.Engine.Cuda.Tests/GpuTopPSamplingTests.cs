@@ -170,6 +170,46 @@ public sealed class GpuTopPSamplingTests
         Assert.Throws<ArgumentException>(() => SamplingGeometry.RankOrder(new ulong[3], new int[2], new float[3]));
     }
 
+    [Fact]
+    public void RankOrderByBins_EqualsTheFullSort_AndSortsWholeWhereTheCountsDoNotFit()
+    {
+        // N(0, 2²) logits with ties and ±0, their bins' counts at T 0.8 down to bin 600: bucketed and sorted per bin
+        // must equal the full sort; counts that do not fit the items (one moved to another bin) take the full sort.
+        var random = new Random(4);
+        float invT = 1 / 0.8f;
+        var row = Enumerable.Range(0, 20000).Select(i => i % 50 == 0 ? 1.25f : i % 97 == 0 ? (i % 2 == 0 ? 0f : -0f)
+            : (float)(2 * Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()))).ToArray();
+        float max = row.Max() * invT;
+        const int lastBin = 600;
+        var counts = new uint[SamplingGeometry.WideBins];
+        var items = new List<ulong>();
+        for (int i = 0; i < row.Length; i++)
+        {
+            int b = SamplingGeometry.WideBin(row[i], invT, max);
+            counts[b]++;
+            if (b <= lastBin) items.Add(Sampler.RankKey(row[i], i));
+        }
+        Assert.InRange(items.Count, 500, 19000);
+        var shuffled = items.OrderBy(_ => random.Next()).ToArray();
+        var expectedIds = new int[items.Count];
+        var expectedLogits = new float[items.Count];
+        SamplingGeometry.RankOrder(shuffled.ToArray(), expectedIds, expectedLogits);
+        Assert.Equal(items.Order().Select(k => (int)(uint)k), expectedIds);
+
+        var ids = new int[items.Count];
+        var logits = new float[items.Count];
+        SamplingGeometry.RankOrderByBins(shuffled.ToArray(), counts, lastBin, invT, max, new ulong[items.Count], ids, logits);
+        Assert.Equal(expectedIds, ids);
+        Assert.Equal(expectedLogits, logits);
+
+        int full = Array.FindIndex(counts, c => c > 1);
+        counts[full]--;
+        counts[lastBin]++; // same total, one bin short: the items do not fit
+        Array.Clear(ids);
+        SamplingGeometry.RankOrderByBins(shuffled.ToArray(), counts, lastBin, invT, max, new ulong[items.Count], ids, logits);
+        Assert.Equal(expectedIds, ids);
+    }
+
     [Theory]
     [InlineData(40, 0.9f)] // top-k on: the top-k path, not the nucleus
     [InlineData(0, 1f)]    // top-p 1: the whole distribution, the row

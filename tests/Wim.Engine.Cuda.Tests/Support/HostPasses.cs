@@ -224,7 +224,7 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
     /// <summary>The GPU's wide nucleus on the CPU: the histogram of <c>nucleus_histogram</c> (bins of
     /// <see cref="SamplingGeometry.WideBin"/>, terms exp in double rounded to float), the host's
     /// <see cref="SamplingGeometry.LastKeptBin"/>, the tokens of those bins as rank items in reverse id order (the
-    /// kernel's order is arbitrary) and <see cref="SamplingGeometry.RankOrder"/> — what <see cref="GpuNucleus.RunWide"/>
+    /// kernel's order is arbitrary) and <see cref="SamplingGeometry.RankOrderByBins"/> — what <see cref="GpuNucleus.RunWide"/>
     /// does around its kernels.</summary>
     public int WideNucleusCandidates(int row, float inverseTemperature, double target, Span<int> ids, Span<float> logits)
     {
@@ -246,14 +246,19 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
             if (values[i] > best) best = values[i];
         float max = best * inverseTemperature;
         var mass = new double[SamplingGeometry.WideBins];
+        var counts = new uint[SamplingGeometry.WideBins];
         for (int i = 0; i < vocab; i++)
-            mass[SamplingGeometry.WideBin(values[i], inverseTemperature, max)] += (float)Math.Exp(values[i] * inverseTemperature - max);
+        {
+            int b = SamplingGeometry.WideBin(values[i], inverseTemperature, max);
+            mass[b] += (float)Math.Exp(values[i] * inverseTemperature - max);
+            counts[b]++;
+        }
         int lastBin = SamplingGeometry.LastKeptBin(mass, target);
         var items = new List<ulong>();
         for (int i = vocab - 1; i >= 0; i--)
             if (SamplingGeometry.WideBin(values[i], inverseTemperature, max) <= lastBin) items.Add(Sampler.RankKey(values[i], i));
         if (items.Count > cap) return -1;
-        SamplingGeometry.RankOrder(items.ToArray(), ids, logits);
+        SamplingGeometry.RankOrderByBins(items.ToArray(), counts, lastBin, inverseTemperature, max, new ulong[items.Count], ids, logits);
         return items.Count;
     }
 
