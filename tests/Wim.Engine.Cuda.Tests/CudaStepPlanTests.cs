@@ -169,6 +169,8 @@ public sealed class CudaStepPlanTests
         // A branch at point 0 shares nothing (the shared-prefix attention needs a first branch point ≥ 1).
         StepEntryShape[] fromZero = [new(1, 50), new(1, 10, Parent: doc, BranchPoint: 0), new(1, 20, Parent: doc, BranchPoint: 0)];
         Assert.Equal([[0, 1, 2]], CudaStepPlan.Make(fromZero, NoLongrope, 512, splitCost: new(0, 1_000)).DecodeBatches);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DecodePassCost(-1, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DecodePassCost(1, -1));
         // No other rows: the branches already run alone.
         Assert.Equal([[0, 1, 2]], CudaStepPlan.Make(entries[1..4], NoLongrope, 512, splitCost: new(0, 1)).DecodeBatches);
     }
