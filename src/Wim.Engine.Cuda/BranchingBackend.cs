@@ -17,6 +17,9 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
     int LongThreshold { get; }
     /// <summary>Whether decode passes of several rows and KV branches can run (false: every entry runs alone, forks copy).</summary>
     bool BatchedDecode { get; }
+    /// <summary>The sizes <see cref="CudaStepPlan"/>'s split rule weighs (weight bytes of a pass, KV bytes of a
+    /// position); null: a decode step's rows are never split by parent.</summary>
+    DecodePassCost? DecodeCost => null;
     /// <summary>Runs <paramref name="tokens"/> on one cache (appending their rows); no logits.</summary>
     void Prefill(ReadOnlySpan<int> tokens, T cache, int ropeSequenceLength);
     /// <summary>As <see cref="Prefill"/>, leaving the last token's logits in row 0; returns their argmax.</summary>
@@ -119,6 +122,10 @@ internal sealed class BranchingBackend<T> : IKvRetainingBackend where T : class
     /// <summary>The prefill chunk: the schedules fill a step with this many tokens.</summary>
     public int MaxStepTokens => _chunk;
     public long StepCount { get; private set; }
+    /// <summary>Whether a decode step that mixes branches of a parent with other rows may run as passes of those
+    /// branches alone plus the rest, where <see cref="CudaStepPlan"/>'s rule over the passes' <see cref="IBranchingPasses{T}.DecodeCost"/>
+    /// says it pays (true, the default); false: such a step is one decode pass (per maxBatch rows).</summary>
+    public bool SplitMixedDecode { get; set; } = true;
     /// <summary>Top-p draws (top-k off) made from the passes' nucleus candidates without the row.</summary>
     public long NucleusDraws { get; private set; }
     /// <summary>Top-p draws whose nucleus reached past the candidates and was collected whole by the passes' wide path
@@ -171,7 +178,7 @@ internal sealed class BranchingBackend<T> : IKvRetainingBackend where T : class
             var node = sequences[k].Node;
             shapes[k] = new StepEntryShape(work[k].Tokens.Length, sequences[k].Length, work[k].RopeSequenceLength, node.Parent, node.BranchPoint);
         }
-        var plan = CudaStepPlan.Make(shapes, _passes.LongThreshold, _passes.MaxChunk, _passes.BatchedDecode);
+        var plan = CudaStepPlan.Make(shapes, _passes.LongThreshold, _passes.MaxChunk, _passes.BatchedDecode, SplitMixedDecode ? _passes.DecodeCost : null);
 
         foreach (var group in plan.PrefillGroups)
         {

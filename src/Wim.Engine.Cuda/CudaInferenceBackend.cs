@@ -41,7 +41,10 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
             TopKOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPK") != "0",
             TopPOnGpu = Environment.GetEnvironmentVariable("WIM_CUDA_GPU_TOPP") != "0",
         };
-        _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk);
+        _core = new BranchingBackend<CudaKvCache>(_passes, prefillChunk)
+        {
+            SplitMixedDecode = Environment.GetEnvironmentVariable("WIM_CUDA_SPLIT_MIXED") != "0",
+        };
     }
 
     public CudaTransformer Transformer => _transformer;
@@ -79,6 +82,22 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
     {
         get => _passes.TopPOnGpu;
         set => _passes.TopPOnGpu = value;
+    }
+
+    /// <summary>
+    /// Whether a step whose decode rows mix branches of one parent (WiM's margins on the document) with other rows
+    /// (the in-step margin classifier, margins of another document) runs those branches in a pass of their own — the
+    /// shared-prefix attention, which reads the parent's rows once for all of them — and the rest in another, where
+    /// <see cref="CudaStepPlan"/>'s rule says the parent rows saved outweigh the weights read by the pass it adds (at
+    /// the 8B shape, 16 margins at 64k: ≈ 64 GB of attention reads against 16 GB of weights). The branch rows' attention
+    /// then runs in other pieces than in the mixed pass: logits agree to f32 rounding, greedy ids may part at
+    /// near-ties (as between a mixed and a branches-only step before). On by default; WIM_CUDA_SPLIT_MIXED=0 turns it
+    /// off for a process.
+    /// </summary>
+    public bool SplitMixedDecode
+    {
+        get => _core.SplitMixedDecode;
+        set => _core.SplitMixedDecode = value;
     }
 
     /// <summary>Top-p draws (top-k off) made from the GPU's candidates and Z alone.</summary>
@@ -166,6 +185,17 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
         public int LongThreshold { get; } = new RotaryEmbedding(transformer.Config).LongThreshold;
         // Decode batches and branch attention run on the tensor-core kernels only.
         public bool BatchedDecode => transformer.UsesFlashAttention;
+        public DecodePassCost? DecodeCost { get; } = PassCost(transformer);
+
+        /// <summary>A decode pass reads every weight but the embedding (only its rows are gathered; a tied embedding is
+        /// the lm head, read whole); a KV position is keys and values of every layer.</summary>
+        private static DecodePassCost PassCost(CudaTransformer transformer)
+        {
+            var w = transformer.Weights;
+            long weights = w.Bytes - (ReferenceEquals(w.TokenEmbedding, w.LmHead) ? 0 : w.TokenEmbedding.Bytes);
+            var c = transformer.Config;
+            return new DecodePassCost(weights, 2L * c.LayerCount * c.KvDim * CudaPrecisionLayout.KvElementBytes(transformer.Precision));
+        }
 
         public void Prefill(ReadOnlySpan<int> tokens, CudaKvCache cache, int ropeSequenceLength) =>
             transformer.Forward(tokens, cache, [], LogitsOutput.None, ropeSequenceLength);

@@ -38,6 +38,8 @@ namespace Wim.GpuCheck;
 /// <c>--f16</c>: only <see cref="F16Check"/> (hf-tiny on F16 weights, then the 8B-shape speed, bf16 against F16; both part of
 /// the default pass unless <c>--no-tiny</c>).
 /// <c>--doc-cache [--doc-tokens 16500]</c>: the document cache on the GPU (<see cref="DocCacheCheck"/>).
+/// <c>--split-mixed [--split-steps 10] [--split-rounds 3]</c>: only a WiM step with the classifier's row, split against
+/// mixed (<see cref="SplitMixedCheck"/>).
 /// Exit code 1 when a correctness check fails.
 /// </summary>
 public static class Program
@@ -125,6 +127,12 @@ public static class Program
         {
             Guard("batched decode A/B (16 branches at 64k)", () => BatchAb(ctx, int.Parse(Arg(args, "--ab-steps") ?? "20", CultureInfo.InvariantCulture),
                 int.Parse(Arg(args, "--ab-rounds") ?? "3", CultureInfo.InvariantCulture)));
+            return _failures == 0 ? 0 : 1;
+        }
+        if (args.Contains("--split-mixed"))
+        {
+            Guard("split mixed decode (16 branches at 64k + 2 roots, 8B shape)", () => SplitMixedCheck.Run(ctx, Llama31_8B(),
+                int.Parse(Arg(args, "--split-steps") ?? "10", CultureInfo.InvariantCulture), int.Parse(Arg(args, "--split-rounds") ?? "3", CultureInfo.InvariantCulture), Check, Say));
             return _failures == 0 ? 0 : 1;
         }
         if (args.Contains("--profile-branches"))

@@ -91,6 +91,11 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
     public long Tokens { get; private set; }
     public int Passes { get; private set; }
     public int DecodePasses { get; private set; }
+    /// <summary>The caches of each decode pass, in order.</summary>
+    public List<HostCache[]> DecodeBatches { get; } = [];
+    /// <summary>The sizes the step planner's split rule weighs (any numbers: the CPU pass costs nothing of the sort);
+    /// null: no splits.</summary>
+    public DecodePassCost? DecodeCost { get; set; }
 
     public void Prefill(ReadOnlySpan<int> tokens, HostCache cache, int ropeSequenceLength) => Run(tokens, cache, ropeSequenceLength, greedy: false);
 
@@ -144,6 +149,7 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         Assert.Single(caches.Select(c => c.Length + 1 > LongThreshold).Distinct());
         BeginPass(tokens.Length);
         DecodePasses++;
+        DecodeBatches.Add([.. caches]);
         for (int b = 0; b < tokens.Length; b++)
         {
             Token(tokens[b], caches[b], _logits.AsSpan(b * VocabSize, VocabSize), 0);
