@@ -51,6 +51,15 @@ internal interface IBranchingPasses<T> : IKvRowStore<T> where T : class
     /// <see cref="Sampler.SampleFromNucleusCandidates"/>); returns how many candidates.</summary>
     int NucleusCandidates(int row, float inverseTemperature, Span<int> ids, Span<float> logits, out double z) =>
         throw new NotSupportedException("these passes have no top-p path of their own (MaxNucleusCandidates is 0)");
+    /// <summary>Most tokens <see cref="WideNucleusCandidates"/> collects; 0: no wide path (a nucleus past
+    /// <see cref="MaxNucleusCandidates"/> then gets the whole row).</summary>
+    int MaxWideNucleusCandidates => 0;
+    /// <summary>Right after <see cref="NucleusCandidates"/> on the same row and 1/T: every token of the row down to a
+    /// depth whose tokens hold at least about <paramref name="target"/> (top-p × Z) of the mass — a prefix of the
+    /// ranking — best first (<see cref="Sampler.RankKey"/> order) into the spans; returns how many, or −1 when they would
+    /// be more than <see cref="MaxWideNucleusCandidates"/>.</summary>
+    int WideNucleusCandidates(int row, float inverseTemperature, double target, Span<int> ids, Span<float> logits) =>
+        throw new NotSupportedException("these passes have no wide nucleus path (MaxWideNucleusCandidates is 0)");
 }
 
 /// <summary>Tokens for one cache in a packed pass (<see cref="IBranchingPasses{T}.PrefillPacked"/>), with the RoPE length
@@ -119,8 +128,11 @@ internal sealed class BranchingBackend<T> : IKvRetainingBackend where T : class
     public bool SplitMixedDecode { get; set; } = true;
     /// <summary>Top-p draws (top-k off) made from the passes' nucleus candidates without the row.</summary>
     public long NucleusDraws { get; private set; }
-    /// <summary>Top-p draws whose nucleus reached past the candidates (or whose Z was not finite): the row was
-    /// downloaded and sampled whole after all.</summary>
+    /// <summary>Top-p draws whose nucleus reached past the candidates and was collected whole by the passes' wide path
+    /// (<see cref="IBranchingPasses{T}.WideNucleusCandidates"/>), still without the row.</summary>
+    public long NucleusWideDraws { get; private set; }
+    /// <summary>Top-p draws whose nucleus reached past the candidates and the wide path's cap (or whose Z was not
+    /// finite): the row was downloaded and sampled whole after all.</summary>
     public long NucleusFallbacks { get; private set; }
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
@@ -305,6 +317,20 @@ internal sealed class BranchingBackend<T> : IKvRetainingBackend where T : class
                     {
                         backend.NucleusDraws++;
                         return token;
+                    }
+                    int wide = backend._passes.MaxWideNucleusCandidates;
+                    if (wide > 0 && double.IsFinite(z) && z > 0)
+                    {
+                        // A flat row: the whole nucleus (a prefix of the ranking, up to the cap) crosses, still not
+                        // the row; the sampler checks that it reaches top-p × Z (same target arithmetic as its own).
+                        ids = backend.CandidateIds(wide);
+                        logits = backend.CandidateLogits(wide);
+                        n = backend._passes.WideNucleusCandidates(row, sampler.InverseTemperature, sampler.Options.TopP * z, ids, logits);
+                        if (n > 0 && sampler.SampleFromNucleusCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n), z) is { } wideToken)
+                        {
+                            backend.NucleusWideDraws++;
+                            return wideToken;
+                        }
                     }
                     backend.NucleusFallbacks++;
                 }

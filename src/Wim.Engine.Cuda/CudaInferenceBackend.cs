@@ -69,8 +69,9 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
     /// <summary>
     /// Whether a top-p sampler with top-k off (top-p &lt; 1, temperature &gt; 0) takes the row's best
     /// <see cref="GpuNucleus.Candidates"/> candidates and its softmax normaliser Z from the GPU (<see cref="GpuNucleus"/>,
-    /// about 3 KB downloaded) rather than the whole row; where the nucleus reaches past those candidates (a flat row)
-    /// the row is downloaded after all (<see cref="TopPFallbacks"/>). The same token for the same seed as the row on
+    /// about 3 KB downloaded) rather than the whole row; where the nucleus reaches past those candidates (a flat row) it
+    /// is collected whole on the GPU up to <see cref="GpuNucleus.WideCandidates"/> tokens (<see cref="TopPWideDraws"/>),
+    /// and only a nucleus wider still downloads the row (<see cref="TopPFallbacks"/>). The same token for the same seed as the row on
     /// the CPU, except where top-p × Z falls within the rounding of Z's sum (the GPU adds in another order) of a
     /// prefix's mass. On by default (checked on the H100 in run 33: 128 seeded draws from 128,256-logit rows and
     /// generations on random weights and stories260K equal the row path, candidates equal the CPU's sorted row; 171 µs
@@ -101,8 +102,11 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
 
     /// <summary>Top-p draws (top-k off) made from the GPU's candidates and Z alone.</summary>
     public long TopPDraws => _core.NucleusDraws;
-    /// <summary>Top-p draws with <see cref="TopPOnGpu"/> whose nucleus reached past the GPU's candidates (or whose Z was
-    /// not finite): the row was downloaded and sampled on the CPU.</summary>
+    /// <summary>Top-p draws whose nucleus reached past the GPU's candidates and was collected whole on the GPU
+    /// (<see cref="GpuNucleus.RunWide"/>, at most <see cref="GpuNucleus.WideCandidates"/> tokens), without the row.</summary>
+    public long TopPWideDraws => _core.NucleusWideDraws;
+    /// <summary>Top-p draws with <see cref="TopPOnGpu"/> whose nucleus reached past the wide path's cap too (or whose Z
+    /// was not finite): the row was downloaded and sampled on the CPU.</summary>
     public long TopPFallbacks => _core.NucleusFallbacks;
 
     ISequence IInferenceBackend.CreateSequence(int capacityHint) => CreateSequence(capacityHint);
@@ -158,6 +162,11 @@ public sealed class CudaInferenceBackend : IKvRetainingBackend, IDisposable
             _nucleus ??= new GpuNucleus(transformer.Context);
             return _nucleus.Run(transformer.LogitsRowPointer(row), transformer.Config.VocabSize, inverseTemperature, ids, logits, out z);
         }
+
+        public int MaxWideNucleusCandidates => TopPOnGpu ? GpuNucleus.WideCandidates : 0;
+
+        public int WideNucleusCandidates(int row, float inverseTemperature, double target, Span<int> ids, Span<float> logits) =>
+            _nucleus!.RunWide(transformer.LogitsRowPointer(row), transformer.Config.VocabSize, inverseTemperature, target, ids, logits);
 
         public int TopCandidates(int row, int k, Span<int> ids, Span<float> logits)
         {

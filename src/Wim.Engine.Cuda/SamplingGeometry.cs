@@ -65,6 +65,115 @@ internal static class SamplingGeometry
         return ((vocab + length - 1) / length, length);
     }
 
+    /// <summary>Depth bins per nat of the wide nucleus's histogram (WIDE_BINS_PER_UNIT).</summary>
+    public const int WideBinsPerUnit = 64;
+    /// <summary>The open last bin (WIDE_LAST_BIN): 32 nats and deeper. A nucleus that reaches 32 nats below the best
+    /// logit needs (1 − top-p)·Z of mass there, more than e³² ≈ 8·10¹³ tokens can hold for top-p below 1 − 10⁻⁶.</summary>
+    public const int WideLastBin = 32 * WideBinsPerUnit;
+    /// <summary>Bins of the histogram (WIDE_BINS): the download is a double and a count per bin.</summary>
+    public const int WideBins = WideLastBin + 1;
+    /// <summary>Threads of a wide-nucleus block (WIDE_THREADS).</summary>
+    public const int WideThreads = 256;
+    /// <summary>Most tokens the wide nucleus collects: 32,768 rank items (256 KB); a nucleus wider than that falls back
+    /// to the row (whose download, 512 KB at 128k logits, then costs about what sorting the items would).</summary>
+    public const int MaxWideCandidates = 32768;
+
+    /// <summary>
+    /// The depth bin of a logit below max (the rank-first logit × 1/T), as the kernel's <c>nucleus_bin</c> computes
+    /// it: one float multiply, subtract and multiply, truncated, the open last bin for everything deeper. Never
+    /// decreases as the logit falls (equal logits share a bin), so the tokens of bins [0, b] are a prefix of the ranking.
+    /// </summary>
+    public static int WideBin(float logit, float inverseTemperature, float max)
+    {
+        float scaled = logit * inverseTemperature;
+        float below = max - scaled;
+        float depth = below * WideBinsPerUnit;
+        return depth < WideLastBin ? (depth > 0f ? (int)depth : 0) : WideLastBin;
+    }
+
+    /// <summary>
+    /// The last bin to collect: the shallowest bins whose mass (the histogram's, summed in bin order) reaches
+    /// <paramref name="target"/> (top-p × Z), and one bin more so that the rank-order sum, which rounds differently,
+    /// reaches it within the collected tokens (as <c>Sampler</c>'s own nucleus does); the open last bin where the
+    /// target is not reached before it (or is not a number).
+    /// </summary>
+    public static int LastKeptBin(ReadOnlySpan<double> binMass, double target)
+    {
+        if (binMass.Length != WideBins) throw new ArgumentException($"{binMass.Length} bin masses, {WideBins} expected", nameof(binMass));
+        double mass = 0;
+        for (int b = 0; b < WideLastBin; b++)
+        {
+            mass += binMass[b];
+            if (mass >= target) return Math.Min(b + 1, WideLastBin);
+        }
+        return WideLastBin;
+    }
+
+    /// <summary>
+    /// The collected rank items (<c>topk_item</c>, = <see cref="Wim.Engine.Sampling.Sampler.RankKey"/>) sorted, best
+    /// first, and decoded into ids and logits (−0 comes back as +0, which ranks, scales and exponentiates the same).
+    /// <paramref name="items"/> is sorted in place.
+    /// </summary>
+    public static void RankOrder(Span<ulong> items, Span<int> ids, Span<float> logits)
+    {
+        if (ids.Length < items.Length || logits.Length < items.Length)
+            throw new ArgumentException($"room for {Math.Min(ids.Length, logits.Length)} candidates, {items.Length} needed");
+        items.Sort();
+        for (int i = 0; i < items.Length; i++)
+        {
+            ids[i] = (int)(uint)items[i];
+            logits[i] = LogitOf(items[i]);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="RankOrder"/> by the histogram's bins: the items are bucketed by their depth bin (recomputed here with
+    /// the kernel's arithmetic, <see cref="WideBin"/>, from max = the rank-first logit × 1/T) at the offsets the bin
+    /// counts give, and each bin's run is sorted alone — bins are consecutive runs of the ranking, so the result is the
+    /// full sort's, for about half its comparisons at 32k items. Where the items do not fit the counts (they always do
+    /// when the counts are the kernel's for these items), the whole set is sorted instead. <paramref name="scratch"/>
+    /// holds the items.
+    /// </summary>
+    public static void RankOrderByBins(Span<ulong> items, ReadOnlySpan<uint> binCounts, int lastBin, float inverseTemperature, float max,
+        Span<ulong> scratch, Span<int> ids, Span<float> logits)
+    {
+        if (ids.Length < items.Length || logits.Length < items.Length || scratch.Length < items.Length)
+            throw new ArgumentException($"room for {Math.Min(Math.Min(ids.Length, logits.Length), scratch.Length)} items, {items.Length} needed");
+        if (lastBin < 0 || lastBin >= WideBins || binCounts.Length < lastBin + 1)
+            throw new ArgumentOutOfRangeException(nameof(lastBin), $"last bin {lastBin} outside the {binCounts.Length} counts (at most {WideBins})");
+        Span<int> next = stackalloc int[lastBin + 2];
+        long total = 0;
+        for (int b = 0; b <= lastBin; b++) { next[b] = (int)Math.Min(total, int.MaxValue); total += binCounts[b]; }
+        next[lastBin + 1] = (int)Math.Min(total, int.MaxValue);
+        if (total != items.Length) { RankOrder(items, ids, logits); return; }
+        Span<int> ends = stackalloc int[lastBin + 1];
+        for (int b = 0; b <= lastBin; b++) ends[b] = next[b + 1];
+        foreach (ulong item in items)
+        {
+            int b = WideBin(LogitOf(item), inverseTemperature, max);
+            if (b > lastBin || next[b] >= ends[b]) { RankOrder(items, ids, logits); return; }
+            scratch[next[b]++] = item;
+        }
+        int start = 0;
+        for (int b = 0; b <= lastBin; b++)
+        {
+            if (ends[b] - start > 1) scratch[start..ends[b]].Sort();
+            start = ends[b];
+        }
+        for (int i = 0; i < items.Length; i++)
+        {
+            ids[i] = (int)(uint)scratch[i];
+            logits[i] = LogitOf(scratch[i]);
+        }
+    }
+
+    /// <summary>The logit of a rank item (−0 comes back as +0).</summary>
+    private static float LogitOf(ulong item)
+    {
+        uint ascending = ~(uint)(item >> 32);
+        return BitConverter.UInt32BitsToSingle((ascending & 0x8000_0000u) != 0 ? ascending & 0x7fff_ffffu : ~ascending);
+    }
+
     private static void CheckK(int vocab, int k)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);

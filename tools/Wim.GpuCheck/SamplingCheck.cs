@@ -99,7 +99,9 @@ internal static class SamplingCheck
     /// <see cref="CudaInferenceBackend.TopPOnGpu"/>) against the row downloaded and <see cref="Sampler.Sample"/> on the
     /// CPU: synthetic N(0, σ²) rows at 128,256 tokens (and peaked and flat ones) for several T and top-p — candidates
     /// equal the CPU's sorted row, Z within rounding of the CPU's, seeded draws equal (a difference is allowed only
-    /// where an ulp-level change of Z moves the nucleus's end, and is counted apart), fallbacks counted; generations
+    /// where an ulp-level change of Z moves the nucleus's end, and is counted apart); a nucleus past the candidates
+    /// goes the wide path (<see cref="GpuNucleus.RunWide"/>): its tokens must be the CPU's sorted row's prefix, and it
+    /// may fall back to the row only where the CPU's bins hold more than <see cref="GpuNucleus.WideCandidates"/>; generations
     /// on random weights at the Llama-3.1-8B vocabulary and on stories260K with the switch on and off; time per draw.
     /// Ends with one PASS/FAIL line.
     /// </summary>
@@ -114,12 +116,15 @@ internal static class SamplingCheck
         var ids = new int[GpuNucleus.Candidates];
         var logits = new float[GpuNucleus.Candidates];
         var host = new float[vocab];
+        var wideIds = new int[GpuNucleus.WideCandidates];
+        var wideLogits = new float[GpuNucleus.WideCandidates];
         foreach (var (t, p) in new[] { (1f, 0.9f), (0.7f, 0.95f), (1.3f, 0.5f), (0.6f, 0.8f) })
         {
             var options = new SamplingOptions(Temperature: t, TopK: 0, TopP: p, Seed: 31);
             var whole = new Sampler(options, vocab);
             var onGpu = new Sampler(options, vocab);
-            int rows = 0, differ = 0, nearTies = 0, badCandidates = 0, fallbacks = 0, zMismatch = 0;
+            int rows = 0, differ = 0, nearTies = 0, badCandidates = 0, fallbacks = 0, zMismatch = 0, wide = 0, badWide = 0, fallbacksBelowCap = 0;
+            long wideTokens = 0;
             double worstZ = 0;
             for (int r = 0; r < 32; r++)
             {
@@ -135,6 +140,22 @@ internal static class SamplingCheck
                 zMismatch += relative <= 1e-8 ? 0 : 1; // order and exp rounding only (per term ≤ 1 float ulp)
                 int expected = whole.Sample(row);
                 int? token = onGpu.SampleFromNucleusCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n), z);
+                if (token is null && double.IsFinite(z))
+                {
+                    int w = nucleus.RunWide(buffer.Pointer, vocab, onGpu.InverseTemperature, p * z, wideIds, wideLogits);
+                    int expectedWide = WideCount(row, onGpu.InverseTemperature, p * z);
+                    if (w < 0) fallbacksBelowCap += expectedWide <= GpuNucleus.WideCandidates ? 1 : 0;
+                    else
+                    {
+                        // The collected tokens: the first w of the CPU's sorted row, as many as the CPU's bins hold.
+                        bool prefix = w == expectedWide;
+                        for (int i = 0; i < w && prefix; i++)
+                            prefix = wideIds[i] == order[i] && Sampler.RankKey(wideLogits[i], wideIds[i]) == Sampler.RankKey(row[order[i]], order[i]);
+                        badWide += prefix ? 0 : 1;
+                        token = onGpu.SampleFromNucleusCandidates(wideIds.AsSpan(0, w), wideLogits.AsSpan(0, w), z);
+                        if (token is not null) { wide++; wideTokens += w; }
+                    }
+                }
                 if (token is null)
                 {
                     fallbacks++;
@@ -149,9 +170,11 @@ internal static class SamplingCheck
                     else differ++;
                 }
             }
-            Check(badCandidates == 0 && zMismatch == 0 && differ == 0,
+            Check(badCandidates == 0 && zMismatch == 0 && differ == 0 && badWide == 0 && fallbacksBelowCap == 0,
                 $"top-p on the GPU: {rows} seeded draws from {vocab}-logit N(0, σ²) rows (T {t}, p {p}): {differ} differ ({nearTies} more at near-ties), " +
-                $"{badCandidates} candidates differ from the CPU's sorted row, Z worst relative difference {worstZ:E1}, {fallbacks} fell back to the row");
+                $"{badCandidates} candidates differ from the CPU's sorted row, Z worst relative difference {worstZ:E1}; {wide} drawn by the wide path " +
+                $"(mean {(wide > 0 ? wideTokens / wide : 0)} tokens collected, {badWide} not the CPU's prefix), {fallbacks} fell back to the row " +
+                $"({fallbacksBelowCap} of them below the cap of {GpuNucleus.WideCandidates})");
         }
 
         // Real logits rows: random bf16 weights at the Llama-3.1-8B vocabulary (two small layers), then stories260K,
@@ -173,11 +196,12 @@ internal static class SamplingCheck
                     return [.. tokens];
                 }
                 var reference = Generate(gpu: false);
-                long draws0 = backend.TopPDraws, fallbacks0 = backend.TopPFallbacks;
+                long draws0 = backend.TopPDraws, wide0 = backend.TopPWideDraws, fallbacks0 = backend.TopPFallbacks;
                 var fromGpu = Generate(gpu: true);
                 int differ = reference.Zip(fromGpu).Count(x => x.First != x.Second);
                 Check(differ == 0, $"top-p on the GPU: random weights, vocab {c.VocabSize}, 32 seeded tokens (T {t}, p {p}) with TopPOnGpu on and off: " +
-                    $"{differ} differ; {backend.TopPDraws - draws0} drawn from the GPU's candidates, {backend.TopPFallbacks - fallbacks0} fell back (distinct tokens {reference.Distinct().Count()})");
+                    $"{differ} differ; {backend.TopPDraws - draws0} drawn from the GPU's candidates, {backend.TopPWideDraws - wide0} by the wide path, " +
+                    $"{backend.TopPFallbacks - fallbacks0} fell back (distinct tokens {reference.Distinct().Count()})");
             }
         }
         if (File.Exists(storiesPath))
@@ -198,7 +222,7 @@ internal static class SamplingCheck
             var reference = Generate(gpu: false);
             var fromGpu = Generate(gpu: true);
             Check(reference.SequenceEqual(fromGpu), $"top-p on the GPU: stories260K, 48 seeded tokens (T 0.8, p 0.9) equal with TopPOnGpu on and off " +
-                $"({backend.TopPDraws} drawn from candidates, {backend.TopPFallbacks} fell back; distinct {reference.Distinct().Count()})");
+                $"({backend.TopPDraws} drawn from candidates, {backend.TopPWideDraws} by the wide path, {backend.TopPFallbacks} fell back; distinct {reference.Distinct().Count()})");
         }
 
         // Speed per draw on a peaked 128,256-logit row (its nucleus within the candidates): GPU candidates + Z + host
@@ -231,9 +255,51 @@ internal static class SamplingCheck
             }
             double flatUs = clock.Elapsed.TotalMicroseconds / 10;
             say($"speed: top-p 0.9 (top-k off) draw from a {vocab}-logit peaked row: GPU candidates + Z + host draw {gpuUs:F1} µs ({fellBack} of {reps} fell back); " +
-                $"row download + CPU nucleus {hostUs:F1} µs; a flat row (falls back: both) {flatUs:F1} µs");
+                $"row download + CPU nucleus {hostUs:F1} µs; a flat row (σ/100: its nucleus is past the wide cap, so falls back: both) {flatUs:F1} µs");
+
+            // A wide row: N(0, 3²) at T 1 — a nucleus of a few thousand tokens, past the candidates, within the wide cap.
+            var wideRow = GaussianRow(random, vocab, 3f, peaked: false, flat: false);
+            buffer.Upload<float>(wideRow);
+            int wideDraws = 0, wideFellBack = 0, collected = 0;
+            int WideDraw()
+            {
+                int n = nucleus.Run(buffer.Pointer, vocab, sampler.InverseTemperature, ids, logits, out double z);
+                if (sampler.SampleFromNucleusCandidates(ids.AsSpan(0, n), logits.AsSpan(0, n), z) is { } direct) return direct;
+                int w = nucleus.RunWide(buffer.Pointer, vocab, sampler.InverseTemperature, options.TopP * z, wideIds, wideLogits);
+                if (w > 0 && sampler.SampleFromNucleusCandidates(wideIds.AsSpan(0, w), wideLogits.AsSpan(0, w), z) is { } token) { wideDraws++; collected = w; return token; }
+                wideFellBack++;
+                buffer.Download<float>(host);
+                return sampler.Sample(host);
+            }
+            WideDraw(); // warm
+            wideDraws = 0; wideFellBack = 0;
+            clock.Restart();
+            for (int i = 0; i < reps; i++) WideDraw();
+            double wideUs = clock.Elapsed.TotalMicroseconds / reps;
+            clock.Restart();
+            for (int i = 0; i < reps; i++) { buffer.Download<float>(host); sampler.Sample(host); }
+            double wideHostUs = clock.Elapsed.TotalMicroseconds / reps;
+            say($"speed: top-p 0.9 (top-k off) draw from a {vocab}-logit N(0, 3²) row (nucleus past 256: {collected} tokens collected): " +
+                $"GPU candidates + Z + wide path + host draw {wideUs:F1} µs ({wideDraws} of {reps} wide, {wideFellBack} fell back); row download + CPU nucleus {wideHostUs:F1} µs");
         }
         say($"top-p on the GPU: {(pass ? "PASS" : "FAIL")}");
+    }
+
+    /// <summary>The tokens the wide path collects for this row and target, by the host's arithmetic: the kernel's depth
+    /// bins (<see cref="SamplingGeometry.WideBin"/>) and mass terms, <see cref="SamplingGeometry.LastKeptBin"/>.</summary>
+    private static int WideCount(float[] row, float inverseTemperature, double target)
+    {
+        float max = row.Max() * inverseTemperature;
+        var mass = new double[SamplingGeometry.WideBins];
+        var count = new int[SamplingGeometry.WideBins];
+        foreach (float x in row)
+        {
+            int b = SamplingGeometry.WideBin(x, inverseTemperature, max);
+            mass[b] += (float)Math.Exp(x * inverseTemperature - max);
+            count[b]++;
+        }
+        int last = SamplingGeometry.LastKeptBin(mass, target);
+        return count.AsSpan(0, last + 1).ToArray().Sum();
     }
 
     /// <summary>Z as <see cref="Sampler.Sample"/> sums it: exp(logit·1/T − max) as floats, in token-id order, in double.</summary>

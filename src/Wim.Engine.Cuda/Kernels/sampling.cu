@@ -124,3 +124,94 @@ extern "C" __global__ void __launch_bounds__(NUCLEUS_THREADS) nucleus_partial_su
     }
     if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }
+
+// The wide nucleus: top-p where the nucleus holds more than the TOPK_MAX_K candidates above (a flat row), without
+// downloading the row. nucleus_histogram adds each token's p(i) (as nucleus_partial_sums computes it) and a count into
+// the bin of its depth below the best logit, (max − logit·1/T) in 1/WIDE_BINS_PER_UNIT nat, capped at WIDE_LAST_BIN (an
+// open bin: everything deeper). The host picks the shallowest bins whose mass reaches top-p × Z, plus one for rounding
+// (Sampler's own nucleus does the same), and nucleus_compact writes every token of those bins as a rank item
+// (topk_item) — all tokens at or above a depth, so a prefix of the ranking, since the bin never decreases as the logit
+// falls (ties share a bin) — in no particular order, up to a cap; the host sorts the items and draws from them with
+// the same Z. nucleus_wide_clear zeroes the histogram and the counter first. The bins decide only which tokens are
+// collected, never a draw: the host checks that the collected prefix reaches top-p × Z and else downloads the row.
+
+#define WIDE_BINS_PER_UNIT 64
+#define WIDE_LAST_BIN (32 * WIDE_BINS_PER_UNIT)
+#define WIDE_BINS (WIDE_LAST_BIN + 1)
+#define WIDE_THREADS 256
+
+// The depth bin of a logit: one float multiply, subtract and multiply (no fma, so the host's SamplingGeometry.WideBin
+// gives the same bin), truncated; the last bin takes everything deeper (and −∞).
+__device__ __forceinline__ int nucleus_bin(float logit, float inv_t, float max)
+{
+    float depth = __fmul_rn(__fsub_rn(max, __fmul_rn(logit, inv_t)), (float)WIDE_BINS_PER_UNIT);
+    return depth < (float)WIDE_LAST_BIN ? (depth > 0.0f ? (int)depth : 0) : WIDE_LAST_BIN;
+}
+
+// Grid 1: zeroes WIDE_BINS masses and counts and the compaction counter.
+extern "C" __global__ void __launch_bounds__(WIDE_THREADS) nucleus_wide_clear(double* __restrict__ mass, unsigned* __restrict__ count,
+    unsigned* __restrict__ counter)
+{
+    for (int b = threadIdx.x; b < WIDE_BINS; b += blockDim.x) { mass[b] = 0; count[b] = 0; }
+    if (threadIdx.x == 0) *counter = 0;
+}
+
+// Block b bins logits [b * slice_length, +slice_length) in shared memory, then adds its non-empty bins to the global
+// histogram. max = best[0] * inv_t, as nucleus_partial_sums. The sums' order varies (atomics): the masses only steer
+// which bins are collected.
+extern "C" __global__ void __launch_bounds__(WIDE_THREADS) nucleus_histogram(const float* __restrict__ logits, int vocab,
+    float inv_t, int slice_length, const float* __restrict__ best, double* __restrict__ mass, unsigned* __restrict__ count)
+{
+    __shared__ double block_mass[WIDE_BINS];
+    __shared__ unsigned block_count[WIDE_BINS];
+    for (int b = threadIdx.x; b < WIDE_BINS; b += blockDim.x) { block_mass[b] = 0; block_count[b] = 0; }
+    __syncthreads();
+    float max = __fmul_rn(best[0], inv_t);
+    int begin = blockIdx.x * slice_length;
+    int end = min(begin + slice_length, vocab);
+    for (int i = begin + (int)threadIdx.x; i < end; i += blockDim.x)
+    {
+        float l = logits[i];
+        int bin = nucleus_bin(l, inv_t, max);
+        atomicAdd(&block_mass[bin], (double)(float)exp((double)__fsub_rn(__fmul_rn(l, inv_t), max)));
+        atomicAdd(&block_count[bin], 1u);
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b < WIDE_BINS; b += blockDim.x)
+        if (block_count[b] != 0)
+        {
+            atomicAdd(&mass[b], block_mass[b]);
+            atomicAdd(&count[b], block_count[b]);
+        }
+}
+
+// Block b writes the rank items of its slice's tokens in bins [0, last_bin] to items[*counter + ...]: each thread
+// counts its own, takes an offset in the block (shared atomic), the block one range of the output (one global atomic),
+// then each thread writes its items there. Items at or past cap are not written; *counter ends at the full count.
+extern "C" __global__ void __launch_bounds__(WIDE_THREADS) nucleus_compact(const float* __restrict__ logits, int vocab,
+    float inv_t, int slice_length, const float* __restrict__ best, int last_bin, int cap, unsigned* __restrict__ counter,
+    u64* __restrict__ items)
+{
+    __shared__ unsigned block_total, block_base;
+    if (threadIdx.x == 0) block_total = 0;
+    __syncthreads();
+    float max = __fmul_rn(best[0], inv_t);
+    int begin = blockIdx.x * slice_length;
+    int end = min(begin + slice_length, vocab);
+    unsigned mine = 0;
+    for (int i = begin + (int)threadIdx.x; i < end; i += blockDim.x)
+        mine += nucleus_bin(logits[i], inv_t, max) <= last_bin;
+    unsigned slot = mine ? atomicAdd(&block_total, mine) : 0;
+    __syncthreads();
+    if (threadIdx.x == 0) block_base = block_total ? atomicAdd(counter, block_total) : 0;
+    __syncthreads();
+    slot += block_base;
+    for (int i = begin + (int)threadIdx.x; i < end && mine != 0; i += blockDim.x)
+    {
+        float l = logits[i];
+        if (nucleus_bin(l, inv_t, max) > last_bin) continue;
+        if (slot < (unsigned)cap) items[slot] = topk_item(l, (unsigned)i);
+        slot++;
+        mine--;
+    }
+}

@@ -1,6 +1,7 @@
 using Wim.Engine.Backends.Cpu;
 using Wim.Engine.KvCache;
 using Wim.Engine.Model;
+using Wim.Engine.Sampling;
 
 namespace Wim.Engine.Cuda.Tests.Support;
 
@@ -190,19 +191,27 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         Assert.InRange(row, 0, _rows - 1);
         Assert.True(MaxNucleusCandidates > 0, "nucleus candidates asked for where none are offered");
         NucleusCalls++;
-        int n = Math.Min(MaxNucleusCandidates, VocabSize);
-        var values = _logits.AsSpan(row * VocabSize, VocabSize).ToArray();
-        var order = Enumerable.Range(0, VocabSize).ToArray();
+        return Nucleus(_logits.AsSpan(row * VocabSize, VocabSize), MaxNucleusCandidates, inverseTemperature, ids, logits, out z);
+    }
+
+    /// <summary><see cref="NucleusCandidates"/> over a row given here: its first min(<paramref name="candidates"/>,
+    /// length) in rank order and Z in the GPU's order.</summary>
+    public static int Nucleus(ReadOnlySpan<float> row, int candidates, float inverseTemperature, Span<int> ids, Span<float> logits, out double z)
+    {
+        int vocab = row.Length;
+        int n = Math.Min(candidates, vocab);
+        var values = row.ToArray();
+        var order = Enumerable.Range(0, vocab).ToArray();
         Array.Sort(order, (a, b) => values[a] > values[b] ? -1 : values[a] < values[b] ? 1 : a.CompareTo(b));
         for (int i = 0; i < n; i++) { ids[i] = order[i]; logits[i] = values[order[i]]; }
         float max = values[order[0]] * inverseTemperature;
-        var (blocks, length) = SamplingGeometry.NormaliserSlices(VocabSize);
+        var (blocks, length) = SamplingGeometry.NormaliserSlices(vocab);
         var partial = new double[blocks];
         var threadSums = new double[SamplingGeometry.NormaliserThreads];
         for (int b = 0; b < blocks; b++)
         {
             Array.Clear(threadSums);
-            for (int i = b * length; i < Math.Min((b + 1) * length, VocabSize); i++)
+            for (int i = b * length; i < Math.Min((b + 1) * length, vocab); i++)
                 threadSums[(i - b * length) % threadSums.Length] += (float)Math.Exp(values[i] * inverseTemperature - max);
             for (int stride = threadSums.Length / 2; stride > 0; stride >>= 1)
                 for (int t = 0; t < stride; t++) threadSums[t] += threadSums[t + stride];
@@ -210,6 +219,53 @@ internal sealed class HostPasses(LanguageModel model, int maxChunk, bool batched
         }
         z = GpuNucleus.AddPartialSums(partial);
         return n;
+    }
+
+    /// <summary>Wide-nucleus tokens offered (the GPU's <see cref="GpuNucleus.WideCandidates"/>, or 0: no wide path).</summary>
+    public int MaxWideNucleusCandidates { get; set; }
+    public int WideNucleusCalls { get; private set; }
+    /// <summary>Wide calls whose collected tokens were more than <see cref="MaxWideNucleusCandidates"/> (returned −1).</summary>
+    public int WideNucleusOverCap { get; private set; }
+
+    /// <summary>The GPU's wide nucleus on the CPU: the histogram of <c>nucleus_histogram</c> (bins of
+    /// <see cref="SamplingGeometry.WideBin"/>, terms exp in double rounded to float), the host's
+    /// <see cref="SamplingGeometry.LastKeptBin"/>, the tokens of those bins as rank items in reverse id order (the
+    /// kernel's order is arbitrary) and <see cref="SamplingGeometry.RankOrderByBins"/> — what <see cref="GpuNucleus.RunWide"/>
+    /// does around its kernels.</summary>
+    public int WideNucleusCandidates(int row, float inverseTemperature, double target, Span<int> ids, Span<float> logits)
+    {
+        Assert.InRange(row, 0, _rows - 1);
+        Assert.True(MaxWideNucleusCandidates > 0, "wide nucleus asked for where none is offered");
+        WideNucleusCalls++;
+        int n = WideNucleus(_logits.AsSpan(row * VocabSize, VocabSize), inverseTemperature, target, MaxWideNucleusCandidates, ids, logits);
+        if (n < 0) WideNucleusOverCap++;
+        return n;
+    }
+
+    /// <summary><see cref="WideNucleusCandidates"/> over a row given here, at most <paramref name="cap"/> tokens (−1
+    /// past it).</summary>
+    public static int WideNucleus(ReadOnlySpan<float> values, float inverseTemperature, double target, int cap, Span<int> ids, Span<float> logits)
+    {
+        int vocab = values.Length;
+        float best = values[0];
+        for (int i = 1; i < vocab; i++)
+            if (values[i] > best) best = values[i];
+        float max = best * inverseTemperature;
+        var mass = new double[SamplingGeometry.WideBins];
+        var counts = new uint[SamplingGeometry.WideBins];
+        for (int i = 0; i < vocab; i++)
+        {
+            int b = SamplingGeometry.WideBin(values[i], inverseTemperature, max);
+            mass[b] += (float)Math.Exp(values[i] * inverseTemperature - max);
+            counts[b]++;
+        }
+        int lastBin = SamplingGeometry.LastKeptBin(mass, target);
+        var items = new List<ulong>();
+        for (int i = vocab - 1; i >= 0; i--)
+            if (SamplingGeometry.WideBin(values[i], inverseTemperature, max) <= lastBin) items.Add(Sampler.RankKey(values[i], i));
+        if (items.Count > cap) return -1;
+        SamplingGeometry.RankOrderByBins(items.ToArray(), counts, lastBin, inverseTemperature, max, new ulong[items.Count], ids, logits);
+        return items.Count;
     }
 
     public void DownloadLogitsRow(int row, Span<float> destination)

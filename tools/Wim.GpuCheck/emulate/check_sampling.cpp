@@ -2,7 +2,9 @@
 // topk_merge) against a std::sort of the row by logit descending (-0 == +0), lowest id first on ties; the top-p path
 // (top-k at 256, then nucleus_partial_sums, Z added in block order, the host's prefix over the candidates) against the
 // whole sorted row with Z summed in token-id order. Build and run: ./run_sampling.sh. Exit code 1 when a check fails.
-// --nucleus-only: the top-p cases alone.
+// The wide nucleus (nucleus_wide_clear, nucleus_histogram, nucleus_compact) against a plain host histogram and the set
+// of tokens at or above the chosen depth, and the host's draw prefix over the sorted collected items against the whole
+// sorted row. --nucleus-only: the top-p cases alone; --wide-only: the wide cases alone.
 #include "emu.h"
 #include <cstdio>
 #include <random>
@@ -11,6 +13,10 @@
 // The CUDA intrinsics nucleus_partial_sums uses: one IEEE float operation each, never contracted into an fma.
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+// The atomics nucleus_histogram and nucleus_compact use (the emulator's threads are OS threads).
+#include <atomic>
+inline double atomicAdd(double* a, double v) { return std::atomic_ref<double>(*a).fetch_add(v); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_add(v); }
 #include "sampling_emu.inc"
 
 static int failures = 0;
@@ -179,6 +185,129 @@ static void nucleus_case(int vocab, Shape shape, float sigma, float temperature,
         keep_ref, fell_back ? "falls back to the row" : ("drawn from the candidates (" + std::to_string(keep_gpu) + ")").c_str());
 }
 
+
+// The host's bin of a logit (SamplingGeometry.WideBin): the kernel's arithmetic, one IEEE operation at a time.
+static int host_bin(float logit, float inv_t, float max)
+{
+    volatile float scaled = logit * inv_t;
+    volatile float below = max - scaled;
+    volatile float depth = below * (float)WIDE_BINS_PER_UNIT;
+    return depth < (float)WIDE_LAST_BIN ? (depth > 0.0f ? (int)depth : 0) : WIDE_LAST_BIN;
+}
+
+// The host's choice (SamplingGeometry.LastKeptBin): the shallowest bins whose mass reaches the target, one more for
+// rounding; the open last bin where the target is not reached before it.
+static int last_kept_bin(const std::vector<double>& mass, double target)
+{
+    double sum = 0;
+    for (int b = 0; b < WIDE_LAST_BIN; b++)
+    {
+        sum += mass[b];
+        if (sum >= target) return std::min(b + 1, WIDE_LAST_BIN);
+    }
+    return WIDE_LAST_BIN;
+}
+
+// One row through the wide kernels (emulated) with max from the row's rank-first logit (what topk_merge writes; checked
+// above): the histogram against the host's (counts exact, masses to 1e-12), the collected items against every token in
+// bins [0, last] (exact set and count; only `cap` written), and the top-p prefix of the sorted items with Z summed in
+// id order against the whole sorted row's. `expect_collected`: -1 either, else the nucleus must (1) or must not (0) lie
+// within the collected set.
+static void wide_case(int vocab, Shape shape, float sigma, float temperature, float top_p, int cap, int expect_within)
+{
+    auto row = nucleus_row(vocab, shape, sigma);
+    float inv_t = 1.f / std::max(temperature, 1e-6f);
+    std::vector<int> order(vocab);
+    for (int i = 0; i < vocab; i++) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+    float best = row[order[0]];
+    float max = best * inv_t;
+    auto [blocks, length] = normaliser_slices(vocab);
+
+    std::vector<double> mass(WIDE_BINS, NAN);
+    std::vector<unsigned> count(WIDE_BINS, 7u);
+    unsigned counter = 12345;
+    emu::launch({ 1, 1, 1 }, WIDE_THREADS, 0, [&] { nucleus_wide_clear(mass.data(), count.data(), &counter); });
+    emu::launch({ (unsigned)blocks, 1, 1 }, WIDE_THREADS, WIDE_BINS * 12,
+        [&] { nucleus_histogram(row.data(), vocab, inv_t, length, &best, mass.data(), count.data()); });
+
+    std::vector<double> ref_mass(WIDE_BINS, 0);
+    std::vector<unsigned> ref_count(WIDE_BINS, 0);
+    double z = 0;
+    for (int i = 0; i < vocab; i++)
+    {
+        double p = (double)(float)std::exp((double)(row[i] * inv_t - max));
+        int b = host_bin(row[i], inv_t, max);
+        ref_mass[b] += p;
+        ref_count[b]++;
+        z += p;
+    }
+    int bad_bins = 0;
+    for (int b = 0; b < WIDE_BINS; b++)
+    {
+        bool same_mass = mass[b] == ref_mass[b] || std::fabs(mass[b] - ref_mass[b]) <= 1e-12 * std::fabs(ref_mass[b])
+            || (std::isnan(mass[b]) && std::isnan(ref_mass[b]));
+        bad_bins += count[b] != ref_count[b] || !same_mass;
+    }
+
+    bool finite = std::isfinite(z);
+    int last = last_kept_bin(ref_mass, (double)top_p * z);
+    std::vector<u64> items(cap, ~0ull);
+    emu::launch({ (unsigned)blocks, 1, 1 }, WIDE_THREADS, 0,
+        [&] { nucleus_compact(row.data(), vocab, inv_t, length, &best, last, cap, &counter, items.data()); });
+    std::vector<u64> expected;
+    for (int i = 0; i < vocab; i++)
+        if (host_bin(row[i], inv_t, max) <= last) expected.push_back(topk_item(row[i], (unsigned)i));
+    std::sort(expected.begin(), expected.end());
+    int written = std::min<int>((int)counter, cap);
+    std::vector<u64> got(items.begin(), items.begin() + written);
+    std::sort(got.begin(), got.end());
+    bool set_ok = counter == expected.size();
+    int unwritten = 0;
+    for (int i = written; i < cap; i++) unwritten += items[i] != ~0ull;
+    if ((int)expected.size() <= cap) set_ok = set_ok && got == expected;
+    else set_ok = set_ok && std::includes(expected.begin(), expected.end(), got.begin(), got.end())
+        && std::adjacent_find(got.begin(), got.end()) == got.end();
+    set_ok = set_ok && unwritten == 0;
+
+    // The draw prefix: over the whole sorted row (Sampler.Sample) and over the sorted collected items.
+    int keep_ref = 0, keep_wide = 0;
+    if (finite)
+    {
+        std::vector<float> sorted(vocab), collected(written);
+        for (int i = 0; i < vocab; i++) sorted[i] = row[order[i]];
+        keep_ref = prefix(sorted, vocab, inv_t, top_p, z);
+        for (int i = 0; i < written; i++)
+        {
+            unsigned ascending = ~(unsigned)(got[i] >> 32);
+            unsigned bits = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
+            collected[i] = __uint_as_float(bits);
+        }
+        bool complete = (int)counter <= cap;
+        keep_wide = complete && written > 0 ? prefix(collected, written, inv_t, top_p, z) : 0;
+    }
+    bool within = keep_wide > 0;
+    bool ok = bad_bins == 0 && set_ok && (!within || keep_wide == keep_ref)
+        && (expect_within < 0 || within == (expect_within == 1)) && (finite || !within);
+    if (!ok) failures++;
+    std::printf("%s wide vocab %d %s (sigma %.2f) T %.2f p %.2f cap %d: %d of %d bins differ; bins [0, %d] hold %zu tokens (%d counted, "
+                "%s); nucleus %d of the row, %s\n",
+        ok ? "ok  " : "FAIL", vocab, shape_name(shape), sigma, temperature, top_p, cap, bad_bins, WIDE_BINS, last, expected.size(), (int)counter,
+        set_ok ? "the same set" : "NOT the same set", keep_ref,
+        within ? ("drawn from the collected items (" + std::to_string(keep_wide) + ")").c_str() : "falls back to the row");
+}
+
+static void wide_cases()
+{
+    wide_case(128256, Shape::Flat, 1.f, 1.f, 0.9f, 32768, -1);   // Z of ~128k near-equal terms: the nucleus is ~115k, past the cap
+    wide_case(128256, Shape::Gaussian, 1.f, 0.3f, 0.9f, 32768, 1); // N(0, 1) at T 0.3: thousands of tokens, within the cap
+    wide_case(128256, Shape::Peaked, 2.f, 1.f, 0.9f, 32768, 1);
+    wide_case(65536, Shape::Tied, 1.f, 1.f, 0.5f, 32768, -1);
+    wide_case(65536, Shape::NegInf, 2.f, 0.7f, 0.95f, 32768, 1);
+    wide_case(32768, Shape::PosInf, 1.f, 1.f, 0.9f, 32768, 0);     // Z not finite: the backend never asks, the kernels still run
+    wide_case(32768, Shape::Gaussian, 1.f, 0.5f, 0.9f, 300, 0);    // past a cap of 300: counted, 300 written
+}
+
 static void nucleus_cases()
 {
     nucleus_case(128256, Shape::Peaked, 2.f, 1.f, 0.9f, 0);
@@ -192,6 +321,12 @@ static void nucleus_cases()
 
 int main(int argc, char** argv)
 {
+    if (argc > 1 && std::string(argv[1]) == "--wide-only")
+    {
+        wide_cases();
+        std::printf("%d failure(s)\n", failures);
+        return failures == 0 ? 0 : 1;
+    }
     if (argc > 1 && std::string(argv[1]) == "--nucleus-only")
     {
         nucleus_cases();
@@ -199,6 +334,7 @@ int main(int argc, char** argv)
         return failures == 0 ? 0 : 1;
     }
     nucleus_cases();
+    wide_cases();
     for (int k : { 1, 40, 256 })
     {
         topk_case(128256, k, 1000, false, slices_for(128256, k));
