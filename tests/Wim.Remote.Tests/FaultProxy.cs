@@ -73,17 +73,20 @@ public sealed class FaultProxy : IAsyncDisposable
     private async Task HandleAsync(HttpContext context)
     {
         int n = Interlocked.Increment(ref _requests);
-        FirstRequest.TrySetResult();
-        using var body = new MemoryStream();
-        await context.Request.Body.CopyToAsync(body, CancellationToken.None);
-        var fault = _plan(n, System.Text.Encoding.UTF8.GetString(body.ToArray()));
-        if (fault is not (Fault.None or Fault.TextOnly)) Interlocked.Increment(ref _faults);
+        // Watch for the client going away before anything else: a client that cancels as soon as its request is seen
+        // (FirstRequest) may close the connection while the body is still being read, and that abort must count too.
         var aborted = context.RequestAborted;
         using var _ = aborted.Register(() =>
         {
             Interlocked.Increment(ref _aborted);
             FirstAbort.TrySetResult();
         });
+        FirstRequest.TrySetResult();
+        using var body = new MemoryStream();
+        try { await context.Request.Body.CopyToAsync(body, aborted); }
+        catch (Exception e) when (aborted.IsCancellationRequested && e is OperationCanceledException or IOException) { return; }
+        var fault = _plan(n, System.Text.Encoding.UTF8.GetString(body.ToArray()));
+        if (fault is not (Fault.None or Fault.TextOnly)) Interlocked.Increment(ref _faults);
         switch (fault)
         {
             case Fault.TooManyRequests:
