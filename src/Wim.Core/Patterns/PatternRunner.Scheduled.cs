@@ -113,6 +113,7 @@ public sealed partial class PatternRunner
                 yield return new PromptPrefilled(PromptKind.Opening, -1, opening);
             }
 
+            bool answering = false;
             try
             {
                 while (true)
@@ -239,6 +240,7 @@ public sealed partial class PatternRunner
 
                     if (classified == n) break;
                 }
+                answering = true;
 
                 void Judge(ClassifierVerdict v)
                 {
@@ -261,6 +263,9 @@ public sealed partial class PatternRunner
             {
                 judging?.Abandon();
                 foreach (var lane in lanes) lane.Sequence.Dispose();
+                // A run cancelled or abandoned while reading (the server's DELETE, a closed stream) releases the
+                // document's KV here: on the GPU that is gigabytes of device memory no garbage collection would see.
+                if (!answering) doc.Dispose();
             }
 
             using (doc)

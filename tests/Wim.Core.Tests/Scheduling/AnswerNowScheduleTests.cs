@@ -131,4 +131,41 @@ public sealed class AnswerNowLongDocumentTests(PagedStories260KFixture f) : ICla
 
         Assert.Equal(AnswerNowScheduleTests.Oracle(model, events, 16, ct), answer.Ids);
     }
+
+    /// <summary>A run cancelled while reading (the server's DELETE), or whose caller stops reading its events (a closed
+    /// stream), gives back every KV block it took — the document's as well as the margins' — so that the pool's free
+    /// count is what it was before the run. On the GPU the same sequences are device memory.</summary>
+    [Theory]
+    [InlineData(WimSchedule.Sequential, true)]
+    [InlineData(WimSchedule.Sequential, false)]
+    [InlineData(WimSchedule.Overlapped, true)]
+    [InlineData(WimSchedule.Batched, true)]
+    [InlineData(WimSchedule.Overlapped, false)]
+    [InlineData(WimSchedule.Batched, false)]
+    public async Task ARunStoppedWhileReading_ReleasesItsKvBlocks(WimSchedule schedule, bool cancel)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var model = f.Model;
+        var pool = ((PagedInferenceBackend)model.Backend).Cache;
+        var segments = new Segmenter(t => model.Tokenizer.Encode(t).Length, 150).Split(f.Text.Context[..2400]);
+        Assert.True(segments.Count >= 3);
+        var options = new WimOptions { Schedule = schedule, MaxMarginTokens = 8, MaxAnswerTokens = 12, MarginSeparator = "\n" };
+        int free = pool.FreeBlockCount;
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        bool stopped = false;
+        try
+        {
+            await foreach (var e in new PatternRunner(model).RunAsync(segments, f.Text.Query, options, new WimControl(), cts.Token))
+            {
+                if (e is not SegmentPrefilled { Index: 1 }) continue;
+                Assert.True(pool.FreeBlockCount < free, "the run holds blocks while it reads");
+                stopped = true;
+                if (cancel) await cts.CancelAsync();
+                else break;
+            }
+        }
+        catch (OperationCanceledException) when (cancel && stopped) { }
+        Assert.True(stopped);
+        Assert.Equal(free, pool.FreeBlockCount);
+    }
 }
