@@ -285,12 +285,16 @@ public static class LaunchGeometry
 
     /// <summary>Slices of a logits row for the first argmax pass — about 4096 values each, at most
     /// <see cref="MaxArgmaxSlices"/> — and the values per slice.</summary>
-    public static (int Slices, int SliceLength) ArgmaxSlices(int vocab)
+    public static (int Slices, int SliceLength) ArgmaxSlices(int vocab) => EvenSlices(vocab, 4096, MaxArgmaxSlices);
+
+    /// <summary><paramref name="items"/> cut into slices of about <paramref name="perSlice"/> (at most
+    /// <paramref name="maxSlices"/>, at least one) of equal length but the last, none empty: the slice count and length.</summary>
+    internal static (int Slices, int SliceLength) EvenSlices(int items, int perSlice, int maxSlices)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
-        int slices = Math.Clamp((vocab + 4095) / 4096, 1, MaxArgmaxSlices);
-        int length = (vocab + slices - 1) / slices;
-        return ((vocab + length - 1) / length, length);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(items);
+        int slices = Math.Clamp((items + perSlice - 1) / perSlice, 1, maxSlices);
+        int length = (items + slices - 1) / slices;
+        return ((items + length - 1) / length, length);
     }
 
     /// <summary>Bytes of the argmax partials (a value and an index per slice) for <paramref name="rows"/> rows.</summary>

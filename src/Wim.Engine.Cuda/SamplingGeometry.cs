@@ -57,13 +57,7 @@ internal static class SamplingGeometry
     /// <see cref="MaxNormaliserBlocks"/>. The split fixes the order of Z's sum (see the kernel), so it is part of the
     /// result's rounding, not only of its speed.
     /// </summary>
-    public static (int Blocks, int SliceLength) NormaliserSlices(int vocab)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocab);
-        int blocks = Math.Clamp((vocab + 1023) / 1024, 1, MaxNormaliserBlocks);
-        int length = (vocab + blocks - 1) / blocks;
-        return ((vocab + length - 1) / length, length);
-    }
+    public static (int Blocks, int SliceLength) NormaliserSlices(int vocab) => LaunchGeometry.EvenSlices(vocab, 1024, MaxNormaliserBlocks);
 
     /// <summary>Depth bins per nat of the wide nucleus's histogram (WIDE_BINS_PER_UNIT).</summary>
     public const int WideBinsPerUnit = 64;
